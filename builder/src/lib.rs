@@ -1,0 +1,19 @@
+//! kiln's builder: from the parser's model to images in the store.
+//!
+//! # Brief overview
+//!
+//! - [`import()`]: `kiln import`, a rootfs tarball to a one-layer image ([`ImportOptions`]).
+//! - [`dispatch`]: what config-only instructions (ENV, CMD, WORKDIR, ...) do to an image
+//!   config ([`ConfigState`], [`apply_config`]).
+//! - [`Platform`] and [`creation_time`] (which honours `SOURCE_DATE_EPOCH`).
+//! - Errors are [`BuildError`]s; Dockerfile errors carry `file:line:col`.
+
+pub mod dispatch;
+pub mod error;
+pub mod import;
+pub mod platform;
+
+pub use dispatch::{ConfigState, apply_config};
+pub use error::{BuildError, Result};
+pub use import::{ImportOptions, import};
+pub use platform::{Platform, creation_time};

@@ -1,0 +1,72 @@
+//! The `kiln` binary: argument parsing, wiring of the concrete store and backends, and
+//! rendering of results and errors. All build logic lives in the library crates.
+//!
+//! # Brief overview
+//!
+//! - `args`: the clap definitions ([`args::Cli`]).
+//! - `commands`: one module per subcommand.
+//! - Errors print as one line, `kiln: error: ...`, with a non-zero exit.
+
+mod args;
+mod commands;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::args::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            // One line: the whole cause chain joined, as `a: b: c`.
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("kiln: error: {msg}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(cli: &Cli) {
+    let level = if cli.debug {
+        "debug"
+    } else {
+        cli.log_level.as_str()
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// The store directory: `--root`/`KILN_ROOT`, else the per-user default.
+fn store_root(cli: &Cli) -> anyhow::Result<PathBuf> {
+    if let Some(r) = &cli.root {
+        return Ok(r.clone());
+    }
+    if nix::unistd::geteuid().is_root() {
+        return Ok(PathBuf::from("/var/lib/kiln"));
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
+        return Ok(PathBuf::from(x).join("kiln"));
+    }
+    let home = std::env::var_os("HOME")
+        .ok_or_else(|| anyhow::anyhow!("cannot choose a store: set --root, KILN_ROOT or HOME"))?;
+    Ok(PathBuf::from(home).join(".local/share/kiln"))
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let root = store_root(&cli)?;
+    tracing::debug!(root = %root.display(), "store");
+    match cli.command {
+        Command::Import(a) => commands::import::run(&root, a),
+        Command::Images(a) => commands::images::run(&root, a),
+    }
+}

@@ -1,0 +1,36 @@
+//! kiln's content-addressed storage: blobs, named images, and OCI layers.
+//!
+//! # Brief overview
+//!
+//! - [`Digest`]: a `sha256:` content digest, with [`HashingReader`]/[`HashingWriter`] that
+//!   compute one while data streams through.
+//! - [`Reference`]: an image name normalized as Docker does (`busybox` is
+//!   `docker.io/library/busybox:latest`).
+//! - [`Store`]: the seam for blobs and image names. [`FsStore`] is an OCI image layout on disk
+//!   that skopeo and umoci read directly, with atomic blob writes and a locked `index.json`;
+//!   [`MemStore`] is the in-memory test double.
+//! - [`layer`]: compression detection and [`layer::import_tar`], which turns a tar stream into
+//!   a verified layer blob in one pass.
+//! - [`ImageConfig`]: the image configuration with stable serialization.
+//! - [`image`]: writing and reading image manifests and configs.
+//!
+//! ```
+//! use snapshotter::{MemStore, Store, Digest};
+//! let store = MemStore::new();
+//! let (digest, size) = store.put_bytes(b"hello").unwrap();
+//! assert_eq!((digest, size), (Digest::of(b"hello"), 5));
+//! ```
+
+pub mod config;
+pub mod digest;
+pub mod error;
+pub mod image;
+pub mod layer;
+pub mod reference;
+pub mod store;
+
+pub use config::{ImageConfig, RunConfig};
+pub use digest::{Digest, HashingReader, HashingWriter};
+pub use error::{Result, StoreError};
+pub use reference::Reference;
+pub use store::{BlobWriter, FsStore, MemStore, Store};

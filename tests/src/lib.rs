@@ -1,0 +1,320 @@
+//! Test support for kiln's end-to-end tests.
+//!
+//! # Brief overview
+//!
+//! - [`TestContext`]: one per test: its own store root and scratch directory, a command
+//!   builder for the `kiln` binary ([`TestContext::kiln`]), a ready busybox base image
+//!   ([`TestContext::base_image`]) and the address of the running registry
+//!   ([`TestContext::registry`]).
+//! - [`Output`] helpers that assert on exit status and print both streams on failure.
+//! - [`require`]: skips a test whose host capability is missing, printing why; under
+//!   `CI=true` a missing capability fails the test instead.
+
+use std::ffi::OsStr;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// The name every test's base image gets.
+pub const BASE_IMAGE: &str = "busybox:latest";
+
+/// The workspace's top directory.
+pub fn workspace_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The `kiln` binary under test (built by cargo for this test run).
+pub fn kiln_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("KILN_BIN") {
+            return PathBuf::from(p);
+        }
+        let dir = workspace_dir();
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| dir.join("target"));
+        let profile = if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        };
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", "cli", "--bin", "kiln"])
+            .args(if profile == "release" {
+                &["--release"][..]
+            } else {
+                &[][..]
+            })
+            .current_dir(&dir)
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build of kiln failed");
+        target.join(profile).join("kiln")
+    })
+    .clone()
+}
+
+/// True when running in CI, where missing capabilities are failures.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Returns `true` if the capability is present. Otherwise prints why the test is skipped and
+/// returns `false`, or panics under `CI=true`.
+pub fn require(capability: &str, present: bool, why: &str) -> bool {
+    if present {
+        return true;
+    }
+    assert!(!in_ci(), "CI=true but {capability} is missing: {why}");
+    eprintln!("skipped: {capability} is missing: {why}");
+    false
+}
+
+/// Whether a program is on PATH.
+pub fn have_program(name: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+        .unwrap_or(false)
+}
+
+/// An uncompressed busybox rootfs tarball, made once per test process by
+/// `testdata/make-busybox-rootfs.sh` from Debian's busybox-static.
+pub fn busybox_rootfs_tar() -> PathBuf {
+    static TAR: OnceLock<PathBuf> = OnceLock::new();
+    TAR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("kiln-test-rootfs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("busybox.tar");
+        let script = workspace_dir().join("testdata/make-busybox-rootfs.sh");
+        let o = Command::new("bash")
+            .arg(&script)
+            .arg(&out)
+            .output()
+            .expect("run make-busybox-rootfs.sh");
+        assert!(
+            o.status.success(),
+            "make-busybox-rootfs.sh failed (is busybox-static installed?): {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        out
+    })
+    .clone()
+}
+
+/// The result of running a command, with assertions that show both streams on failure.
+#[derive(Debug)]
+pub struct Output {
+    /// Exit code (`None` if killed by a signal).
+    pub code: Option<i32>,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Output {
+    /// Asserts success and returns stdout.
+    #[track_caller]
+    pub fn ok(&self) -> &str {
+        assert_eq!(
+            self.code,
+            Some(0),
+            "command failed\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        &self.stdout
+    }
+
+    /// Asserts failure and returns stderr.
+    #[track_caller]
+    pub fn fails(&self) -> &str {
+        assert!(
+            self.code.is_some_and(|c| c != 0),
+            "command should have failed\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        &self.stderr
+    }
+}
+
+/// A `kiln` invocation being built.
+pub struct KilnCommand {
+    cmd: Command,
+    stdin: Option<Vec<u8>>,
+}
+
+impl KilnCommand {
+    /// Adds arguments.
+    pub fn args<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(mut self, args: I) -> Self {
+        self.cmd.args(args);
+        self
+    }
+
+    /// Adds one argument.
+    pub fn arg(mut self, a: impl AsRef<OsStr>) -> Self {
+        self.cmd.arg(a);
+        self
+    }
+
+    /// Sets an environment variable.
+    pub fn env(mut self, k: &str, v: impl AsRef<OsStr>) -> Self {
+        self.cmd.env(k, v);
+        self
+    }
+
+    /// Feeds these bytes on standard input.
+    pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Self {
+        self.stdin = Some(bytes.into());
+        self
+    }
+
+    /// Runs it to completion.
+    pub fn run(mut self) -> Output {
+        self.cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        self.cmd.stdin(if self.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+        let mut child = self.cmd.spawn().expect("spawn kiln");
+        if let Some(bytes) = self.stdin.take() {
+            let mut si = child.stdin.take().unwrap();
+            std::thread::spawn(move || {
+                let _ = si.write_all(&bytes);
+            });
+        }
+        let o = child.wait_with_output().expect("wait for kiln");
+        Output {
+            code: o.status.code(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+/// Everything one end-to-end test needs, cleaned up when dropped.
+pub struct TestContext {
+    dir: tempfile::TempDir,
+}
+
+impl Default for TestContext {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestContext {
+    /// A fresh store and scratch directory.
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("kiln-test-")
+            .tempdir()
+            .expect("create temp dir");
+        std::fs::create_dir_all(dir.path().join("work")).unwrap();
+        TestContext { dir }
+    }
+
+    /// The test's store root.
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    /// A scratch directory for the test's own files.
+    pub fn work(&self) -> PathBuf {
+        self.dir.path().join("work")
+    }
+
+    /// `kiln --root <this test's store>`, with a clean environment for kiln's variables.
+    pub fn kiln(&self) -> KilnCommand {
+        let mut cmd = Command::new(kiln_bin());
+        cmd.env_remove("KILN_ROOT")
+            .env_remove("KILN_LOG_LEVEL")
+            .env_remove("SOURCE_DATE_EPOCH");
+        cmd.arg("--root").arg(self.root());
+        KilnCommand { cmd, stdin: None }
+    }
+
+    /// Imports the busybox base as [`BASE_IMAGE`] (with `CMD ["sh"]` and a PATH) and returns
+    /// its name.
+    pub fn base_image(&self) -> &'static str {
+        self.kiln()
+            .args(["import", "--change", r#"CMD ["sh"]"#, "--change"])
+            .arg("ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .arg(busybox_rootfs_tar())
+            .arg(BASE_IMAGE)
+            .run()
+            .ok();
+        BASE_IMAGE
+    }
+
+    /// The address (`host:port`) of the registry the tests use, from `KILN_TEST_REGISTRY`
+    /// (`.ci/run` starts Debian's docker-registry and sets it), after checking that it
+    /// answers `/v2/`. `None` (with a printed reason) when there is none outside CI.
+    pub fn registry(&self) -> Option<String> {
+        let addr = std::env::var("KILN_TEST_REGISTRY").ok();
+        let answers = addr.as_deref().is_some_and(registry_answers);
+        require(
+            "registry",
+            answers,
+            "set KILN_TEST_REGISTRY to a running registry (.ci/run starts one)",
+        )
+        .then(|| addr.unwrap())
+    }
+
+    /// Opens this test's store in-process, for assertions on its contents.
+    pub fn store(&self) -> snapshotter::FsStore {
+        snapshotter::FsStore::open(self.root()).expect("open store")
+    }
+
+    /// Every file under the store root with its size, sorted: a fingerprint to check that a
+    /// failed command changed nothing.
+    pub fn store_listing(&self) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        walk(&self.root(), &self.root(), &mut out);
+        out.sort();
+        out
+    }
+}
+
+fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, u64)>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        let md = e.metadata().unwrap();
+        if md.is_dir() {
+            walk(base, &p, out);
+        } else {
+            let rel = p.strip_prefix(base).unwrap().display().to_string();
+            // The lock file's existence is not content.
+            if rel != "index.lock" {
+                out.push((rel, md.len()));
+            }
+        }
+    }
+}
+
+/// Whether `GET http://addr/v2/` gets an HTTP answer of 200 or 401.
+pub fn registry_answers(addr: &str) -> bool {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    if s.write_all(format!("GET /v2/ HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .is_err()
+    {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).is_ok() && (head.ends_with(b"200") || head.ends_with(b"401"))
+}

@@ -1,0 +1,1 @@
+//! The Sandbox seam: run one process in a root filesystem, and its backends.
