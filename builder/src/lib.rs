@@ -2,17 +2,22 @@
 //!
 //! # Brief overview
 //!
+//! - [`Builder`]: `kiln build`, a Dockerfile's stages run into an image ([`BuildRequest`]);
+//!   RUN steps go through a `vm_sandbox::Sandbox`, layers through the snapshotter.
 //! - [`import()`]: `kiln import`, a rootfs tarball to a one-layer image ([`ImportOptions`]).
 //! - [`dispatch`]: what config-only instructions (ENV, CMD, WORKDIR, ...) do to an image
 //!   config ([`ConfigState`], [`apply_config`]).
 //! - [`Platform`] and [`creation_time`] (which honours `SOURCE_DATE_EPOCH`).
 //! - Errors are [`BuildError`]s; Dockerfile errors carry `file:line:col`.
 
+pub mod build;
+mod copy;
 pub mod dispatch;
 pub mod error;
 pub mod import;
 pub mod platform;
 
+pub use build::{BuildRequest, Builder};
 pub use dispatch::{ConfigState, apply_config};
 pub use error::{BuildError, Result};
 pub use import::{ImportOptions, import};

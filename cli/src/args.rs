@@ -36,6 +36,64 @@ pub(crate) enum Command {
     Import(ImportArgs),
     /// List images
     Images(ImagesArgs),
+    /// Build an image from a Dockerfile
+    Build(BuildArgs),
+    /// Run a command in a new container from an image
+    Run(RunArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct BuildArgs {
+    /// The Dockerfile (- for stdin) [default: CONTEXT/Dockerfile]
+    #[arg(short = 'f', long = "file", value_name = "PATH")]
+    pub(crate) file: Option<PathBuf>,
+    /// Name the image (repeatable)
+    #[arg(short = 't', long = "tag", value_name = "NAME")]
+    pub(crate) tags: Vec<String>,
+    /// Set a build argument (KEY=VALUE, or KEY to take it from the environment)
+    #[arg(long = "build-arg", value_name = "KEY=VALUE")]
+    pub(crate) build_args: Vec<String>,
+    /// Build this stage
+    #[arg(long)]
+    pub(crate) target: Option<String>,
+    /// Platform for FROM scratch stages (os/arch[/variant])
+    #[arg(long)]
+    pub(crate) platform: Option<String>,
+    /// Print only the image ID
+    #[arg(short, long)]
+    pub(crate) quiet: bool,
+    /// The build context directory
+    pub(crate) context: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct RunArgs {
+    /// Remove the container when it exits (containers are always removed for now)
+    #[arg(long)]
+    pub(crate) rm: bool,
+    /// Set an environment variable (KEY=VALUE, or KEY to take it from the environment)
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub(crate) env: Vec<String>,
+    /// Working directory inside the container
+    #[arg(short = 'w', long)]
+    pub(crate) workdir: Option<String>,
+    /// User (name|uid[:group|gid])
+    #[arg(short = 'u', long)]
+    pub(crate) user: Option<String>,
+    /// Override the image's ENTRYPOINT
+    #[arg(long)]
+    pub(crate) entrypoint: Option<String>,
+    /// Network mode: host (default) or none
+    #[arg(long, default_value = "host")]
+    pub(crate) network: String,
+    /// Container hostname [default: the short image ID]
+    #[arg(long)]
+    pub(crate) hostname: Option<String>,
+    /// The image
+    pub(crate) image: String,
+    /// Command and arguments [default: the image's CMD]
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub(crate) command: Vec<String>,
 }
 
 #[derive(clap::Args, Debug)]

@@ -18,6 +18,15 @@ use clap::Parser;
 use crate::args::{Cli, Command};
 
 fn main() -> ExitCode {
+    // The sandbox helper must start before anything else (it forks; no threads allowed).
+    let mut raw = std::env::args_os();
+    if raw
+        .nth(1)
+        .is_some_and(|a| a == vm_sandbox::container::INIT_ARG)
+    {
+        let spec = raw.next().map(PathBuf::from).unwrap_or_default();
+        return ExitCode::from(vm_sandbox::container::init_main(&spec).clamp(0, 255) as u8);
+    }
     let cli = Cli::parse();
     init_logging(&cli);
     match run(cli) {
@@ -68,5 +77,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Import(a) => commands::import::run(&root, a),
         Command::Images(a) => commands::images::run(&root, a),
+        Command::Build(a) => commands::build::run(&root, a),
+        Command::Run(a) => commands::run::run(&root, a),
     }
 }

@@ -52,6 +52,11 @@ impl Lexer {
         Lexer { escape }
     }
 
+    /// The escape character.
+    pub fn escape(&self) -> char {
+        self.escape
+    }
+
     /// Expands `word` into one string: quotes removed, variables substituted, no splitting.
     pub fn expand_word(&self, word: &str, env: &dyn Env) -> Result<String, ExpandError> {
         let mut s = Scan::new(word, self.escape, env);

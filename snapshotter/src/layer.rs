@@ -87,7 +87,7 @@ impl<R: Read, W: Write> Read for Tee<R, W> {
 
 /// Hands data to `inner` in fixed-size chunks only, so that a compressor's output depends on
 /// the bytes alone and not on how reads happened to split them.
-struct FixedChunks<W: Write> {
+pub(crate) struct FixedChunks<W: Write> {
     inner: W,
     buf: Vec<u8>,
 }
@@ -95,7 +95,7 @@ struct FixedChunks<W: Write> {
 const CHUNK: usize = 128 * 1024;
 
 impl<W: Write> FixedChunks<W> {
-    fn new(inner: W) -> Self {
+    pub(crate) fn new(inner: W) -> Self {
         FixedChunks {
             inner,
             buf: Vec::with_capacity(CHUNK),
@@ -103,7 +103,7 @@ impl<W: Write> FixedChunks<W> {
     }
 
     /// Writes what is buffered and returns the inner writer.
-    fn finish(mut self) -> io::Result<W> {
+    pub(crate) fn finish(mut self) -> io::Result<W> {
         self.inner.write_all(&self.buf)?;
         Ok(self.inner)
     }

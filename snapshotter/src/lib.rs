@@ -12,6 +12,9 @@
 //! - [`layer`]: compression detection and [`layer::import_tar`], which turns a tar stream into
 //!   a verified layer blob in one pass.
 //! - [`ImageConfig`]: the image configuration with stable serialization.
+//! - [`snapshot`]: layers unpacked once per chain ID in overlay form ([`snapshot::Snapshots`]),
+//!   writable [`snapshot::Active`] snapshots, and [`diff::write_layer`], which turns an upper
+//!   directory into a deterministic layer.
 //! - [`image`]: writing and reading image manifests and configs.
 //!
 //! ```
@@ -22,11 +25,13 @@
 //! ```
 
 pub mod config;
+pub mod diff;
 pub mod digest;
 pub mod error;
 pub mod image;
 pub mod layer;
 pub mod reference;
+pub mod snapshot;
 pub mod store;
 
 pub use config::{ImageConfig, RunConfig};

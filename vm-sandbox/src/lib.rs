@@ -1,1 +1,150 @@
-//! The Sandbox seam: run one process in a root filesystem, and its backends.
+//! The Sandbox seam: run one process in a root filesystem and report how it ended.
+//!
+//! # Brief overview
+//!
+//! - [`Sandbox`]: the trait the builder and `kiln run` use. A run gets a [`RootFs`] (read-only
+//!   lower directories plus a writable upper directory, overlayfs-style) and a [`RunSpec`]
+//!   (argv, environment, working directory, user, network mode, hostname); on return the
+//!   process's writes are in the upper directory and the [`RunOutcome`] says how it ended.
+//! - [`ContainerSandbox`]: Linux namespaces (mount, pid, uts, ipc, and net for
+//!   `--network=none`), an overlayfs root with `pivot_root`, `/proc`, a minimal `/dev` and a
+//!   read-only `/sys`. The namespace work happens in a re-executed helper process
+//!   ([`container::init_main`]), so the caller never forks a multi-threaded process.
+//! - [`FakeSandbox`]: the test double: records every spec and applies scripted effects.
+//!
+//! Running a non-zero exit is a result ([`ExitStatus::Code`]), not an error; errors are for
+//! sandboxes that could not start the process ([`SandboxError`]).
+
+pub mod container;
+mod fake;
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub use container::ContainerSandbox;
+pub use fake::FakeSandbox;
+
+/// The root filesystem of one run: overlay lower directories (top-most first) and the upper
+/// directory that receives every write.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RootFs {
+    /// Read-only layers, top-most first; may be empty (`FROM scratch`).
+    pub lower: Vec<PathBuf>,
+    /// Writable directory that collects the run's changes.
+    pub upper: PathBuf,
+    /// Overlayfs work directory on the same filesystem as `upper`.
+    pub work: PathBuf,
+}
+
+/// Network mode of a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Network {
+    /// The host's network (what `default` means, as in rootless BuildKit).
+    #[default]
+    Host,
+    /// A new, empty network namespace (loopback only, down).
+    None,
+}
+
+/// What to run.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RunSpec {
+    /// Program and arguments; the program is looked up in the spec's `PATH` if it has no `/`.
+    pub argv: Vec<String>,
+    /// Environment, `KEY=value`.
+    pub env: Vec<String>,
+    /// Working directory inside the root (created if missing).
+    pub cwd: String,
+    /// `user[:group]` by name or number, resolved in the root's /etc/passwd and /etc/group;
+    /// empty means root.
+    pub user: String,
+    /// Network mode.
+    pub network: Network,
+    /// Hostname inside the sandbox.
+    pub hostname: String,
+}
+
+/// How the process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExitStatus {
+    /// It exited with this code.
+    Code(i32),
+    /// A signal killed it.
+    Signal(i32),
+}
+
+impl ExitStatus {
+    /// Whether it exited with code 0.
+    pub fn success(self) -> bool {
+        self == ExitStatus::Code(0)
+    }
+
+    /// The shell's `$?` for it: the code, or 128 + the signal number.
+    pub fn shell_code(self) -> i32 {
+        match self {
+            ExitStatus::Code(c) => c,
+            ExitStatus::Signal(s) => 128 + s,
+        }
+    }
+}
+
+/// What a finished run reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunOutcome {
+    /// How the process ended.
+    pub status: ExitStatus,
+}
+
+/// Where the process's standard streams go.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RunIo {
+    /// The caller's stdin, stdout and stderr (`kiln run`).
+    #[default]
+    Inherit,
+    /// No stdin; stdout and stderr both to the caller's stderr (build steps, whose output is
+    /// progress, not the command's result).
+    OutputToStderr,
+}
+
+/// Which backend a sandbox is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SandboxKind {
+    /// Linux namespaces.
+    Container,
+    /// A microVM.
+    MicroVm,
+    /// The test double.
+    Fake,
+}
+
+/// Why a sandbox could not run the process.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SandboxError {
+    /// The host lacks what the backend needs.
+    #[error("sandbox unavailable: {0}")]
+    Unavailable(String),
+    /// Setting up the sandbox or starting the program failed.
+    #[error("{0}")]
+    Setup(String),
+    /// An I/O error on the host side.
+    #[error("{what}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs processes in isolated root filesystems.
+pub trait Sandbox: Send + Sync {
+    /// Which backend this is.
+    fn kind(&self) -> SandboxKind;
+    /// Checks that the host can run this backend.
+    fn probe(&self) -> Result<(), SandboxError>;
+    /// Runs `spec` to completion on `rootfs`, with standard streams as `io` says.
+    fn run(&self, rootfs: &RootFs, spec: &RunSpec, io: RunIo) -> Result<RunOutcome, SandboxError>;
+}

@@ -1,0 +1,198 @@
+//! COPY from the build context into a new snapshot's upper directory.
+
+use std::fs;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Component, Path, PathBuf};
+
+/// Ownership and mode applied to copied files.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct CopyAttrs {
+    /// `--chown` (uid, gid); default root.
+    pub(crate) owner: Option<(u32, u32)>,
+    /// `--chmod` (octal).
+    pub(crate) mode: Option<u32>,
+}
+
+/// Resolves a COPY source inside the context, refusing paths that climb out of it.
+pub(crate) fn context_path(context: &Path, src: &str) -> Result<PathBuf, String> {
+    let mut out = context.to_path_buf();
+    let mut depth = 0usize;
+    for c in Path::new(src).components() {
+        match c {
+            Component::Normal(n) => {
+                out.push(n);
+                depth += 1;
+            }
+            Component::ParentDir if depth > 0 => {
+                out.pop();
+                depth -= 1;
+            }
+            // `..` at the top stays at the top, as BuildKit does.
+            Component::ParentDir
+            | Component::RootDir
+            | Component::CurDir
+            | Component::Prefix(_) => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Copies `src` (file, symlink or directory contents) to `dest` under `upper`, creating parents.
+pub(crate) fn copy_into(
+    upper: &Path,
+    src: &Path,
+    dest: &str,
+    attrs: CopyAttrs,
+) -> Result<(), String> {
+    let target = upper.join(dest.trim_start_matches('/'));
+    if let Some(parent) = target.parent() {
+        make_parents(upper, parent)?;
+    }
+    let md = fs::symlink_metadata(src).map_err(|e| format!("{}: {e}", src.display()))?;
+    if md.is_dir() {
+        make_dir(&target, &md, attrs)?;
+        copy_dir_contents(src, &target, attrs)
+    } else {
+        copy_entry(src, &target, attrs)
+    }
+}
+
+fn make_parents(upper: &Path, dir: &Path) -> Result<(), String> {
+    if dir == upper || dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(p) = dir.parent() {
+        make_parents(upper, p)?;
+    }
+    fs::create_dir(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())
+}
+
+fn make_dir(target: &Path, md: &fs::Metadata, attrs: CopyAttrs) -> Result<(), String> {
+    if !target.is_dir() {
+        fs::create_dir(target).map_err(|e| format!("create {}: {e}", target.display()))?;
+    }
+    apply_attrs(target, md, attrs, true)
+}
+
+fn copy_dir_contents(src: &Path, dest: &Path, attrs: CopyAttrs) -> Result<(), String> {
+    let mut entries: Vec<_> = fs::read_dir(src)
+        .map_err(|e| format!("read {}: {e}", src.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("read {}: {e}", src.display()))?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let from = e.path();
+        let to = dest.join(e.file_name());
+        let md = fs::symlink_metadata(&from).map_err(|e| format!("{}: {e}", from.display()))?;
+        if md.is_dir() {
+            make_dir(&to, &md, attrs)?;
+            copy_dir_contents(&from, &to, attrs)?;
+        } else {
+            copy_entry(&from, &to, attrs)?;
+        }
+    }
+    Ok(())
+}
+
+fn copy_entry(src: &Path, dest: &Path, attrs: CopyAttrs) -> Result<(), String> {
+    let md = fs::symlink_metadata(src).map_err(|e| format!("{}: {e}", src.display()))?;
+    if dest.is_dir() && !md.is_dir() {
+        return Err(format!(
+            "cannot copy file {} over directory {}",
+            src.display(),
+            dest.display()
+        ));
+    }
+    let _ = fs::remove_file(dest);
+    if md.file_type().is_symlink() {
+        let t = fs::read_link(src).map_err(|e| format!("{}: {e}", src.display()))?;
+        symlink(&t, dest).map_err(|e| format!("create {}: {e}", dest.display()))?;
+    } else {
+        fs::copy(src, dest).map_err(|e| format!("copy {}: {e}", src.display()))?;
+    }
+    apply_attrs(dest, &md, attrs, false)
+}
+
+fn apply_attrs(
+    path: &Path,
+    md: &fs::Metadata,
+    attrs: CopyAttrs,
+    is_dir: bool,
+) -> Result<(), String> {
+    // Copied files belong to root unless --chown says otherwise. (Without privileges the
+    // default can't be applied here; rootless builds do it inside the user namespace.)
+    let (uid, gid) = attrs.owner.unwrap_or((0, 0));
+    if attrs.owner.is_some() || nix::unistd::geteuid().is_root() {
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+            .map_err(|e| format!("chown {}: {e}", path.display()))?;
+    }
+    if md.file_type().is_symlink() {
+        return Ok(());
+    }
+    let mode = attrs.mode.unwrap_or(md.permissions().mode() & 0o7777);
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("chmod {}: {e}", path.display()))?;
+    if !is_dir {
+        let mtime = filetime::FileTime::from_last_modification_time(md);
+        filetime::set_file_mtime(path, mtime)
+            .map_err(|e| format!("set mtime of {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Reads a file as the stacked layers show it (top-most first), honouring whiteouts.
+pub(crate) fn read_through_layers(layers_top_first: &[PathBuf], rel: &str) -> Option<String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    for dir in layers_top_first {
+        let p = dir.join(rel);
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_char_device() && m.rdev() == 0 => return None,
+            Ok(m) if m.is_file() => return fs::read_to_string(&p).ok(),
+            _ => {}
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_paths_cannot_escape() {
+        let c = Path::new("/ctx");
+        assert_eq!(context_path(c, "a/b").unwrap(), Path::new("/ctx/a/b"));
+        assert_eq!(
+            context_path(c, "../../etc/passwd").unwrap(),
+            Path::new("/ctx/etc/passwd")
+        );
+        assert_eq!(
+            context_path(c, "/abs/./x/../y").unwrap(),
+            Path::new("/ctx/abs/y")
+        );
+    }
+
+    #[test]
+    fn copies_directory_contents_with_attrs() {
+        let src = tempfile::tempdir().unwrap();
+        fs::create_dir_all(src.path().join("d/e")).unwrap();
+        fs::write(src.path().join("d/e/f"), b"x").unwrap();
+        fs::write(src.path().join("top"), b"t").unwrap();
+        let upper = tempfile::tempdir().unwrap();
+        let attrs = CopyAttrs {
+            owner: None,
+            mode: Some(0o600),
+        };
+        copy_into(upper.path(), &src.path().join("d"), "/app/", attrs).unwrap();
+        copy_into(upper.path(), &src.path().join("top"), "/app/renamed", attrs).unwrap();
+        assert_eq!(fs::read(upper.path().join("app/e/f")).unwrap(), b"x");
+        assert_eq!(fs::read(upper.path().join("app/renamed")).unwrap(), b"t");
+        let mode = fs::metadata(upper.path().join("app/e/f"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+}

@@ -1,0 +1,88 @@
+//! `kiln build [-f Dockerfile] [-t name]... [--build-arg K=V]... [--target stage] CONTEXT`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use builder::{BuildRequest, Builder, Platform};
+use snapshotter::Reference;
+use snapshotter::snapshot::Snapshots;
+
+use crate::args::BuildArgs;
+
+pub(crate) fn run(root: &Path, a: BuildArgs) -> anyhow::Result<ExitCode> {
+    let context = a.context.clone();
+    if !context.is_dir() {
+        anyhow::bail!("build context {} is not a directory", context.display());
+    }
+    let dockerfile_path = match &a.file {
+        Some(f) if f.as_os_str() == "-" => PathBuf::from("-"),
+        Some(f) => f.clone(),
+        None => context.join("Dockerfile"),
+    };
+    let dockerfile = if dockerfile_path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("read Dockerfile from stdin")?
+    } else {
+        std::fs::read_to_string(&dockerfile_path)
+            .with_context(|| format!("read {}", dockerfile_path.display()))?
+    };
+    let tags = a
+        .tags
+        .iter()
+        .map(|t| t.parse::<Reference>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut build_args = Vec::new();
+    for kv in &a.build_args {
+        match kv.split_once('=') {
+            Some((k, v)) => build_args.push((k.to_string(), v.to_string())),
+            // `--build-arg NAME` takes the value from the environment, as in Docker.
+            None => {
+                if let Ok(v) = std::env::var(kv) {
+                    build_args.push((kv.clone(), v));
+                }
+            }
+        }
+    }
+    let platform = a
+        .platform
+        .as_deref()
+        .map(str::parse::<Platform>)
+        .transpose()
+        .map_err(anyhow::Error::msg)?
+        .unwrap_or_else(Platform::host);
+    let store = super::open_store(root)?;
+    let snapshots = Snapshots::open(root)?;
+    let sandbox = super::sandbox(root)?;
+    let quiet = a.quiet;
+    let progress = move |line: &str| {
+        if !quiet {
+            eprintln!("{line}");
+        }
+    };
+    let builder = Builder {
+        store: &store,
+        snapshots: &snapshots,
+        sandbox: &sandbox,
+        progress: &progress,
+    };
+    let req = BuildRequest {
+        dockerfile,
+        dockerfile_name: dockerfile_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "Dockerfile".into()),
+        context,
+        build_args,
+        target: a.target,
+        tags,
+        platform,
+    };
+    let image = builder.build(&req)?;
+    if !quiet {
+        for t in &req.tags {
+            eprintln!("naming to {t}");
+        }
+    }
+    println!("{}", image.id());
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,103 @@
+//! `kiln run [--rm] [-e K=V]... [-w DIR] [-u USER] [--network MODE] IMAGE [COMMAND [ARG...]]`.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use snapshotter::image::read_image;
+use snapshotter::snapshot::Snapshots;
+use snapshotter::{Reference, Store};
+use vm_sandbox::{Network, RootFs, RunIo, RunSpec, Sandbox};
+
+use crate::args::RunArgs;
+
+pub(crate) fn run(root: &Path, a: RunArgs) -> anyhow::Result<ExitCode> {
+    let name: Reference = a.image.parse()?;
+    let store = super::open_store(root)?;
+    let desc = store.resolve(&name)?.with_context(|| {
+        format!(
+            "unable to find image {} locally (pulling is not supported yet)",
+            a.image
+        )
+    })?;
+    let image = read_image(&store, &desc)?;
+    let snapshots = Snapshots::open(root)?;
+    let layers = snapshots.ensure_image(&store, &image)?;
+    let cfg = &image.config.config;
+    let mut argv = match &a.entrypoint {
+        Some(ep) if ep.is_empty() => Vec::new(),
+        Some(ep) => vec![ep.clone()],
+        None => cfg.entrypoint.clone().unwrap_or_default(),
+    };
+    if a.command.is_empty() {
+        // An explicit --entrypoint drops the image's CMD, as in Docker.
+        if a.entrypoint.is_none() {
+            argv.extend(cfg.cmd.clone().unwrap_or_default());
+        }
+    } else {
+        argv.extend(a.command.iter().cloned());
+    }
+    if argv.is_empty() {
+        anyhow::bail!("no command specified: the image has no CMD or ENTRYPOINT");
+    }
+    let mut env = cfg.env.clone().unwrap_or_default();
+    for e in &a.env {
+        let key = e.split_once('=').map_or(e.as_str(), |(k, _)| k);
+        env.retain(|kv| kv.split_once('=').map_or(kv.as_str(), |(k, _)| k) != key);
+        if e.contains('=') {
+            env.push(e.clone());
+        } else if let Ok(v) = std::env::var(e) {
+            env.push(format!("{e}={v}"));
+        }
+    }
+    let network = match a.network.as_str() {
+        "none" => Network::None,
+        "host" | "default" => Network::Host,
+        other => anyhow::bail!("unsupported network mode {other:?} (use none or host)"),
+    };
+    let spec = RunSpec {
+        argv,
+        env,
+        cwd: a
+            .workdir
+            .clone()
+            .or_else(|| cfg.working_dir.clone())
+            .unwrap_or_else(|| "/".into()),
+        user: a
+            .user
+            .clone()
+            .or_else(|| cfg.user.clone())
+            .unwrap_or_default(),
+        network,
+        hostname: a
+            .hostname
+            .clone()
+            .unwrap_or_else(|| image.id().short().to_string()),
+    };
+    let sandbox = super::sandbox(root)?;
+    // The container's writes go to a throwaway upper directory, removed when it ends.
+    let active = snapshots.prepare()?;
+    let rootfs = RootFs {
+        lower: layers.iter().rev().map(|(_, d)| d.clone()).collect(),
+        upper: active.upper.clone(),
+        work: active.work.clone(),
+    };
+    let outcome = sandbox.run(&rootfs, &spec, RunIo::Inherit);
+    drop(active);
+    match outcome {
+        Ok(o) => Ok(ExitCode::from(o.status.shell_code().clamp(0, 255) as u8)),
+        // Docker's codes: 127 command not found, 126 not executable, 125 anything else.
+        Err(e) => {
+            let msg = e.to_string();
+            eprintln!("kiln: error: {msg}");
+            let code = if msg.contains("executable file not found") {
+                127
+            } else if msg.contains("ermission denied") {
+                126
+            } else {
+                125
+            };
+            Ok(ExitCode::from(code))
+        }
+    }
+}

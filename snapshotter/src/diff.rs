@@ -1,0 +1,311 @@
+//! Layer diff: a snapshot's upper directory (overlay form) becomes a deterministic OCI layer.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+
+use oci_spec::image::{DescriptorBuilder, MediaType};
+
+use crate::digest::HashingWriter;
+use crate::error::{IoContext, Result, StoreError};
+use crate::layer::{FixedChunks, Layer};
+use crate::snapshot::OPAQUE_XATTR;
+use crate::store::{BlobWriter, Store};
+
+/// How layer tars are written.
+#[derive(Clone, Debug, Default)]
+pub struct DiffOptions {
+    /// Clamp every mtime to at most this (seconds since the epoch): `SOURCE_DATE_EPOCH`.
+    pub clamp_mtime: Option<u64>,
+}
+
+impl DiffOptions {
+    /// Options from the environment (`SOURCE_DATE_EPOCH`).
+    pub fn from_env() -> Self {
+        DiffOptions {
+            clamp_mtime: std::env::var("SOURCE_DATE_EPOCH")
+                .ok()
+                .and_then(|v| v.trim().parse().ok()),
+        }
+    }
+}
+
+/// Writes the upper directory `upper` as a gzip layer blob into the store.
+///
+/// Entries are sorted by name; owners are numeric with empty user and group names; no atime
+/// or ctime; hardlinked files are stored once and linked; overlay whiteouts become `.wh.`
+/// entries and opaque directories get `.wh..wh..opq`.
+pub fn write_layer(store: &dyn Store, upper: &Path, opts: &DiffOptions) -> Result<Layer> {
+    let blob = store.writer()?;
+    let gz = flate2::write::GzEncoder::new(blob, flate2::Compression::default());
+    let hashed = HashingWriter::new(FixedChunks::new(gz));
+    let mut tar = tar::Builder::new(hashed);
+    tar.follow_symlinks(false);
+    let mut w = Walker {
+        tar: &mut tar,
+        opts,
+        links: HashMap::new(),
+    };
+    w.dir(upper, "")?;
+    let hashed = tar
+        .into_inner()
+        .map_err(|e| StoreError::Stream("write layer", e))?;
+    let (diff_id, _, fixed) = hashed.finish();
+    let blob: Box<dyn BlobWriter> = fixed
+        .finish()
+        .and_then(|gz| gz.finish())
+        .map_err(|e| StoreError::Stream("compress layer", e))?;
+    let (digest, size) = blob.commit(None)?;
+    Ok(Layer {
+        descriptor: DescriptorBuilder::default()
+            .media_type(MediaType::ImageLayerGzip)
+            .digest(&digest)
+            .size(size)
+            .build()
+            .expect("descriptor fields are set"),
+        diff_id,
+    })
+}
+
+struct Walker<'a, W: Write> {
+    tar: &'a mut tar::Builder<W>,
+    opts: &'a DiffOptions,
+    /// (dev, inode) of multiply-linked files already written, and their path.
+    links: HashMap<(u64, u64), String>,
+}
+
+impl<W: Write> Walker<'_, W> {
+    fn header(&self, md: &fs::Metadata, kind: tar::EntryType) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(md.mode() & 0o7777);
+        h.set_uid(md.uid().into());
+        h.set_gid(md.gid().into());
+        let mtime = md.mtime().max(0) as u64;
+        h.set_mtime(self.opts.clamp_mtime.map_or(mtime, |c| mtime.min(c)));
+        h.set_size(0);
+        h
+    }
+
+    fn put(&mut self, h: &mut tar::Header, path: &str, data: impl io::Read) -> Result<()> {
+        self.tar
+            .append_data(h, path, data)
+            .map_err(|e| StoreError::Stream("write layer entry", e))
+    }
+
+    fn dir(&mut self, dir: &Path, rel: &str) -> Result<()> {
+        let mut names: Vec<_> = fs::read_dir(dir)
+            .at("read directory", dir)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<io::Result<_>>()
+            .at("read directory", dir)?;
+        names.sort();
+        for name in names {
+            let path = dir.join(&name);
+            let name = name.to_string_lossy();
+            let rel = if rel.is_empty() {
+                name.to_string()
+            } else {
+                format!("{rel}/{name}")
+            };
+            let md = fs::symlink_metadata(&path).at("stat", &path)?;
+            let ft = md.file_type();
+            if ft.is_char_device() && md.rdev() == 0 {
+                let wh = match rel.rsplit_once('/') {
+                    Some((parent, n)) => format!("{parent}/.wh.{n}"),
+                    None => format!(".wh.{rel}"),
+                };
+                let mut h = self.header(&md, tar::EntryType::Regular);
+                h.set_mode(0o644);
+                self.put(&mut h, &wh, io::empty())?;
+            } else if ft.is_dir() {
+                let mut h = self.header(&md, tar::EntryType::Directory);
+                self.put(&mut h, &format!("{rel}/"), io::empty())?;
+                let opaque = xattr::get(&path, OPAQUE_XATTR).ok().flatten();
+                if opaque.as_deref() == Some(b"y") {
+                    let mut h = self.header(&md, tar::EntryType::Regular);
+                    h.set_mode(0o644);
+                    self.put(&mut h, &format!("{rel}/.wh..wh..opq"), io::empty())?;
+                }
+                self.dir(&path, &rel)?;
+            } else if ft.is_symlink() {
+                let target = fs::read_link(&path).at("read link", &path)?;
+                let mut h = self.header(&md, tar::EntryType::Symlink);
+                self.tar
+                    .append_link(&mut h, &rel, &target)
+                    .map_err(|e| StoreError::Stream("write layer entry", e))?;
+            } else if ft.is_file() {
+                if md.nlink() > 1 {
+                    let key = (md.dev(), md.ino());
+                    if let Some(first) = self.links.get(&key) {
+                        let mut h = self.header(&md, tar::EntryType::Link);
+                        let first = first.clone();
+                        self.tar
+                            .append_link(&mut h, &rel, &first)
+                            .map_err(|e| StoreError::Stream("write layer entry", e))?;
+                        continue;
+                    }
+                    self.links.insert(key, rel.clone());
+                }
+                let mut h = self.header(&md, tar::EntryType::Regular);
+                h.set_size(md.len());
+                let f = fs::File::open(&path).at("open", &path)?;
+                self.put(&mut h, &rel, f)?;
+            } else {
+                let kind = if ft.is_char_device() {
+                    tar::EntryType::Char
+                } else if ft.is_block_device() {
+                    tar::EntryType::Block
+                } else if ft.is_fifo() {
+                    tar::EntryType::Fifo
+                } else {
+                    // Sockets are not kept in layers, as in Docker.
+                    continue;
+                };
+                let mut h = self.header(&md, kind);
+                let rdev = md.rdev();
+                let _ = h.set_device_major(nix::sys::stat::major(rdev) as u32);
+                let _ = h.set_device_minor(nix::sys::stat::minor(rdev) as u32);
+                self.put(&mut h, &rel, io::empty())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::Digest;
+    use crate::snapshot::unpack_layer;
+    use crate::store::MemStore;
+    use std::io::Read;
+
+    fn can_make_whiteouts() -> bool {
+        nix::unistd::geteuid().is_root()
+    }
+
+    fn tree(dir: &Path) {
+        fs::create_dir_all(dir.join("etc/conf.d")).unwrap();
+        fs::write(dir.join("etc/hello"), b"hi").unwrap();
+        fs::hard_link(dir.join("etc/hello"), dir.join("etc/hello2")).unwrap();
+        std::os::unix::fs::symlink("/etc/hello", dir.join("link")).unwrap();
+        fs::write(dir.join(format!("long-{}", "x".repeat(150))), b"long").unwrap();
+        if can_make_whiteouts() {
+            let wh = dir.join("etc/gone");
+            nix::sys::stat::mknod(
+                &wh,
+                nix::sys::stat::SFlag::S_IFCHR,
+                nix::sys::stat::Mode::empty(),
+                0,
+            )
+            .unwrap();
+            xattr::set(dir.join("etc/conf.d"), OPAQUE_XATTR, b"y").unwrap();
+        }
+    }
+
+    fn entries(store: &MemStore, layer: &Layer) -> Vec<(String, tar::EntryType)> {
+        let d = Digest::try_from(layer.descriptor.digest()).unwrap();
+        let mut raw = Vec::new();
+        flate2::read::GzDecoder::new(store.open(&d).unwrap())
+            .read_to_end(&mut raw)
+            .unwrap();
+        assert_eq!(Digest::of(&raw), layer.diff_id);
+        let mut a = tar::Archive::new(&raw[..]);
+        a.entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.path().unwrap().display().to_string(),
+                    e.header().entry_type(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn layers_are_sorted_linked_and_whiteouts_are_converted() {
+        let dir = tempfile::tempdir().unwrap();
+        tree(dir.path());
+        let store = MemStore::new();
+        let layer = write_layer(&store, dir.path(), &DiffOptions::default()).unwrap();
+        let got = entries(&store, &layer);
+        let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
+        // Depth-first, each directory's children in name order (a whiteout sorts under the
+        // name it hides), as Docker and BuildKit write layers.
+        let long = format!("long-{}", "x".repeat(150));
+        let expected: Vec<&str> = if can_make_whiteouts() {
+            vec![
+                "etc/",
+                "etc/conf.d/",
+                "etc/conf.d/.wh..wh..opq",
+                "etc/.wh.gone",
+                "etc/hello",
+                "etc/hello2",
+                "link",
+                &long,
+            ]
+        } else {
+            vec![
+                "etc/",
+                "etc/conf.d/",
+                "etc/hello",
+                "etc/hello2",
+                "link",
+                &long,
+            ]
+        };
+        assert_eq!(names, expected);
+        assert!(
+            got.contains(&("etc/hello2".into(), tar::EntryType::Link)),
+            "{got:?}"
+        );
+        assert!(got.contains(&("link".into(), tar::EntryType::Symlink)));
+        assert!(names.iter().any(|n| n.len() > 150), "long names survive");
+        if can_make_whiteouts() {
+            assert!(names.contains(&"etc/.wh.gone"), "{names:?}");
+            assert!(names.contains(&"etc/conf.d/.wh..wh..opq"), "{names:?}");
+            // And back: unpacking restores the overlay form.
+            let out = tempfile::tempdir().unwrap();
+            let d = Digest::try_from(layer.descriptor.digest()).unwrap();
+            unpack_layer(
+                flate2::read::GzDecoder::new(store.open(&d).unwrap()),
+                out.path(),
+            )
+            .unwrap();
+            let md = fs::symlink_metadata(out.path().join("etc/gone")).unwrap();
+            assert!(md.file_type().is_char_device() && md.rdev() == 0);
+            assert_eq!(
+                xattr::get(out.path().join("etc/conf.d"), OPAQUE_XATTR)
+                    .unwrap()
+                    .as_deref(),
+                Some(&b"y"[..])
+            );
+            assert_eq!(fs::read(out.path().join("etc/hello2")).unwrap(), b"hi");
+            let again = write_layer(&store, out.path(), &DiffOptions::default()).unwrap();
+            assert_eq!(
+                again.diff_id, layer.diff_id,
+                "unpack then diff is the identity"
+            );
+        }
+    }
+
+    #[test]
+    fn clamped_mtimes_make_layers_reproducible() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        tree(a.path());
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        tree(b.path());
+        let store = MemStore::new();
+        let opts = DiffOptions {
+            clamp_mtime: Some(1_000_000),
+        };
+        let la = write_layer(&store, a.path(), &opts).unwrap();
+        let lb = write_layer(&store, b.path(), &opts).unwrap();
+        assert_eq!(la.diff_id, lb.diff_id);
+        assert_eq!(la.descriptor.digest(), lb.descriptor.digest());
+    }
+}

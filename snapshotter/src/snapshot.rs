@@ -1,0 +1,242 @@
+//! Snapshots: each layer unpacked once into a directory keyed by its chain ID, in overlayfs
+//! form (whiteouts as 0:0 character devices, opaque directories marked with
+//! `trusted.overlay.opaque`), so a chain can be stacked as overlay lower directories.
+//!
+//! ```text
+//! ROOT/snapshots/CHAINHEX/     one layer's files, ready to be an overlay lowerdir
+//! ROOT/snapshots/tmp/          layers being unpacked and active (writable) snapshots
+//! ```
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use oci_spec::image::Descriptor;
+use sha2::{Digest as _, Sha256};
+
+use crate::digest::Digest;
+use crate::error::{IoContext, Result, StoreError};
+use crate::layer::decompressed;
+use crate::store::Store;
+
+/// The overlayfs xattr that makes a directory hide what lower layers have under it.
+pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+
+/// The chain ID of a layer on top of `parent` (OCI image spec): the ID of a stack of layers.
+pub fn chain_id(parent: Option<&Digest>, diff_id: &Digest) -> Digest {
+    match parent {
+        None => diff_id.clone(),
+        Some(p) => Digest::of(format!("{p} {diff_id}").as_bytes()),
+    }
+}
+
+/// The snapshot directories under a store root.
+#[derive(Clone, Debug)]
+pub struct Snapshots {
+    dir: PathBuf,
+}
+
+/// A writable snapshot being filled (a RUN step's upper directory, a COPY's new files).
+/// Dropped without [`Snapshots::commit`], it is removed.
+#[derive(Debug)]
+pub struct Active {
+    dir: PathBuf,
+    /// Where new and changed files go (the overlay upper directory).
+    pub upper: PathBuf,
+    /// Overlayfs's work directory (same filesystem as `upper`).
+    pub work: PathBuf,
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        if self.dir.exists() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+impl Snapshots {
+    /// Opens (creating) the snapshot area under the store root.
+    pub fn open(root: &Path) -> Result<Self> {
+        let dir = root.join("snapshots");
+        fs::create_dir_all(dir.join("tmp")).at("create directory", dir.join("tmp"))?;
+        Ok(Snapshots { dir })
+    }
+
+    /// Where the layer with this chain ID is (or would be) unpacked.
+    pub fn layer_dir(&self, chain: &Digest) -> PathBuf {
+        self.dir.join(chain.hex())
+    }
+
+    /// Unpacks `layer` (whose chain ID is `chain`) unless it already is; returns its directory.
+    pub fn ensure_layer(
+        &self,
+        store: &dyn Store,
+        chain: &Digest,
+        layer: &Descriptor,
+    ) -> Result<PathBuf> {
+        let dest = self.layer_dir(chain);
+        if dest.exists() {
+            return Ok(dest);
+        }
+        let tmp = tempfile::Builder::new()
+            .prefix("unpack-")
+            .tempdir_in(self.dir.join("tmp"))
+            .at("create directory in", self.dir.join("tmp"))?;
+        let digest = Digest::try_from(layer.digest())?;
+        let fs_dir = tmp.path().join("fs");
+        fs::create_dir(&fs_dir).at("create directory", &fs_dir)?;
+        let blob = VerifyingReader::new(store.open(&digest)?, digest.clone());
+        unpack_layer(decompressed(blob)?, &fs_dir).map_err(|e| match e {
+            StoreError::InvalidLayer(m) => StoreError::InvalidLayer(format!("layer {digest}: {m}")),
+            e => e,
+        })?;
+        self.publish(&fs_dir, &dest)?;
+        Ok(dest)
+    }
+
+    /// Unpacks every layer of an image (bottom first) unless already unpacked; returns the
+    /// chain IDs and directories, bottom first.
+    pub fn ensure_image(
+        &self,
+        store: &dyn Store,
+        image: &crate::image::StoredImage,
+    ) -> Result<Vec<(Digest, PathBuf)>> {
+        let layers = image.manifest.layers();
+        let diff_ids = &image.config.rootfs.diff_ids;
+        if layers.len() != diff_ids.len() {
+            return Err(StoreError::InvalidLayer(format!(
+                "image {} has {} layers but {} diff_ids",
+                image.descriptor.digest(),
+                layers.len(),
+                diff_ids.len()
+            )));
+        }
+        let mut out: Vec<(Digest, PathBuf)> = Vec::new();
+        for (layer, diff_id) in layers.iter().zip(diff_ids) {
+            let diff_id: Digest = diff_id.parse()?;
+            let chain = chain_id(out.last().map(|(c, _)| c), &diff_id);
+            let dir = self.ensure_layer(store, &chain, layer)?;
+            out.push((chain, dir));
+        }
+        Ok(out)
+    }
+
+    /// A new empty writable snapshot.
+    pub fn prepare(&self) -> Result<Active> {
+        let tmp = self.dir.join("tmp");
+        let dir = tempfile::Builder::new()
+            .prefix("active-")
+            .tempdir_in(&tmp)
+            .at("create directory in", &tmp)?
+            .keep();
+        let (upper, work) = (dir.join("upper"), dir.join("work"));
+        for d in [&upper, &work] {
+            fs::create_dir(d).at("create directory", d)?;
+        }
+        Ok(Active { dir, upper, work })
+    }
+
+    /// Keeps an active snapshot's upper directory as the layer with chain ID `chain`.
+    pub fn commit(&self, active: Active, chain: &Digest) -> Result<PathBuf> {
+        let dest = self.layer_dir(chain);
+        self.publish(&active.upper, &dest)?;
+        Ok(dest)
+    }
+
+    /// Renames a finished directory into place; another process may have won the race with
+    /// the same content, which is as good.
+    fn publish(&self, from: &Path, dest: &Path) -> Result<()> {
+        match fs::rename(from, dest) {
+            Ok(()) => Ok(()),
+            Err(_) if dest.exists() => Ok(()),
+            Err(e) => Err(e).at("rename into place", dest),
+        }
+    }
+}
+
+/// Unpacks a layer tar into `dest` in overlay form: `.wh.NAME` becomes a 0:0 character
+/// device, `.wh..wh..opq` marks its directory opaque.
+pub fn unpack_layer(input: impl Read, dest: &Path) -> Result<()> {
+    let bad = |why: String| StoreError::InvalidLayer(why);
+    let mut archive = tar::Archive::new(input);
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_ownerships(true);
+    archive.set_preserve_mtime(true);
+    archive.set_unpack_xattrs(true);
+    archive.set_overwrite(true);
+    for entry in archive
+        .entries()
+        .map_err(|e| bad(format!("read tar: {e}")))?
+    {
+        let mut entry = entry.map_err(|e| bad(format!("read tar: {e}")))?;
+        let path = entry
+            .path()
+            .map_err(|e| bad(format!("bad path: {e}")))?
+            .into_owned();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if let Some(hidden) = name.strip_prefix(".wh.") {
+            let parent = dest.join(path.parent().unwrap_or(Path::new("")));
+            if parent
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+            {
+                return Err(bad(format!("whiteout {} escapes the root", path.display())));
+            }
+            fs::create_dir_all(&parent).at("create directory", &parent)?;
+            if hidden == ".wh..opq" {
+                xattr::set(&parent, OPAQUE_XATTR, b"y").at("mark opaque", &parent)?;
+            } else {
+                let target = parent.join(hidden);
+                let _ = fs::remove_file(&target);
+                nix::sys::stat::mknod(
+                    &target,
+                    nix::sys::stat::SFlag::S_IFCHR,
+                    nix::sys::stat::Mode::empty(),
+                    0,
+                )
+                .map_err(std::io::Error::from)
+                .at("create whiteout", &target)?;
+            }
+            continue;
+        }
+        entry
+            .unpack_in(dest)
+            .map_err(|e| bad(format!("unpack {}: {e}", path.display())))?;
+    }
+    Ok(())
+}
+
+/// Checks a blob's digest as it is read; a mismatch is an error at the end of the stream.
+struct VerifyingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    expected: Digest,
+}
+
+impl<R: Read> VerifyingReader<R> {
+    fn new(inner: R, expected: Digest) -> Self {
+        VerifyingReader {
+            inner,
+            hasher: Sha256::new(),
+            expected,
+        }
+    }
+}
+
+impl<R: Read> Read for VerifyingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            let actual = hex::encode(std::mem::take(&mut self.hasher).finalize());
+            if actual != self.expected.hex() {
+                return Err(std::io::Error::other(format!(
+                    "blob {} is corrupt (content hashes to sha256:{actual})",
+                    self.expected
+                )));
+            }
+        }
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}

@@ -1,0 +1,266 @@
+//! `kiln build` and `kiln run` end to end, with the container sandbox.
+
+use std::process::Command;
+
+use tests::{TestContext, in_ci, require, workspace_dir};
+
+/// The container sandbox needs root and overlayfs for now.
+fn sandbox_available() -> bool {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout == b"0\n");
+    let overlay = std::fs::read_to_string("/proc/filesystems").is_ok_and(|f| f.contains("overlay"));
+    let _ = in_ci();
+    require(
+        "container sandbox",
+        root && overlay,
+        "needs root and overlayfs (rootless mode is not built yet)",
+    )
+}
+
+#[test]
+fn the_example_builds_and_runs() {
+    if !sandbox_available() {
+        return;
+    }
+    let ctx = TestContext::new();
+    ctx.base_image();
+    let out = ctx
+        .kiln()
+        .args(["build", "-t", "hello:1.0"])
+        .arg(workspace_dir().join("examples/hello"))
+        .run();
+    out.ok();
+    assert!(
+        out.stderr.contains("[6/7] RUN chmod +x hello.sh"),
+        "{}",
+        out.stderr
+    );
+    let run = ctx.kiln().args(["run", "--rm", "hello:1.0"]).run();
+    assert_eq!(
+        run.ok(),
+        "hello from a kiln-built image\nbuilt by kiln on Linux\n"
+    );
+    let run = ctx
+        .kiln()
+        .args([
+            "build",
+            "--build-arg",
+            "GREETING=hi",
+            "-q",
+            "-t",
+            "hello:hi",
+        ])
+        .arg(workspace_dir().join("examples/hello"))
+        .run();
+    run.ok();
+    let run = ctx.kiln().args(["run", "hello:hi"]).run();
+    assert!(
+        run.ok().starts_with("hi from a kiln-built image\n"),
+        "{}",
+        run.stdout
+    );
+    // The built image is a valid OCI image for other tools too.
+    if require(
+        "umoci",
+        tests::have_program("umoci"),
+        "apt-get install umoci",
+    ) {
+        let bundle = ctx.work().join("bundle");
+        let o = Command::new("umoci")
+            .args(["unpack", "--image"])
+            .arg(format!(
+                "{}:docker.io/library/hello:1.0",
+                ctx.root().display()
+            ))
+            .arg(&bundle)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(
+            std::fs::read_to_string(bundle.join("rootfs/app/built.txt")).unwrap(),
+            "built by kiln on Linux\n"
+        );
+    }
+}
+
+#[test]
+fn run_steps_see_env_args_workdir_user_and_leave_no_sandbox_files_in_layers() {
+    if !sandbox_available() {
+        return;
+    }
+    let ctx = TestContext::new();
+    ctx.base_image();
+    let dir = ctx.work().join("ctx");
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::write(dir.join("sub/data.txt"), "payload\n").unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "ARG BASE=busybox\nFROM $BASE AS base\nARG V=default\nENV E=env-$V\nWORKDIR /w\nCOPY sub/ /copied/\nCOPY --chown=nobody:nogroup --chmod=600 sub/data.txt owned.txt\n\
+         RUN echo \"$V $E $(pwd)\" > out.txt && stat -c '%U:%G %a' owned.txt >> out.txt && cat /copied/data.txt >> out.txt\n\
+         RUN --network=none sh -c 'ip link | grep -c eth || true' > net.txt\n\
+         USER nobody\nRUN id -un > /tmp/who\n\
+         FROM base AS unused\nRUN exit 1\n\
+         FROM base\nCMD cat /w/out.txt /w/net.txt /tmp/who\n",
+    )
+    .unwrap();
+    let out = ctx
+        .kiln()
+        .args(["build", "--build-arg", "V=given", "-t", "t"])
+        .arg(&dir)
+        .run();
+    out.ok();
+    assert!(
+        !out.stderr.contains("RUN exit 1"),
+        "an unused stage ran: {}",
+        out.stderr
+    );
+    let run = ctx.kiln().args(["run", "t"]).run();
+    assert_eq!(
+        run.ok(),
+        "given env-given /w\nnobody:nogroup 600\npayload\n0\nnobody\n"
+    );
+    // /etc/hosts is bind-mounted by the sandbox, and /dev is a tmpfs: neither reaches a layer.
+    let r = ctx
+        .kiln()
+        .args([
+            "run",
+            "-u",
+            "root",
+            "t",
+            "sh",
+            "-c",
+            "grep -c localhost /etc/hosts",
+        ])
+        .run();
+    assert_eq!(r.ok(), "2\n");
+    let store = ctx.store();
+    let reference: snapshotter::Reference = "t".parse().unwrap();
+    let img = snapshotter::image::read_image(
+        &store,
+        &snapshotter::Store::resolve(&store, &reference)
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    for l in &img.manifest.layers()[1..] {
+        let d = snapshotter::Digest::try_from(l.digest()).unwrap();
+        let blob = std::fs::read(ctx.root().join("blobs/sha256").join(d.hex())).unwrap();
+        let mut a = tar_entries(&blob);
+        a.retain(|p| {
+            p.starts_with("dev/")
+                || p.starts_with("proc/")
+                || p == "etc/hosts"
+                || p.starts_with("sys/")
+        });
+        assert!(a.is_empty(), "sandbox files leaked into a layer: {a:?}");
+    }
+}
+
+fn tar_entries(gz: &[u8]) -> Vec<String> {
+    use std::io::Read;
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(gz)
+        .read_to_end(&mut raw)
+        .unwrap();
+    // Parse ustar/GNU headers just enough to list names (long names are not used here).
+    let mut names = Vec::new();
+    let mut off = 0;
+    while off + 512 <= raw.len() && raw[off] != 0 {
+        let h = &raw[off..off + 512];
+        let name = String::from_utf8_lossy(&h[..100])
+            .trim_end_matches('\0')
+            .to_string();
+        let size = usize::from_str_radix(
+            String::from_utf8_lossy(&h[124..135]).trim_matches(|c: char| c == '\0' || c == ' '),
+            8,
+        )
+        .unwrap_or(0);
+        names.push(name);
+        off += 512 + size.div_ceil(512) * 512;
+    }
+    names
+}
+
+#[test]
+fn failures_are_one_line_with_file_line_col_and_exit_codes_follow_docker() {
+    if !sandbox_available() {
+        return;
+    }
+    let ctx = TestContext::new();
+    ctx.base_image();
+    let dir = ctx.work().join("ctx");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (dockerfile, want) in [
+        (
+            "FROM busybox\nRUN exit 3\n",
+            "Dockerfile:2:1: process \"/bin/sh -c exit 3\" did not complete successfully: exit code: 3",
+        ),
+        (
+            "FROM busybox\n  BOGUS x\n",
+            "Dockerfile:2:3: unknown instruction: BOGUS",
+        ),
+        (
+            "FROM nosuchimage\n",
+            "Dockerfile:1:1: image nosuchimage not found in the local store (pulling from registries is not supported yet; use kiln import)",
+        ),
+        (
+            "FROM busybox\nCOPY missing.txt /\n",
+            "Dockerfile:2:1: failed to compute cache key: \"missing.txt\" not found in the build context",
+        ),
+        (
+            "RUN true\n",
+            "Dockerfile:1:1: RUN before the first FROM (only ARG may come first)",
+        ),
+    ] {
+        std::fs::write(dir.join("Dockerfile"), dockerfile).unwrap();
+        let before = ctx
+            .store_listing()
+            .into_iter()
+            .filter(|(p, _)| p == "index.json")
+            .collect::<Vec<_>>();
+        let out = ctx
+            .kiln()
+            .args(["build", "-q", "-t", "broken"])
+            .arg(&dir)
+            .run();
+        let err = out.fails();
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert_eq!(err.trim_end(), format!("kiln: error: {want}"));
+        let after = ctx
+            .store_listing()
+            .into_iter()
+            .filter(|(p, _)| p == "index.json")
+            .collect::<Vec<_>>();
+        assert_eq!(
+            before, after,
+            "a failed build must not change the image names"
+        );
+    }
+    let r = ctx
+        .kiln()
+        .args(["run", "busybox", "sh", "-c", "exit 7"])
+        .run();
+    assert_eq!(r.code, Some(7));
+    // The command is PID 1 of its own pid namespace, as in Docker: it ignores a SIGKILL
+    // sent from inside, while a child killed by it shows 128+9.
+    let r = ctx
+        .kiln()
+        .args([
+            "run",
+            "busybox",
+            "sh",
+            "-c",
+            "echo $$; sh -c 'kill -9 $$'; echo $?",
+        ])
+        .run();
+    assert_eq!(r.ok(), "1\n137\n");
+    let r = ctx.kiln().args(["run", "busybox", "no-such-program"]).run();
+    assert_eq!(r.code, Some(127));
+    assert!(
+        r.stderr.contains("executable file not found in $PATH"),
+        "{}",
+        r.stderr
+    );
+}
