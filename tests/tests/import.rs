@@ -243,3 +243,38 @@ fn bad_input_gives_one_line_and_changes_nothing() {
     let layer = Digest::try_from(img.manifest.layers()[0].digest()).unwrap();
     store.read_verified(&layer).unwrap();
 }
+
+#[test]
+fn global_options_kiln_root_and_debug_logging() {
+    let ctx = TestContext::new();
+    let other = ctx.work().join("other-store");
+    // KILN_ROOT chooses the store when --root is absent.
+    let out = std::process::Command::new(tests::kiln_bin())
+        .env("KILN_ROOT", &other)
+        .args(["-D", "import"])
+        .arg(busybox_rootfs_tar())
+        .arg("via-env")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(other.join("oci-layout").is_file());
+    // -D turns on debug logs (on stderr), here the store choice and the layer summary.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("DEBUG") && stderr.contains("layer read"),
+        "{stderr}"
+    );
+    let quiet = ctx.kiln().args(["--log-level", "error", "images"]).run();
+    assert!(!quiet.stderr.contains("DEBUG"));
+    assert!(
+        ctx.kiln()
+            .args(["--log-level", "bogus[", "images"])
+            .run()
+            .code
+            == Some(0)
+    );
+}
