@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use parser::{Command, Instruction, Lexer, Node};
+use parser::{Instruction, Lexer, Node};
 use snapshotter::config::History;
 use snapshotter::diff::{DiffOptions, write_layer};
 use snapshotter::image::{StoredImage, read_image, write_image};
@@ -73,96 +73,49 @@ impl StageState {
     }
 }
 
-struct Stage {
-    from: Node,
-    body: Vec<(Node, Instruction)>,
-}
-
 impl Builder<'_> {
     /// Builds the request's target stage and tags the image.
     pub fn build(&self, req: &BuildRequest) -> Result<StoredImage> {
         let file = req.dockerfile_name.as_str();
-        let doc = parser::parse(&req.dockerfile).map_err(|error| BuildError::Parse {
-            file: file.into(),
-            error,
-        })?;
+        let parse_err = |error| BuildError::Parse { file: file.into(), error };
+        let doc = parser::parse(&req.dockerfile).map_err(parse_err)?;
         let lexer = Lexer::new(doc.directives.escape);
-        let at = |n: &Node| format!("{file}:{}", n.start);
-        let fail = |n: &Node, message: String| BuildError::Instruction { at: at(n), message };
+        let (globals, stages) = parser::stages(&doc).map_err(parse_err)?;
+        let fail = |n: &Node, message: String| BuildError::Instruction { at: format!("{file}:{}", n.start), message };
 
-        // Meta ARGs before the first FROM, then stages.
+        // Global ARGs: a --build-arg wins over the default; defaults may use earlier globals.
         let mut meta_args: Vec<(String, String)> = Vec::new();
-        let mut stages: Vec<Stage> = Vec::new();
-        for node in &doc.nodes {
-            let ins = parser::instruction(node, doc.directives.escape).map_err(|error| {
-                BuildError::Parse {
-                    file: file.into(),
-                    error,
-                }
-            })?;
-            match (&ins, stages.last_mut()) {
-                (Instruction::From { .. }, _) => stages.push(Stage {
-                    from: node.clone(),
-                    body: Vec::new(),
-                }),
-                (Instruction::Arg(args), None) => {
-                    for (k, default) in args {
-                        let v = lookup(&req.build_args, k).or_else(|| {
-                            default
-                                .as_ref()
-                                .and_then(|d| lexer.expand_word(d, &meta_args).ok())
-                        });
-                        if let Some(v) = v {
-                            meta_args.push((k.clone(), v));
-                        }
-                    }
-                }
-                (_, None) => {
-                    return Err(fail(
-                        node,
-                        format!(
-                            "{} before the first FROM (only ARG may come first)",
-                            node.keyword
-                        ),
-                    ));
-                }
-                (_, Some(stage)) => stage.body.push((node.clone(), ins)),
+        for a in &globals {
+            let v = match lookup(&req.build_args, &a.name) {
+                Some(v) => Some(v),
+                None => a.default.as_ref().map(|d| lexer.expand_word(d, &meta_args)).transpose().map_err(|e| BuildError::Other(format!("{file}: ARG {}: {e}", a.name)))?,
+            };
+            if let Some(v) = v {
+                meta_args.push((a.name.clone(), v));
             }
         }
-        if stages.is_empty() {
-            return Err(BuildError::Other(format!(
-                "{file}: no FROM instruction: the file has no build stage"
-            )));
-        }
-        let names: Vec<Option<String>> = stages
-            .iter()
-            .map(|s| stage_alias(&s.from, doc.directives.escape))
-            .collect();
+        let names: Vec<Option<String>> = stages.iter().map(|s| s.name.clone()).collect();
         let target = match &req.target {
             None => stages.len() - 1,
-            Some(t) => names
-                .iter()
-                .position(|n| n.as_deref() == Some(&t.to_ascii_lowercase()))
-                .ok_or_else(|| {
-                    BuildError::Other(format!("target stage {t:?} could not be found in {file}"))
-                })?,
+            Some(t) => stage_index(&names, t).ok_or_else(|| BuildError::Other(format!("target stage {t:?} could not be found in {file}")))?,
         };
-        let needed = self.needed_stages(&stages, &names, target, &lexer, &meta_args);
-        let total: usize = needed.iter().map(|&i| stages[i].body.len() + 1).sum();
+        let bases: Vec<String> = stages
+            .iter()
+            .map(|s| lexer.expand_word(&s.from.image, &meta_args).map_err(|e| fail(&s.from_node, e.to_string())))
+            .collect::<Result<_>>()?;
+        let needed = needed_stages(&names, &bases, target);
+        let total: usize = needed.iter().map(|&i| stages[i].instructions.len() + 1).sum();
         let mut step = 0;
         let mut done: Vec<Option<StageState>> = vec![None; stages.len()];
         for i in needed {
             let stage = &stages[i];
             step += 1;
-            (self.progress)(&format!("[{step}/{total}] {}", stage.from.original));
-            let mut state = self
-                .from(stage, &names, &done, &lexer, &meta_args, req, i)
-                .map_err(|m| fail(&stage.from, m))?;
-            for (node, ins) in &stage.body {
+            (self.progress)(&format!("[{step}/{total}] {}", stage.from_node.original));
+            let mut state = self.from(&bases[i], &names[..i], &done, stage, &globals, &meta_args, req).map_err(|m| fail(&stage.from_node, m))?;
+            for (node, ins) in &stage.instructions {
                 step += 1;
                 (self.progress)(&format!("[{step}/{total}] {}", node.original));
-                self.step(&mut state, node, ins, &lexer, req)
-                    .map_err(|m| fail(node, m))?;
+                self.step(&mut state, node, ins, &lexer, req).map_err(|m| fail(node, m))?;
             }
             done[i] = Some(state);
         }
@@ -170,141 +123,87 @@ impl Builder<'_> {
         self.finish(state, req)
     }
 
-    /// The target and every stage it reaches through `FROM <stage>`, in file order.
-    fn needed_stages(
-        &self,
-        stages: &[Stage],
-        names: &[Option<String>],
-        target: usize,
-        lexer: &Lexer,
-        meta: &[(String, String)],
-    ) -> Vec<usize> {
-        let mut needed = vec![false; stages.len()];
-        let mut todo = vec![target];
-        while let Some(i) = todo.pop() {
-            if std::mem::replace(&mut needed[i], true) {
-                continue;
-            }
-            if let Some(base) = from_image(&stages[i].from, lexer, meta)
-                && let Some(j) = stage_index(&names[..i], &base)
-            {
-                todo.push(j);
-            }
-        }
-        (0..stages.len()).filter(|&i| needed[i]).collect()
-    }
-
     #[allow(clippy::too_many_arguments)]
     fn from(
         &self,
-        stage: &Stage,
-        names: &[Option<String>],
+        image: &str,
+        earlier: &[Option<String>],
         done: &[Option<StageState>],
-        lexer: &Lexer,
+        stage: &parser::Stage,
+        globals: &[parser::ArgDecl],
         meta: &[(String, String)],
         req: &BuildRequest,
-        index: usize,
     ) -> Result<StageState, String> {
-        let image = from_image(&stage.from, lexer, meta).ok_or("FROM requires an image name")?;
-        let name = names[index].clone();
-        let fresh_cfg = |image: ImageConfig| ConfigState {
-            image,
-            cmd_set: false,
-            args: Vec::new(),
-        };
-        if let Some(j) = stage_index(&names[..index], &image) {
+        if image.is_empty() {
+            return Err("FROM requires an image name (it expanded to nothing)".into());
+        }
+        let name = stage.name.clone();
+        let _ = globals;
+        let fresh_cfg = |image: ImageConfig| ConfigState { image, ..Default::default() };
+        let mut state = if let Some(j) = stage_index(earlier, image) {
             let mut s = done[j].clone().ok_or("base stage did not run")?;
             s.name = name;
             s.cfg.cmd_set = false;
             s.cfg.args.clear();
-            return Ok(s);
-        }
-        if image.eq_ignore_ascii_case("scratch") {
+            s
+        } else if image.eq_ignore_ascii_case("scratch") {
             let cfg = ImageConfig {
                 architecture: req.platform.architecture.clone(),
                 os: req.platform.os.clone(),
                 variant: req.platform.variant.clone(),
                 ..Default::default()
             };
-            return Ok(StageState {
-                name,
-                layers: Vec::new(),
-                cfg: fresh_cfg(cfg),
-            });
-        }
-        let reference: Reference = image.parse().map_err(|e| format!("{e}"))?;
-        let desc = self
-            .store
-            .resolve(&reference)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("image {image} not found in the local store (pulling from registries is not supported yet; use kiln import)"))?;
-        let base = read_image(self.store, &desc).map_err(|e| e.to_string())?;
-        let chain = self
-            .snapshots
-            .ensure_image(self.store, &base)
-            .map_err(|e| e.to_string())?;
-        let layers = base
-            .manifest
-            .layers()
-            .iter()
-            .zip(&base.config.rootfs.diff_ids)
-            .zip(chain)
-            .map(|((d, diff), (chain, dir))| {
-                Ok(StageLayer {
-                    layer: Layer {
-                        descriptor: d.clone(),
-                        diff_id: diff.parse().map_err(|e| format!("{e}"))?,
-                    },
-                    chain,
-                    dir,
+            StageState { name, layers: Vec::new(), cfg: fresh_cfg(cfg) }
+        } else {
+            let reference: Reference = image.parse().map_err(|e| format!("{e}"))?;
+            let desc = self
+                .store
+                .resolve(&reference)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("image {image} not found in the local store (pulling from registries is not supported yet; use kiln import)"))?;
+            let base = read_image(self.store, &desc).map_err(|e| e.to_string())?;
+            if base.config.config.on_build.as_ref().is_some_and(|t| !t.is_empty()) {
+                return Err(format!("image {image} has ONBUILD triggers, and running them is not supported yet"));
+            }
+            let chain = self.snapshots.ensure_image(self.store, &base).map_err(|e| e.to_string())?;
+            let layers = base
+                .manifest
+                .layers()
+                .iter()
+                .zip(&base.config.rootfs.diff_ids)
+                .zip(chain)
+                .map(|((d, diff), (chain, dir))| {
+                    Ok(StageLayer { layer: Layer { descriptor: d.clone(), diff_id: diff.parse().map_err(|e| format!("{e}"))? }, chain, dir })
                 })
-            })
-            .collect::<Result<Vec<_>, String>>()?;
-        Ok(StageState {
-            name,
-            layers,
-            cfg: fresh_cfg(base.config),
-        })
+                .collect::<Result<Vec<_>, String>>()?;
+            StageState { name, layers, cfg: fresh_cfg(base.config) }
+        };
+        // Global ARGs are visible in a stage only once redeclared there; keep them at hand.
+        state.cfg.globals = meta.to_vec();
+        Ok(state)
     }
 
-    fn step(
-        &self,
-        state: &mut StageState,
-        node: &Node,
-        ins: &Instruction,
-        lexer: &Lexer,
-        req: &BuildRequest,
-    ) -> Result<(), String> {
+    fn step(&self, state: &mut StageState, node: &Node, ins: &Instruction, lexer: &Lexer, req: &BuildRequest) -> Result<(), String> {
         match ins {
             Instruction::Arg(args) => {
-                for (k, default) in args {
+                for a in args {
                     let env = state.cfg.expansion_env();
-                    let v = match lookup(&req.build_args, k) {
+                    let v = match lookup(&req.build_args, &a.name) {
                         Some(v) => Some(v),
-                        None => default
-                            .as_ref()
-                            .map(|d| lexer.expand_word(d, &env))
-                            .transpose()
-                            .map_err(|e| e.to_string())?,
+                        None => match &a.default {
+                            Some(d) => Some(lexer.expand_word(d, &env).map_err(|e| e.to_string())?),
+                            // Redeclaring a global ARG without a value takes the global value.
+                            None => lookup(&state.cfg.globals, &a.name),
+                        },
                     };
-                    state.cfg.args.retain(|(n, _)| n != k);
-                    state.cfg.args.push((k.clone(), v.unwrap_or_default()));
+                    state.cfg.args.retain(|(n, _)| n != &a.name);
+                    state.cfg.args.push((a.name.clone(), v.unwrap_or_default()));
                 }
                 Ok(())
             }
-            Instruction::Run { command, flags } => self.run_step(state, node, command, flags),
-            Instruction::Copy {
-                add,
-                sources,
-                dest,
-                flags,
-            } => {
-                if *add {
-                    return Err("ADD is not supported yet; use COPY (archives and URLs come with the builder issue)".into());
-                }
-                self.copy_step(state, node, sources, dest, flags, lexer, req)
-            }
-            Instruction::Other(n) => Err(format!("{} is not supported yet", n.keyword)),
+            Instruction::Run(run) => self.run_step(state, node, run),
+            Instruction::Copy(spec) => self.copy_step(state, node, spec, lexer, req),
+            Instruction::Add(_) => Err("ADD is not supported yet; use COPY (archives and URLs come with the builder issue)".into()),
             ins => {
                 if apply_config(&mut state.cfg, ins, lexer)? {
                     push_history(state, node, true);
@@ -316,27 +215,21 @@ impl Builder<'_> {
         }
     }
 
-    fn run_step(
-        &self,
-        state: &mut StageState,
-        node: &Node,
-        command: &Command,
-        flags: &[(String, String)],
-    ) -> Result<(), String> {
-        let mut network = Network::Host;
-        for (k, v) in flags {
-            match (k.as_str(), v.as_str()) {
-                ("network", "none") => network = Network::None,
-                ("network", "default" | "host") => network = Network::Host,
-                ("network", other) => {
-                    return Err(format!(
-                        "unsupported network mode {other:?} (use default, none or host)"
-                    ));
-                }
-                (flag, _) => return Err(format!("RUN --{flag} is not supported yet")),
-            }
+    fn run_step(&self, state: &mut StageState, node: &Node, run: &parser::Run) -> Result<(), String> {
+        if !run.mounts.is_empty() {
+            return Err("RUN --mount is not supported yet".into());
         }
-        let argv = state.cfg.argv(command);
+        if !run.heredocs.is_empty() {
+            return Err("heredocs in RUN are not supported yet".into());
+        }
+        if run.security == Some(parser::Security::Insecure) {
+            return Err("RUN --security=insecure is not allowed".into());
+        }
+        let network = match run.network {
+            Some(parser::NetworkMode::None) => Network::None,
+            _ => Network::Host,
+        };
+        let argv = state.cfg.argv(&run.command);
         // Build args are in the environment of RUN, under ENV of the same name.
         let mut env: Vec<String> = state
             .cfg
@@ -383,27 +276,26 @@ impl Builder<'_> {
         &self,
         state: &mut StageState,
         node: &Node,
-        sources: &[String],
-        dest: &str,
-        flags: &[(String, String)],
+        spec: &parser::CopySpec,
         lexer: &Lexer,
         req: &BuildRequest,
     ) -> Result<(), String> {
         let mut attrs = CopyAttrs::default();
         let env = state.cfg.expansion_env();
         let expand = |w: &str| lexer.expand_word(w, &env).map_err(|e| e.to_string());
-        for (k, v) in flags {
-            match k.as_str() {
-                "chown" => attrs.owner = Some(self.resolve_owner(state, &expand(v)?)?),
-                "chmod" => {
-                    attrs.mode = Some(u32::from_str_radix(&expand(v)?, 8).map_err(|_| {
-                        format!("invalid --chmod {v:?}: only octal modes are supported yet")
-                    })?)
-                }
-                "link" => {}
-                other => return Err(format!("COPY --{other} is not supported yet")),
-            }
+        if spec.from.is_some() || spec.parents || !spec.exclude.is_empty() || !spec.heredocs.is_empty() {
+            return Err("COPY --from, --parents, --exclude and heredoc sources are not supported yet".into());
         }
+        if let Some(c) = &spec.chown {
+            attrs.owner = Some(self.resolve_owner(state, &expand(c)?)?);
+        }
+        if let Some(c) = &spec.chmod {
+            attrs.mode = match parser::flags::parse_chmod(&expand(c)?)? {
+                parser::Chmod::Octal(m) => Some(m),
+                parser::Chmod::Symbolic(s) => return Err(format!("symbolic --chmod={s} is not supported yet")),
+            };
+        }
+        let (sources, dest) = (&spec.sources, spec.dest.as_str());
         let dest = expand(dest)?;
         let workdir = state
             .cfg
@@ -529,31 +421,25 @@ fn lookup(args: &[(String, String)], k: &str) -> Option<String> {
         .map(|(_, v)| v.clone())
 }
 
-fn stage_alias(from: &Node, escape: char) -> Option<String> {
-    match parser::instruction(from, escape) {
-        Ok(Instruction::From { alias, .. }) => alias,
-        _ => None,
+/// The target and every stage it builds on (`FROM <stage>`), in file order.
+fn needed_stages(names: &[Option<String>], bases: &[String], target: usize) -> Vec<usize> {
+    let mut needed = vec![false; names.len()];
+    let mut todo = vec![target];
+    while let Some(i) = todo.pop() {
+        if std::mem::replace(&mut needed[i], true) {
+            continue;
+        }
+        if let Some(j) = stage_index(&names[..i], &bases[i]) {
+            todo.push(j);
+        }
     }
+    (0..names.len()).filter(|&i| needed[i]).collect()
 }
 
-/// The FROM image with meta ARGs expanded.
-fn from_image(from: &Node, lexer: &Lexer, meta: &[(String, String)]) -> Option<String> {
-    let meta = meta.to_vec();
-    match parser::instruction(from, lexer.escape()) {
-        Ok(Instruction::From { image, .. }) => lexer
-            .expand_word(&image, &meta)
-            .ok()
-            .filter(|s| !s.is_empty()),
-        _ => None,
-    }
-}
-
-/// The earlier stage a FROM names, if any (stage names are case-insensitive).
+/// The earlier stage a name refers to, if any (stage names are case-insensitive).
 fn stage_index(names: &[Option<String>], image: &str) -> Option<usize> {
     let wanted = image.to_ascii_lowercase();
-    names
-        .iter()
-        .position(|n| n.as_deref() == Some(wanted.as_str()))
+    names.iter().position(|n| n.as_deref() == Some(wanted.as_str()))
 }
 
 #[cfg(test)]

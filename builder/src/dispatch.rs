@@ -16,6 +16,8 @@ pub struct ConfigState {
     pub cmd_set: bool,
     /// Build arguments in scope, consulted after ENV during expansion.
     pub args: Vec<(String, String)>,
+    /// Global ARG values (before the first FROM), for redeclarations without a value.
+    pub globals: Vec<(String, String)>,
 }
 
 impl ConfigState {
@@ -62,8 +64,8 @@ pub fn apply_config(
             // Every pair on one line sees the environment from before the line.
             let env = state.expansion_env();
             let mut expanded = Vec::new();
-            for (k, v) in pairs {
-                expanded.push((expand(lexer, k, &env)?, expand(lexer, v, &env)?));
+            for kv in pairs {
+                expanded.push((expand(lexer, &kv.key, &env)?, expand(lexer, &kv.value, &env)?));
             }
             for (k, v) in expanded {
                 state.image.config.env_set(&k, &v);
@@ -72,8 +74,8 @@ pub fn apply_config(
         Instruction::Label(pairs) => {
             let env = state.expansion_env();
             let mut expanded = Vec::new();
-            for (k, v) in pairs {
-                expanded.push((expand(lexer, k, &env)?, expand(lexer, v, &env)?));
+            for kv in pairs {
+                expanded.push((expand(lexer, &kv.key, &env)?, expand(lexer, &kv.value, &env)?));
             }
             let labels = state
                 .image
@@ -145,9 +147,36 @@ pub fn apply_config(
                 .get_or_insert_with(Default::default);
             set.extend(all.into_iter().map(|v| (v, Empty {})));
         }
+        Instruction::Healthcheck(h) => {
+            state.image.config.healthcheck = Some(healthcheck_json(h));
+        }
+        Instruction::Onbuild(trigger) => {
+            state.image.config.on_build.get_or_insert_with(Vec::new).push(trigger.original.clone());
+        }
         _ => return Ok(false),
     }
     Ok(true)
+}
+
+/// Docker's `Healthcheck` config object (durations in nanoseconds).
+fn healthcheck_json(h: &parser::Healthcheck) -> serde_json::Value {
+    use serde_json::{Map, Value, json};
+    match h {
+        parser::Healthcheck::None => json!({ "Test": ["NONE"] }),
+        parser::Healthcheck::Cmd { test, interval, timeout, start_period, start_interval, retries } => {
+            let mut m = Map::new();
+            m.insert("Test".into(), json!(test));
+            for (k, d) in [("Interval", interval), ("Timeout", timeout), ("StartPeriod", start_period), ("StartInterval", start_interval)] {
+                if let Some(d) = d {
+                    m.insert(k.into(), json!(d.as_nanos() as u64));
+                }
+            }
+            if let Some(r) = retries {
+                m.insert("Retries".into(), json!(r));
+            }
+            Value::Object(m)
+        }
+    }
 }
 
 /// `80`, `80/udp`, `8000-8002/tcp` -> `["80/tcp"]`, ... as Docker normalizes them.
@@ -195,7 +224,7 @@ mod tests {
     fn run(lines: &[&str]) -> ConfigState {
         let mut st = ConfigState::default();
         for l in lines {
-            let ins = parser::instruction(&parser::parse_line(l).unwrap(), '\\').unwrap();
+            let ins = parser::instruction(&parser::parse_line(l).unwrap()).unwrap();
             assert!(
                 apply_config(&mut st, &ins, &Lexer::default()).unwrap(),
                 "{l}"
@@ -214,7 +243,7 @@ mod tests {
     fn entrypoint_resets_cmd_unless_cmd_was_set_here() {
         let mut st = ConfigState::default();
         st.image.config.cmd = Some(vec!["inherited".into()]);
-        let ep = parser::instruction(&parser::parse_line("ENTRYPOINT [\"/app\"]").unwrap(), '\\')
+        let ep = parser::instruction(&parser::parse_line("ENTRYPOINT [\"/app\"]").unwrap())
             .unwrap();
         apply_config(&mut st, &ep, &Lexer::default()).unwrap();
         assert_eq!(st.image.config.cmd, None);
@@ -236,7 +265,14 @@ mod tests {
             "VOLUME [\"/data\"]",
             "LABEL a=b \"c d\"=\"e f\"",
             "USER nobody:nogroup",
+            "HEALTHCHECK --interval=5s --retries=3 CMD curl -f http://localhost/",
+            "ONBUILD RUN make",
         ]);
+        assert_eq!(
+            st.image.config.healthcheck,
+            Some(serde_json::json!({"Test": ["CMD-SHELL", "curl -f http://localhost/"], "Interval": 5_000_000_000u64, "Retries": 3}))
+        );
+        assert_eq!(st.image.config.on_build.as_deref(), Some(&["RUN make".to_string()][..]));
         let c = st.image.config;
         assert_eq!(c.working_dir.unwrap(), "/srv/web");
         let ports: Vec<_> = c.exposed_ports.unwrap().into_keys().collect();

@@ -35,7 +35,7 @@ fn parse_changes(changes: &[String]) -> Result<Vec<Instruction>> {
                 file: file.clone(),
                 error,
             })?;
-            let ins = parser::instruction(&node, '\\').map_err(|error| BuildError::Parse {
+            let ins = parser::instruction(&node).map_err(|error| BuildError::Parse {
                 file: file.clone(),
                 error,
             })?;
@@ -159,7 +159,7 @@ mod tests {
         let name: Reference = "base".parse().unwrap();
         for (change, want) in [
             ("RUN echo", "RUN is not a valid change command"),
-            ("BOGUS x", "--change #1:1:1: unknown instruction: BOGUS"),
+            ("BOGUS x", "--change #1:1:1: unknown instruction \"BOGUS\""),
             ("ENV A", "ENV must have two arguments"),
         ] {
             let opts = ImportOptions {

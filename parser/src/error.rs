@@ -25,17 +25,33 @@ impl fmt::Display for Position {
 pub struct ParseError {
     /// Where the problem is.
     pub pos: Position,
-    /// What the problem is, lower-case.
+    /// What the problem is.
     pub message: String,
 }
 
 impl ParseError {
     pub(crate) fn new(pos: Position, message: impl Into<String>) -> Self {
-        ParseError {
-            pos,
-            message: message.into(),
-        }
+        ParseError { pos, message: message.into() }
     }
+
+    /// The offending source line with a caret under the column, for humans:
+    ///
+    /// ```text
+    ///   12 | RUNN make
+    ///      | ^
+    /// ```
+    pub fn snippet(&self, source: &str) -> Option<String> {
+        snippet(source, self.pos)
+    }
+}
+
+/// Renders the line at `pos` with a caret under its column.
+pub fn snippet(source: &str, pos: Position) -> Option<String> {
+    let line = source.lines().nth(pos.line.checked_sub(1)?)?;
+    let num = pos.line.to_string();
+    let pad = " ".repeat(num.len());
+    let caret_at: String = line.chars().take(pos.col.saturating_sub(1)).map(|c| if c == '\t' { '\t' } else { ' ' }).collect();
+    Some(format!(" {num} | {line}\n {pad} | {caret_at}^"))
 }
 
 /// A variable expansion failed (`${VAR:?message}`, a bad substitution).

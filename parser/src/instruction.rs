@@ -1,8 +1,12 @@
-//! Typed instructions: a [`Node`] checked and split into its parts (still unexpanded).
+//! Typed instructions: a [`Node`] checked and split into its parts, values still unexpanded
+//! (the builder expands them in the stage's ARG/ENV scope).
 
-use crate::ast::{Args, Node};
+use std::time::Duration;
+
+use crate::ast::{Args, Heredoc, KeyValue, Node};
 use crate::error::ParseError;
-use crate::shell::split_raw_words;
+use crate::flags::{Flags, Kind, Mount, parse_chmod, parse_duration, parse_mount};
+use crate::node::KEYWORDS;
 
 /// A command in shell form (run through the stage's `SHELL`) or exec form.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -13,345 +17,446 @@ pub enum Command {
     Exec(Vec<String>),
 }
 
-/// One instruction with its arguments split out. Words are not expanded yet: the builder
-/// expands them in the stage's ARG/ENV scope.
+/// `FROM [--platform=P] IMAGE [AS NAME]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct From {
+    /// The image, a stage name, or `scratch`.
+    pub image: String,
+    /// `--platform`.
+    pub platform: Option<String>,
+    /// `AS name`, lower-cased.
+    pub alias: Option<String>,
+}
+
+/// `RUN --network` modes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetworkMode {
+    /// `default`.
+    Default,
+    /// `none`.
+    None,
+    /// `host`.
+    Host,
+}
+
+/// `RUN --security` modes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Security {
+    /// `sandbox` (the default).
+    Sandbox,
+    /// `insecure`: all capabilities.
+    Insecure,
+}
+
+/// `RUN [--mount ...] [--network ...] [--security ...] COMMAND`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Run {
+    /// The command.
+    pub command: Command,
+    /// `--mount`s.
+    pub mounts: Vec<Mount>,
+    /// `--network`.
+    pub network: Option<NetworkMode>,
+    /// `--security`.
+    pub security: Option<Security>,
+    /// Heredocs opened on the line (their bodies are files or the script).
+    pub heredocs: Vec<Heredoc>,
+}
+
+/// `COPY`/`ADD` with every flag BuildKit knows.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct CopySpec {
+    /// Sources (context paths, stage paths with `--from`, URLs for ADD, `<<EOF` heredocs).
+    pub sources: Vec<String>,
+    /// Destination.
+    pub dest: String,
+    /// `--from` (COPY).
+    pub from: Option<String>,
+    /// `--chown`.
+    pub chown: Option<String>,
+    /// `--chmod` (raw; checked when it holds no variable).
+    pub chmod: Option<String>,
+    /// `--link`.
+    pub link: bool,
+    /// `--parents`.
+    pub parents: bool,
+    /// `--exclude` patterns.
+    pub exclude: Vec<String>,
+    /// `--checksum` (ADD).
+    pub checksum: Option<String>,
+    /// `--keep-git-dir` (ADD).
+    pub keep_git_dir: bool,
+    /// `--unpack` (ADD).
+    pub unpack: Option<bool>,
+    /// Heredocs used as sources.
+    pub heredocs: Vec<Heredoc>,
+}
+
+/// `HEALTHCHECK`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Healthcheck {
+    /// `HEALTHCHECK NONE`: disable the base image's check.
+    None,
+    /// `HEALTHCHECK [options] CMD ...`.
+    Cmd {
+        /// The test, Docker-style: `["CMD", ...]` or `["CMD-SHELL", "..."]`.
+        test: Vec<String>,
+        /// `--interval`.
+        interval: Option<Duration>,
+        /// `--timeout`.
+        timeout: Option<Duration>,
+        /// `--start-period`.
+        start_period: Option<Duration>,
+        /// `--start-interval`.
+        start_interval: Option<Duration>,
+        /// `--retries`.
+        retries: Option<u32>,
+    },
+}
+
+/// One `ARG` declaration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArgDecl {
+    /// The name.
+    pub name: String,
+    /// The default, unexpanded (quotes in place).
+    pub default: Option<String>,
+}
+
+/// One instruction with its arguments split out.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Instruction {
-    /// `FROM [--platform=P] IMAGE [AS NAME]`
-    From {
-        /// The image (or stage name, or `scratch`).
-        image: String,
-        /// `--platform`, if given.
-        platform: Option<String>,
-        /// `AS name`, lower-cased.
-        alias: Option<String>,
-    },
-    /// `RUN [flags] COMMAND`
-    Run {
-        /// The command.
-        command: Command,
-        /// `--mount`, `--network`, `--security` flags as `(name, value)`.
-        flags: Vec<(String, String)>,
-    },
-    /// `CMD`
+    /// `FROM`.
+    From(From),
+    /// `RUN`.
+    Run(Run),
+    /// `CMD`.
     Cmd(Command),
-    /// `ENTRYPOINT`
+    /// `ENTRYPOINT`.
     Entrypoint(Command),
-    /// `SHELL ["exe", "arg"]`
+    /// `SHELL ["exe", "arg"]`.
     Shell(Vec<String>),
-    /// `ENV k=v ...` (raw pairs)
-    Env(Vec<(String, String)>),
-    /// `LABEL k=v ...` (raw pairs)
-    Label(Vec<(String, String)>),
-    /// `ARG name[=default] ...`
-    Arg(Vec<(String, Option<String>)>),
-    /// `EXPOSE port[/proto] ...`
+    /// `ENV` pairs (raw).
+    Env(Vec<KeyValue>),
+    /// `LABEL` pairs (raw).
+    Label(Vec<KeyValue>),
+    /// `ARG name[=default] ...`.
+    Arg(Vec<ArgDecl>),
+    /// `EXPOSE port[/proto] ...`.
     Expose(Vec<String>),
-    /// `WORKDIR path`
+    /// `WORKDIR path`.
     Workdir(String),
-    /// `USER user[:group]`
+    /// `USER user[:group]`.
     User(String),
-    /// `VOLUME path ...`
+    /// `VOLUME path ...`.
     Volume(Vec<String>),
-    /// `STOPSIGNAL signal`
+    /// `STOPSIGNAL signal`.
     StopSignal(String),
-    /// `MAINTAINER name`
+    /// `MAINTAINER name` (deprecated).
     Maintainer(String),
-    /// `COPY [--from] [--chown] [--chmod] src... dest` (and `ADD`, with `add` set)
-    Copy {
-        /// Whether this is `ADD`.
-        add: bool,
-        /// Source paths (or stage paths with `--from`).
-        sources: Vec<String>,
-        /// Destination.
-        dest: String,
-        /// All flags as `(name, value)`.
-        flags: Vec<(String, String)>,
-    },
-    /// An instruction kiln parses but does not type yet (HEALTHCHECK, ONBUILD).
-    Other(Node),
+    /// `COPY`.
+    Copy(CopySpec),
+    /// `ADD`.
+    Add(CopySpec),
+    /// `HEALTHCHECK`.
+    Healthcheck(Healthcheck),
+    /// `ONBUILD INSTRUCTION`: the trigger, checked, kept as written.
+    Onbuild(Box<Node>),
 }
 
-fn err(node: &Node, msg: impl Into<String>) -> ParseError {
-    ParseError::new(node.start, msg)
-}
-
-/// Splits `--name=value` flags, rejecting names not in `allowed`.
-fn flags(node: &Node, allowed: &[&str]) -> Result<Vec<(String, String)>, ParseError> {
-    node.flags
-        .iter()
-        .map(|f| {
-            let body = &f[2..];
-            let (name, value) = body.split_once('=').unwrap_or((body, "true"));
-            if !allowed.contains(&name) {
-                return Err(err(node, format!("unknown flag: {name}")));
-            }
-            Ok((name.to_string(), value.to_string()))
-        })
-        .collect()
-}
-
-fn shell_text(node: &Node) -> &str {
-    match &node.args {
-        Args::Shell(s) => s,
-        Args::Json(_) => "",
-    }
-}
-
-fn command(node: &Node) -> Command {
-    match &node.args {
-        Args::Shell(s) => Command::Shell(s.clone()),
-        Args::Json(v) => Command::Exec(v.clone()),
-    }
-}
-
-fn require_args(node: &Node, min: usize, words: &[String]) -> Result<(), ParseError> {
-    if words.len() < min {
-        let what = if min == 1 {
-            "at least one argument".to_string()
-        } else {
-            format!("at least {min} arguments")
-        };
-        return Err(err(node, format!("{} requires {what}", node.keyword)));
-    }
-    Ok(())
-}
-
-fn json_or_words(node: &Node, escape: char) -> Vec<String> {
-    match &node.args {
-        Args::Json(v) => v.clone(),
-        Args::Shell(s) => split_raw_words(s, escape),
-    }
-}
-
-/// Parses `KEY=value ...` (or the legacy `KEY value` form) as BuildKit does.
-fn name_values(node: &Node, escape: char) -> Result<Vec<(String, String)>, ParseError> {
-    let text = shell_text(node);
-    let words = split_raw_words(text, escape);
-    require_args(node, 1, &words)?;
-    if !words[0].contains('=') {
-        let value = text.trim_start()[words[0].len()..].trim();
-        if value.is_empty() {
-            return Err(err(
-                node,
-                format!("{} must have two arguments", node.keyword),
-            ));
+impl Instruction {
+    /// The instruction keyword, upper-case.
+    pub fn keyword(&self) -> &'static str {
+        match self {
+            Instruction::From(_) => "FROM",
+            Instruction::Run(_) => "RUN",
+            Instruction::Cmd(_) => "CMD",
+            Instruction::Entrypoint(_) => "ENTRYPOINT",
+            Instruction::Shell(_) => "SHELL",
+            Instruction::Env(_) => "ENV",
+            Instruction::Label(_) => "LABEL",
+            Instruction::Arg(_) => "ARG",
+            Instruction::Expose(_) => "EXPOSE",
+            Instruction::Workdir(_) => "WORKDIR",
+            Instruction::User(_) => "USER",
+            Instruction::Volume(_) => "VOLUME",
+            Instruction::StopSignal(_) => "STOPSIGNAL",
+            Instruction::Maintainer(_) => "MAINTAINER",
+            Instruction::Copy(_) => "COPY",
+            Instruction::Add(_) => "ADD",
+            Instruction::Healthcheck(_) => "HEALTHCHECK",
+            Instruction::Onbuild(_) => "ONBUILD",
         }
-        return Ok(vec![(words[0].clone(), value.to_string())]);
     }
-    words
-        .iter()
-        .map(|w| match w.split_once('=') {
-            Some(("", _)) => Err(err(
-                node,
-                format!("{} names can not be blank", node.keyword),
-            )),
-            Some((k, v)) => Ok((k.to_string(), v.to_string())),
-            None => Err(err(
-                node,
-                format!("syntax error - can't find = in {w:?}; must be of the form: name=value"),
-            )),
-        })
-        .collect()
 }
 
-/// Types a node. `escape` is the file's escape character.
-pub fn instruction(node: &Node, escape: char) -> Result<Instruction, ParseError> {
+/// The closest known keyword to a misspelt one, if it is close enough to suggest.
+pub fn suggest_keyword(word: &str) -> Option<&'static str> {
+    let w = word.to_ascii_uppercase();
+    KEYWORDS
+        .iter()
+        .map(|k| (levenshtein(&w, k), *k))
+        .filter(|(d, k)| *d <= 2 && *d < k.len())
+        .min()
+        .map(|(_, k)| k)
+}
+
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+fn command(args: &Args) -> Command {
+    match args {
+        Args::Json(v) => Command::Exec(v.clone()),
+        Args::Text(s) => Command::Shell(s.clone()),
+        _ => Command::Exec(Vec::new()),
+    }
+}
+
+fn words(args: &Args) -> Vec<String> {
+    match args {
+        Args::Json(v) | Args::Words(v) => v.clone(),
+        Args::Text(s) => vec![s.clone()],
+        _ => Vec::new(),
+    }
+}
+
+fn text(args: &Args) -> String {
+    match args {
+        Args::Text(s) => s.clone(),
+        _ => String::new(),
+    }
+}
+
+/// A valid stage name: lower-case letter first, then letters, digits, `-`, `_`, `.`.
+pub fn valid_stage_name(name: &str) -> bool {
+    let mut c = name.chars();
+    c.next().is_some_and(|f| f.is_ascii_alphabetic())
+        && c.all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.'))
+}
+
+/// Types a node.
+pub fn instruction(node: &Node) -> Result<Instruction, ParseError> {
+    let err = |m: String| ParseError::new(node.start, m);
     let kw = node.keyword.as_str();
-    let no_flags = |node: &Node| flags(node, &[]).map(|_| ());
+    let flags = |spec: &[(&str, Kind)]| Flags::parse(&node.flags, spec).map_err(err);
+    let exactly_one = |what: &str| -> Result<String, ParseError> {
+        let t = text(&node.args);
+        if t.is_empty() {
+            return Err(err(format!("{what} requires exactly one argument")));
+        }
+        Ok(t)
+    };
     Ok(match kw {
         "FROM" => {
-            let f = flags(node, &["platform"])?;
-            let words = split_raw_words(shell_text(node), escape);
-            let (image, alias) = match words.as_slice() {
+            let f = flags(&[("platform", Kind::Str)])?;
+            let w = words(&node.args);
+            let (image, alias) = match w.as_slice() {
                 [image] => (image.clone(), None),
                 [image, as_kw, name] if as_kw.eq_ignore_ascii_case("as") => {
-                    (image.clone(), Some(name.to_ascii_lowercase()))
+                    let lower = name.to_ascii_lowercase();
+                    if !valid_stage_name(&lower) {
+                        return Err(err(format!("invalid name for build stage: {name:?}, name can't start with a number or contain symbols")));
+                    }
+                    (image.clone(), Some(lower))
                 }
-                _ => return Err(err(node, "FROM requires either one or three arguments")),
+                _ => return Err(err("FROM requires either one or three arguments".into())),
             };
-            let platform = f.into_iter().find(|(k, _)| k == "platform").map(|(_, v)| v);
-            Instruction::From {
-                image,
-                platform,
-                alias,
-            }
+            Instruction::From(From { image, platform: f.string("platform"), alias })
         }
         "RUN" => {
-            let flags = flags(node, &["mount", "network", "security"])?;
-            let command = command(node);
-            if matches!(&command, Command::Shell(s) if s.is_empty()) {
-                return Err(err(node, "RUN requires at least one argument"));
+            let f = flags(&[("mount", Kind::List), ("network", Kind::Str), ("security", Kind::Str)])?;
+            let command = command(&node.args);
+            if matches!(&command, Command::Exec(v) if v.is_empty()) && node.heredocs.is_empty() {
+                return Err(err("RUN requires at least one argument".into()));
             }
-            Instruction::Run { command, flags }
+            let mounts = f.list("mount").iter().map(|m| parse_mount(m)).collect::<Result<_, _>>().map_err(err)?;
+            let network = match f.string("network").as_deref() {
+                None => None,
+                Some("default") => Some(NetworkMode::Default),
+                Some("none") => Some(NetworkMode::None),
+                Some("host") => Some(NetworkMode::Host),
+                Some(other) => return Err(err(format!("unsupported network mode {other:?}"))),
+            };
+            let security = match f.string("security").as_deref() {
+                None => None,
+                Some("sandbox") => Some(Security::Sandbox),
+                Some("insecure") => Some(Security::Insecure),
+                Some(other) => return Err(err(format!("unsupported security mode {other:?}"))),
+            };
+            Instruction::Run(Run { command, mounts, network, security, heredocs: node.heredocs.clone() })
         }
         "CMD" | "ENTRYPOINT" => {
-            no_flags(node)?;
-            let c = command(node);
-            if kw == "CMD" {
-                Instruction::Cmd(c)
-            } else {
-                Instruction::Entrypoint(c)
-            }
+            flags(&[])?;
+            let c = command(&node.args);
+            if kw == "CMD" { Instruction::Cmd(c) } else { Instruction::Entrypoint(c) }
         }
         "SHELL" => {
-            no_flags(node)?;
+            flags(&[])?;
             match &node.args {
-                Args::Json(v) if !v.is_empty() => Instruction::Shell(v.clone()),
-                _ => return Err(err(node, "SHELL requires the arguments to be in JSON form")),
+                Args::Json(v) => Instruction::Shell(v.clone()),
+                _ => return Err(err("SHELL requires the arguments to be in JSON form".into())),
             }
         }
-        "ENV" => {
-            no_flags(node)?;
-            Instruction::Env(name_values(node, escape)?)
-        }
-        "LABEL" => {
-            no_flags(node)?;
-            Instruction::Label(name_values(node, escape)?)
+        "ENV" | "LABEL" => {
+            flags(&[])?;
+            let Args::KeyValues(kvs) = &node.args else {
+                return Err(err(format!("{kw} requires at least one argument")));
+            };
+            if kvs.iter().any(|kv| kv.key.is_empty()) {
+                return Err(err(format!("{kw} names can not be blank")));
+            }
+            if kw == "ENV" { Instruction::Env(kvs.clone()) } else { Instruction::Label(kvs.clone()) }
         }
         "ARG" => {
-            no_flags(node)?;
-            let words = split_raw_words(shell_text(node), escape);
-            require_args(node, 1, &words)?;
-            Instruction::Arg(
-                words
-                    .into_iter()
-                    .map(|w| match w.split_once('=') {
-                        Some((k, v)) => (k.to_string(), Some(v.to_string())),
-                        None => (w, None),
-                    })
-                    .collect(),
-            )
+            flags(&[])?;
+            let w = words(&node.args);
+            if w.is_empty() {
+                return Err(err("ARG requires at least one argument".into()));
+            }
+            let decls = w
+                .into_iter()
+                .map(|w| match w.split_once('=') {
+                    Some(("", _)) => Err(err("ARG names can not be blank".into())),
+                    Some((k, v)) => Ok(ArgDecl { name: k.into(), default: Some(v.into()) }),
+                    None => Ok(ArgDecl { name: w, default: None }),
+                })
+                .collect::<Result<_, _>>()?;
+            Instruction::Arg(decls)
         }
         "EXPOSE" | "VOLUME" => {
-            no_flags(node)?;
-            let words = json_or_words(node, escape);
-            require_args(node, 1, &words)?;
-            if kw == "EXPOSE" {
-                Instruction::Expose(words)
-            } else {
-                Instruction::Volume(words)
+            flags(&[])?;
+            let w = words(&node.args);
+            if w.is_empty() {
+                return Err(err(format!("{kw} requires at least one argument")));
             }
+            if kw == "EXPOSE" { Instruction::Expose(w) } else { Instruction::Volume(w) }
         }
-        "WORKDIR" | "USER" | "STOPSIGNAL" | "MAINTAINER" => {
-            no_flags(node)?;
-            let text = shell_text(node).to_string();
-            if text.is_empty() {
-                return Err(err(node, format!("{kw} requires exactly one argument")));
-            }
-            match kw {
-                "WORKDIR" => Instruction::Workdir(text),
-                "USER" => Instruction::User(text),
-                "STOPSIGNAL" => Instruction::StopSignal(text),
-                _ => Instruction::Maintainer(text),
-            }
+        "WORKDIR" => {
+            flags(&[])?;
+            Instruction::Workdir(exactly_one("WORKDIR")?)
+        }
+        "USER" => {
+            flags(&[])?;
+            Instruction::User(exactly_one("USER")?)
+        }
+        "STOPSIGNAL" => {
+            flags(&[])?;
+            Instruction::StopSignal(exactly_one("STOPSIGNAL")?)
+        }
+        "MAINTAINER" => {
+            flags(&[])?;
+            Instruction::Maintainer(exactly_one("MAINTAINER")?)
         }
         "COPY" | "ADD" => {
-            let allowed: &[&str] = if kw == "COPY" {
-                &["from", "chown", "chmod", "link", "parents", "exclude"]
+            let spec: &[(&str, Kind)] = if kw == "COPY" {
+                &[("from", Kind::Str), ("chown", Kind::Str), ("chmod", Kind::Str), ("link", Kind::Bool), ("parents", Kind::Bool), ("exclude", Kind::List)]
             } else {
-                &[
-                    "chown",
-                    "chmod",
-                    "link",
-                    "checksum",
-                    "keep-git-dir",
-                    "exclude",
-                    "unpack",
-                ]
+                &[("chown", Kind::Str), ("chmod", Kind::Str), ("link", Kind::Bool), ("exclude", Kind::List), ("checksum", Kind::Str), ("keep-git-dir", Kind::Bool), ("unpack", Kind::Bool)]
             };
-            let flags = flags(node, allowed)?;
-            let mut words = json_or_words(node, escape);
-            require_args(node, 2, &words)?;
-            let dest = words.pop().expect("at least two words");
-            Instruction::Copy {
-                add: kw == "ADD",
-                sources: words,
-                dest,
-                flags,
+            let f = flags(spec)?;
+            let mut w = words(&node.args);
+            if w.len() < 2 {
+                return Err(err(format!("{kw} requires at least two arguments, but only {} provided", w.len())));
             }
+            let dest = w.pop().expect("two words");
+            let chmod = f.string("chmod");
+            if let Some(c) = &chmod
+                && !c.contains('$')
+            {
+                parse_chmod(c).map_err(err)?;
+            }
+            let spec = CopySpec {
+                sources: w,
+                dest,
+                from: f.string("from"),
+                chown: f.string("chown"),
+                chmod,
+                link: f.bool("link").unwrap_or(false),
+                parents: f.bool("parents").unwrap_or(false),
+                exclude: f.list("exclude"),
+                checksum: f.string("checksum"),
+                keep_git_dir: f.bool("keep-git-dir").unwrap_or(false),
+                unpack: f.bool("unpack"),
+                heredocs: node.heredocs.clone(),
+            };
+            if kw == "COPY" { Instruction::Copy(spec) } else { Instruction::Add(spec) }
         }
-        _ => Instruction::Other(node.clone()),
+        "HEALTHCHECK" => healthcheck(node)?,
+        "ONBUILD" => {
+            flags(&[])?;
+            let Args::Nested(inner) = &node.args else {
+                return Err(err("ONBUILD requires at least one argument".into()));
+            };
+            if matches!(inner.keyword.as_str(), "ONBUILD" | "FROM" | "MAINTAINER") {
+                return Err(err(format!("{} isn't allowed as an ONBUILD trigger", inner.keyword)));
+            }
+            instruction(inner)?;
+            Instruction::Onbuild(inner.clone())
+        }
+        other => {
+            let hint = suggest_keyword(other).map(|k| format!(" (did you mean {k:?}?)")).unwrap_or_default();
+            let written = node.original.split(char::is_whitespace).next().unwrap_or(other);
+            return Err(err(format!("unknown instruction {written:?}{hint}")));
+        }
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::lines::parse_line;
-
-    fn ins(s: &str) -> Result<Instruction, ParseError> {
-        instruction(&parse_line(s).unwrap(), '\\')
-    }
-
-    #[test]
-    fn env_forms() {
-        assert_eq!(
-            ins("ENV A=1 B=\"x y\"").unwrap(),
-            Instruction::Env(vec![
-                ("A".into(), "1".into()),
-                ("B".into(), "\"x y\"".into())
-            ])
-        );
-        assert_eq!(
-            ins("ENV A  hello world").unwrap(),
-            Instruction::Env(vec![("A".into(), "hello world".into())])
-        );
-        assert!(
-            ins("ENV A")
-                .unwrap_err()
-                .to_string()
-                .contains("two arguments")
-        );
-        assert!(
-            ins("ENV A=1 B")
-                .unwrap_err()
-                .to_string()
-                .contains("can't find =")
-        );
-    }
-
-    #[test]
-    fn from_copy_and_flags() {
-        assert_eq!(
-            ins("FROM --platform=linux/amd64 busybox AS Build").unwrap(),
-            Instruction::From {
-                image: "busybox".into(),
-                platform: Some("linux/amd64".into()),
-                alias: Some("build".into())
+fn healthcheck(node: &Node) -> Result<Instruction, ParseError> {
+    let err = |m: String| ParseError::new(node.start, m);
+    let f = Flags::parse(
+        &node.flags,
+        &[("interval", Kind::Str), ("timeout", Kind::Str), ("start-period", Kind::Str), ("start-interval", Kind::Str), ("retries", Kind::Str)],
+    )
+    .map_err(err)?;
+    let Args::Healthcheck { kind, command } = &node.args else {
+        return Err(err("HEALTHCHECK requires an argument".into()));
+    };
+    match kind.to_ascii_uppercase().as_str() {
+        "NONE" => {
+            if !matches!(**command, Args::None) || !node.flags.is_empty() {
+                return Err(err("HEALTHCHECK NONE takes no arguments".into()));
             }
-        );
-        assert!(ins("FROM a b").is_err());
-        assert!(
-            ins("RUN --bogus=1 true")
-                .unwrap_err()
-                .to_string()
-                .contains("unknown flag: bogus")
-        );
-        match ins("COPY --chmod=644 a b /dst/").unwrap() {
-            Instruction::Copy {
-                sources,
-                dest,
-                flags,
-                add,
-            } => {
-                assert_eq!(
-                    (sources, dest, add),
-                    (vec!["a".into(), "b".into()], "/dst/".into(), false)
-                );
-                assert_eq!(flags, [("chmod".to_string(), "644".to_string())]);
-            }
-            other => panic!("{other:?}"),
+            Ok(Instruction::Healthcheck(Healthcheck::None))
         }
-        assert!(ins("COPY onlyone").is_err());
-        assert_eq!(
-            ins("CMD [\"sh\"]").unwrap(),
-            Instruction::Cmd(Command::Exec(vec!["sh".into()]))
-        );
-        assert_eq!(
-            ins("CMD echo hi").unwrap(),
-            Instruction::Cmd(Command::Shell("echo hi".into()))
-        );
+        "CMD" => {
+            let test = match &**command {
+                Args::Json(v) => std::iter::once("CMD".to_string()).chain(v.iter().cloned()).collect(),
+                Args::Text(s) => vec!["CMD-SHELL".to_string(), s.clone()],
+                _ => return Err(err("Missing command after HEALTHCHECK CMD".into())),
+            };
+            let dur = |name: &str| -> Result<Option<Duration>, ParseError> {
+                let Some(v) = f.string(name) else { return Ok(None) };
+                let d = parse_duration(&v).map_err(err)?;
+                if !d.is_zero() && d < Duration::from_millis(1) {
+                    return Err(err(format!("Interval {name:?} cannot be less than 1ms")));
+                }
+                Ok(Some(d))
+            };
+            let retries = match f.string("retries") {
+                None => None,
+                Some(r) => Some(r.parse::<u32>().map_err(|_| err(format!("invalid retries value {r:?}: must be a non-negative integer")))?),
+            };
+            Ok(Instruction::Healthcheck(Healthcheck::Cmd {
+                test,
+                interval: dur("interval")?,
+                timeout: dur("timeout")?,
+                start_period: dur("start-period")?,
+                start_interval: dur("start-interval")?,
+                retries,
+            }))
+        }
+        other => Err(err(format!("Unknown type {other:?} in HEALTHCHECK (try CMD)"))),
     }
 }

@@ -1,29 +1,43 @@
-//! The Dockerfile parser: text to a typed, still unexpanded model that the builder consumes.
+//! The Dockerfile parser: text to a typed, still unexpanded model that the builder consumes,
+//! accepting what BuildKit's `docker/dockerfile:1` frontend accepts.
 //!
 //! # Brief overview
 //!
-//! - [`parse`] reads a whole Dockerfile into a [`Document`]: parser directives
-//!   ([`Directives`]), then one [`Node`] per instruction with continuation lines joined,
-//!   comments dropped, flags split off and exec (JSON) form recognized.
-//! - [`parse_line`] reads one instruction (as `kiln import --change` takes it).
-//! - [`instruction`] turns a [`Node`] into a typed [`Instruction`].
-//! - [`Lexer`] expands words as BuildKit does (quotes, escapes, `${VAR:-default}`, ...)
-//!   against an [`Env`].
-//! - Errors are [`ParseError`]s carrying a line and column.
+//! - [`parse`] reads a whole Dockerfile into a [`Document`]: parser [`Directives`], then one
+//!   [`Node`] per instruction with continuation lines joined, comments dropped, flags split
+//!   off, exec (JSON) form recognized and heredoc bodies attached ([`Heredoc`]).
+//!   [`Node::dump`] renders BuildKit's test format.
+//! - [`instruction`] types a node into an [`Instruction`] with every flag checked
+//!   (`RUN --mount` as [`Mount`], `--chmod` as [`Chmod`], HEALTHCHECK durations, ...).
+//! - [`stages`] groups instructions into [`Stage`]s with the global ARGs before the first FROM.
+//! - [`Lexer`] expands words as BuildKit does (quotes, escapes, `${VAR:-default}`,
+//!   `${VAR#pattern}`, ...) against an [`Env`], and can report which variables a word used.
+//! - [`dockerignore::Matcher`] applies `.dockerignore` patterns.
+//! - [`lint`] runs BuildKit's build checks.
+//! - Errors are [`ParseError`]s carrying a line and column; [`ParseError::snippet`] shows the
+//!   source line with a caret.
 //!
 //! ```
 //! let doc = parser::parse("FROM busybox\nRUN echo hi\n").unwrap();
-//! assert_eq!(doc.nodes[1].keyword, "RUN");
+//! assert_eq!(doc.nodes[1].dump(), r#"(run "echo hi")"#);
 //! ```
 
 pub mod ast;
+pub mod dockerignore;
 pub mod error;
+pub mod flags;
+mod heredoc;
 pub mod instruction;
 pub mod lines;
+pub mod lint;
+pub mod node;
 pub mod shell;
+pub mod stages;
 
-pub use ast::{Args, Directives, Document, Node};
+pub use ast::{Args, Directives, Document, Heredoc, KeyValue, Node, Warning};
 pub use error::{ExpandError, ParseError, Position};
-pub use instruction::{Command, Instruction, instruction};
+pub use flags::{Chmod, Mount, MountKind, Sharing};
+pub use instruction::{ArgDecl, Command, CopySpec, From, Healthcheck, Instruction, NetworkMode, Run, Security, instruction};
 pub use lines::{parse, parse_line};
 pub use shell::{Env, Lexer};
+pub use stages::{Stage, stages};

@@ -199,7 +199,7 @@ fn failures_are_one_line_with_file_line_col_and_exit_codes_follow_docker() {
         ),
         (
             "FROM busybox\n  BOGUS x\n",
-            "Dockerfile:2:3: unknown instruction: BOGUS",
+            "Dockerfile:2:3: unknown instruction \"BOGUS\"",
         ),
         (
             "FROM nosuchimage\n",
