@@ -40,6 +40,32 @@ pub(crate) enum Command {
     Build(BuildArgs),
     /// Run a command in a new container from an image
     Run(RunArgs),
+    /// Print a Dockerfile's stages and instructions
+    Parse(ParseArgs),
+    /// Run BuildKit's build checks on a Dockerfile
+    Lint(LintArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct ParseArgs {
+    /// The Dockerfile (- for stdin) [default: ./Dockerfile]
+    #[arg(short = 'f', long = "file", value_name = "PATH")]
+    pub(crate) file: Option<PathBuf>,
+    /// Print JSON (schema in the README)
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct LintArgs {
+    /// The Dockerfile (- for stdin) [default: ./Dockerfile]
+    #[arg(short = 'f', long = "file", value_name = "PATH")]
+    pub(crate) file: Option<PathBuf>,
+    /// Output format
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    pub(crate) format: String,
+    /// Build context, for .dockerignore checks [default: .]
+    pub(crate) context: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]

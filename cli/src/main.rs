@@ -32,8 +32,12 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            // One line: the whole cause chain joined, as `a: b: c`.
-            let msg = format!("{e:#}").replace('\n', " ");
+            // One line (the whole cause chain joined, as `a: b: c`), except that Dockerfile
+            // errors add the source line and a caret below it.
+            let msg = match e.downcast_ref::<parser::DockerfileError>() {
+                Some(d) => d.to_string(),
+                None => format!("{e:#}").replace('\n', " "),
+            };
             eprintln!("kiln: error: {msg}");
             ExitCode::from(1)
         }
@@ -79,5 +83,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Images(a) => commands::images::run(&root, a),
         Command::Build(a) => commands::build::run(&root, a),
         Command::Run(a) => commands::run::run(&root, a),
+        Command::Parse(a) => commands::parse::parse(a),
+        Command::Lint(a) => commands::parse::lint_cmd(&root, a),
     }
 }

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use crate::error::Position;
 
 /// One `KEY=value` (or legacy `KEY value`) pair of `ENV` or `LABEL`, quotes still in place.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct KeyValue {
     /// The key as written.
     pub key: String,
@@ -44,7 +44,7 @@ pub enum Args {
 }
 
 /// A heredoc attached to an instruction (`RUN <<EOF`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Heredoc {
     /// The delimiter word, quotes removed.
     pub name: String,

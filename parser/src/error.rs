@@ -3,7 +3,7 @@
 use std::fmt;
 
 /// A position in the Dockerfile: 1-based line and column.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize)]
 pub struct Position {
     /// 1-based line number.
     pub line: usize,
@@ -58,3 +58,21 @@ pub fn snippet(source: &str, pos: Position) -> Option<String> {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct ExpandError(pub String);
+
+/// A Dockerfile error ready to show: `FILE:LINE:COL: message`, then the source line and a
+/// caret under the column.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{error}{}", snippet.as_ref().map(|s| format!("\n{s}")).unwrap_or_default())]
+pub struct DockerfileError {
+    /// The file name shown.
+    pub file: String,
+    /// The error.
+    pub error: ParseError,
+    /// The rendered source line and caret.
+    pub snippet: Option<String>,
+}
+
+/// Wraps a parse error with its file name and source snippet.
+pub fn dockerfile_error(file: &str, source: &str, error: &ParseError) -> DockerfileError {
+    DockerfileError { file: file.to_string(), error: error.clone(), snippet: error.snippet(source) }
+}

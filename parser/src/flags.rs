@@ -69,7 +69,8 @@ impl Flags {
 }
 
 /// `RUN --mount` kinds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum MountKind {
     /// A directory from the context or another stage.
     Bind,
@@ -84,7 +85,8 @@ pub enum MountKind {
 }
 
 /// Cache sharing modes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Sharing {
     /// Concurrent builds share it.
     Shared,
@@ -95,7 +97,7 @@ pub enum Sharing {
 }
 
 /// One `RUN --mount=...`, values unexpanded.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Mount {
     /// `type`.
     pub kind: MountKind,
@@ -240,7 +242,7 @@ fn parse_size(v: &str) -> Option<u64> {
 }
 
 /// `--chmod` values: octal (`0755`) or symbolic (`u+x,go-w`), as BuildKit 1.14+ accepts.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum Chmod {
     /// An octal mode.
     Octal(u32),

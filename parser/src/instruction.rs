@@ -9,7 +9,8 @@ use crate::flags::{Flags, Kind, Mount, parse_chmod, parse_duration, parse_mount}
 use crate::node::KEYWORDS;
 
 /// A command in shell form (run through the stage's `SHELL`) or exec form.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Command {
     /// Shell form: the text handed to the shell.
     Shell(String),
@@ -18,7 +19,7 @@ pub enum Command {
 }
 
 /// `FROM [--platform=P] IMAGE [AS NAME]`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct From {
     /// The image, a stage name, or `scratch`.
     pub image: String,
@@ -29,7 +30,8 @@ pub struct From {
 }
 
 /// `RUN --network` modes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum NetworkMode {
     /// `default`.
     Default,
@@ -40,7 +42,8 @@ pub enum NetworkMode {
 }
 
 /// `RUN --security` modes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Security {
     /// `sandbox` (the default).
     Sandbox,
@@ -49,7 +52,7 @@ pub enum Security {
 }
 
 /// `RUN [--mount ...] [--network ...] [--security ...] COMMAND`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Run {
     /// The command.
     pub command: Command,
@@ -64,7 +67,7 @@ pub struct Run {
 }
 
 /// `COPY`/`ADD` with every flag BuildKit knows.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Default, serde::Serialize)]
 pub struct CopySpec {
     /// Sources (context paths, stage paths with `--from`, URLs for ADD, `<<EOF` heredocs).
     pub sources: Vec<String>,
@@ -93,7 +96,8 @@ pub struct CopySpec {
 }
 
 /// `HEALTHCHECK`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "type", rename_all = "UPPERCASE")]
 pub enum Healthcheck {
     /// `HEALTHCHECK NONE`: disable the base image's check.
     None,
@@ -102,12 +106,16 @@ pub enum Healthcheck {
         /// The test, Docker-style: `["CMD", ...]` or `["CMD-SHELL", "..."]`.
         test: Vec<String>,
         /// `--interval`.
+        #[serde(serialize_with = "nanos")]
         interval: Option<Duration>,
         /// `--timeout`.
+        #[serde(serialize_with = "nanos")]
         timeout: Option<Duration>,
         /// `--start-period`.
+        #[serde(serialize_with = "nanos")]
         start_period: Option<Duration>,
         /// `--start-interval`.
+        #[serde(serialize_with = "nanos")]
         start_interval: Option<Duration>,
         /// `--retries`.
         retries: Option<u32>,
@@ -115,7 +123,7 @@ pub enum Healthcheck {
 }
 
 /// One `ARG` declaration.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct ArgDecl {
     /// The name.
     pub name: String,
@@ -124,7 +132,8 @@ pub struct ArgDecl {
 }
 
 /// One instruction with its arguments split out.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", content = "value", rename_all = "UPPERCASE")]
 #[non_exhaustive]
 pub enum Instruction {
     /// `FROM`.
@@ -162,6 +171,7 @@ pub enum Instruction {
     /// `HEALTHCHECK`.
     Healthcheck(Healthcheck),
     /// `ONBUILD INSTRUCTION`: the trigger, checked, kept as written.
+    #[serde(serialize_with = "trigger_text")]
     Onbuild(Box<Node>),
 }
 
@@ -188,6 +198,18 @@ impl Instruction {
             Instruction::Healthcheck(_) => "HEALTHCHECK",
             Instruction::Onbuild(_) => "ONBUILD",
         }
+    }
+}
+
+fn trigger_text<S: serde::Serializer>(n: &Node, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&n.original)
+}
+
+/// Durations as Docker's config stores them: nanoseconds.
+fn nanos<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_u64(d.as_nanos() as u64),
+        None => s.serialize_none(),
     }
 }
 

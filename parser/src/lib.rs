@@ -28,6 +28,7 @@ pub mod error;
 pub mod flags;
 mod heredoc;
 pub mod instruction;
+pub mod json;
 pub mod lines;
 pub mod lint;
 pub mod node;
@@ -35,7 +36,7 @@ pub mod shell;
 pub mod stages;
 
 pub use ast::{Args, Directives, Document, Heredoc, KeyValue, Node, Warning};
-pub use error::{ExpandError, ParseError, Position};
+pub use error::{DockerfileError, ExpandError, ParseError, Position, dockerfile_error};
 pub use flags::{Chmod, Mount, MountKind, Sharing};
 pub use instruction::{ArgDecl, Command, CopySpec, From, Healthcheck, Instruction, NetworkMode, Run, Security, instruction};
 pub use lines::{parse, parse_line};

@@ -77,7 +77,10 @@ pub(crate) fn run(root: &Path, a: BuildArgs) -> anyhow::Result<ExitCode> {
         tags,
         platform,
     };
-    let image = builder.build(&req)?;
+    let image = builder.build(&req).map_err(|e| match e {
+        builder::BuildError::Parse { file, error } => anyhow::Error::new(parser::dockerfile_error(&file, &req.dockerfile, &error)),
+        e => anyhow::Error::new(e),
+    })?;
     if !quiet {
         for t in &req.tags {
             eprintln!("naming to {t}");

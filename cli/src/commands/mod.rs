@@ -3,6 +3,7 @@
 pub(crate) mod build;
 pub(crate) mod images;
 pub(crate) mod import;
+pub(crate) mod parse;
 pub(crate) mod run;
 
 use std::path::Path;
