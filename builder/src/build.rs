@@ -77,18 +77,29 @@ impl Builder<'_> {
     /// Builds the request's target stage and tags the image.
     pub fn build(&self, req: &BuildRequest) -> Result<StoredImage> {
         let file = req.dockerfile_name.as_str();
-        let parse_err = |error| BuildError::Parse { file: file.into(), error };
+        let parse_err = |error| BuildError::Parse {
+            file: file.into(),
+            error,
+        };
         let doc = parser::parse(&req.dockerfile).map_err(parse_err)?;
         let lexer = Lexer::new(doc.directives.escape);
         let (globals, stages) = parser::stages(&doc).map_err(parse_err)?;
-        let fail = |n: &Node, message: String| BuildError::Instruction { at: format!("{file}:{}", n.start), message };
+        let fail = |n: &Node, message: String| BuildError::Instruction {
+            at: format!("{file}:{}", n.start),
+            message,
+        };
 
         // Global ARGs: a --build-arg wins over the default; defaults may use earlier globals.
         let mut meta_args: Vec<(String, String)> = Vec::new();
         for a in &globals {
             let v = match lookup(&req.build_args, &a.name) {
                 Some(v) => Some(v),
-                None => a.default.as_ref().map(|d| lexer.expand_word(d, &meta_args)).transpose().map_err(|e| BuildError::Other(format!("{file}: ARG {}: {e}", a.name)))?,
+                None => a
+                    .default
+                    .as_ref()
+                    .map(|d| lexer.expand_word(d, &meta_args))
+                    .transpose()
+                    .map_err(|e| BuildError::Other(format!("{file}: ARG {}: {e}", a.name)))?,
             };
             if let Some(v) = v {
                 meta_args.push((a.name.clone(), v));
@@ -97,25 +108,45 @@ impl Builder<'_> {
         let names: Vec<Option<String>> = stages.iter().map(|s| s.name.clone()).collect();
         let target = match &req.target {
             None => stages.len() - 1,
-            Some(t) => stage_index(&names, t).ok_or_else(|| BuildError::Other(format!("target stage {t:?} could not be found in {file}")))?,
+            Some(t) => stage_index(&names, t).ok_or_else(|| {
+                BuildError::Other(format!("target stage {t:?} could not be found in {file}"))
+            })?,
         };
         let bases: Vec<String> = stages
             .iter()
-            .map(|s| lexer.expand_word(&s.from.image, &meta_args).map_err(|e| fail(&s.from_node, e.to_string())))
+            .map(|s| {
+                lexer
+                    .expand_word(&s.from.image, &meta_args)
+                    .map_err(|e| fail(s.from_node, e.to_string()))
+            })
             .collect::<Result<_>>()?;
         let needed = needed_stages(&names, &bases, target);
-        let total: usize = needed.iter().map(|&i| stages[i].instructions.len() + 1).sum();
+        let total: usize = needed
+            .iter()
+            .map(|&i| stages[i].instructions.len() + 1)
+            .sum();
         let mut step = 0;
         let mut done: Vec<Option<StageState>> = vec![None; stages.len()];
         for i in needed {
             let stage = &stages[i];
             step += 1;
             (self.progress)(&format!("[{step}/{total}] {}", stage.from_node.original));
-            let mut state = self.from(&bases[i], &names[..i], &done, stage, &globals, &meta_args, req).map_err(|m| fail(&stage.from_node, m))?;
+            let mut state = self
+                .from(
+                    &bases[i],
+                    &names[..i],
+                    &done,
+                    stage,
+                    &globals,
+                    &meta_args,
+                    req,
+                )
+                .map_err(|m| fail(stage.from_node, m))?;
             for (node, ins) in &stage.instructions {
                 step += 1;
                 (self.progress)(&format!("[{step}/{total}] {}", node.original));
-                self.step(&mut state, node, ins, &lexer, req).map_err(|m| fail(node, m))?;
+                self.step(&mut state, node, ins, &lexer, req)
+                    .map_err(|m| fail(node, m))?;
             }
             done[i] = Some(state);
         }
@@ -139,7 +170,10 @@ impl Builder<'_> {
         }
         let name = stage.name.clone();
         let _ = globals;
-        let fresh_cfg = |image: ImageConfig| ConfigState { image, ..Default::default() };
+        let fresh_cfg = |image: ImageConfig| ConfigState {
+            image,
+            ..Default::default()
+        };
         let mut state = if let Some(j) = stage_index(earlier, image) {
             let mut s = done[j].clone().ok_or("base stage did not run")?;
             s.name = name;
@@ -153,7 +187,11 @@ impl Builder<'_> {
                 variant: req.platform.variant.clone(),
                 ..Default::default()
             };
-            StageState { name, layers: Vec::new(), cfg: fresh_cfg(cfg) }
+            StageState {
+                name,
+                layers: Vec::new(),
+                cfg: fresh_cfg(cfg),
+            }
         } else {
             let reference: Reference = image.parse().map_err(|e| format!("{e}"))?;
             let desc = self
@@ -162,10 +200,21 @@ impl Builder<'_> {
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| format!("image {image} not found in the local store (pulling from registries is not supported yet; use kiln import)"))?;
             let base = read_image(self.store, &desc).map_err(|e| e.to_string())?;
-            if base.config.config.on_build.as_ref().is_some_and(|t| !t.is_empty()) {
-                return Err(format!("image {image} has ONBUILD triggers, and running them is not supported yet"));
+            if base
+                .config
+                .config
+                .on_build
+                .as_ref()
+                .is_some_and(|t| !t.is_empty())
+            {
+                return Err(format!(
+                    "image {image} has ONBUILD triggers, and running them is not supported yet"
+                ));
             }
-            let chain = self.snapshots.ensure_image(self.store, &base).map_err(|e| e.to_string())?;
+            let chain = self
+                .snapshots
+                .ensure_image(self.store, &base)
+                .map_err(|e| e.to_string())?;
             let layers = base
                 .manifest
                 .layers()
@@ -173,17 +222,35 @@ impl Builder<'_> {
                 .zip(&base.config.rootfs.diff_ids)
                 .zip(chain)
                 .map(|((d, diff), (chain, dir))| {
-                    Ok(StageLayer { layer: Layer { descriptor: d.clone(), diff_id: diff.parse().map_err(|e| format!("{e}"))? }, chain, dir })
+                    Ok(StageLayer {
+                        layer: Layer {
+                            descriptor: d.clone(),
+                            diff_id: diff.parse().map_err(|e| format!("{e}"))?,
+                        },
+                        chain,
+                        dir,
+                    })
                 })
                 .collect::<Result<Vec<_>, String>>()?;
-            StageState { name, layers, cfg: fresh_cfg(base.config) }
+            StageState {
+                name,
+                layers,
+                cfg: fresh_cfg(base.config),
+            }
         };
         // Global ARGs are visible in a stage only once redeclared there; keep them at hand.
         state.cfg.globals = meta.to_vec();
         Ok(state)
     }
 
-    fn step(&self, state: &mut StageState, node: &Node, ins: &Instruction, lexer: &Lexer, req: &BuildRequest) -> Result<(), String> {
+    fn step(
+        &self,
+        state: &mut StageState,
+        node: &Node,
+        ins: &Instruction,
+        lexer: &Lexer,
+        req: &BuildRequest,
+    ) -> Result<(), String> {
         match ins {
             Instruction::Arg(args) => {
                 for a in args {
@@ -215,7 +282,12 @@ impl Builder<'_> {
         }
     }
 
-    fn run_step(&self, state: &mut StageState, node: &Node, run: &parser::Run) -> Result<(), String> {
+    fn run_step(
+        &self,
+        state: &mut StageState,
+        node: &Node,
+        run: &parser::Run,
+    ) -> Result<(), String> {
         if !run.mounts.is_empty() {
             return Err("RUN --mount is not supported yet".into());
         }
@@ -283,8 +355,15 @@ impl Builder<'_> {
         let mut attrs = CopyAttrs::default();
         let env = state.cfg.expansion_env();
         let expand = |w: &str| lexer.expand_word(w, &env).map_err(|e| e.to_string());
-        if spec.from.is_some() || spec.parents || !spec.exclude.is_empty() || !spec.heredocs.is_empty() {
-            return Err("COPY --from, --parents, --exclude and heredoc sources are not supported yet".into());
+        if spec.from.is_some()
+            || spec.parents
+            || !spec.exclude.is_empty()
+            || !spec.heredocs.is_empty()
+        {
+            return Err(
+                "COPY --from, --parents, --exclude and heredoc sources are not supported yet"
+                    .into(),
+            );
         }
         if let Some(c) = &spec.chown {
             attrs.owner = Some(self.resolve_owner(state, &expand(c)?)?);
@@ -292,7 +371,9 @@ impl Builder<'_> {
         if let Some(c) = &spec.chmod {
             attrs.mode = match parser::flags::parse_chmod(&expand(c)?)? {
                 parser::Chmod::Octal(m) => Some(m),
-                parser::Chmod::Symbolic(s) => return Err(format!("symbolic --chmod={s} is not supported yet")),
+                parser::Chmod::Symbolic(s) => {
+                    return Err(format!("symbolic --chmod={s} is not supported yet"));
+                }
             };
         }
         let (sources, dest) = (&spec.sources, spec.dest.as_str());
@@ -439,7 +520,9 @@ fn needed_stages(names: &[Option<String>], bases: &[String], target: usize) -> V
 /// The earlier stage a name refers to, if any (stage names are case-insensitive).
 fn stage_index(names: &[Option<String>], image: &str) -> Option<usize> {
     let wanted = image.to_ascii_lowercase();
-    names.iter().position(|n| n.as_deref() == Some(wanted.as_str()))
+    names
+        .iter()
+        .position(|n| n.as_deref() == Some(wanted.as_str()))
 }
 
 #[cfg(test)]

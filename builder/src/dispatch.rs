@@ -65,7 +65,10 @@ pub fn apply_config(
             let env = state.expansion_env();
             let mut expanded = Vec::new();
             for kv in pairs {
-                expanded.push((expand(lexer, &kv.key, &env)?, expand(lexer, &kv.value, &env)?));
+                expanded.push((
+                    expand(lexer, &kv.key, &env)?,
+                    expand(lexer, &kv.value, &env)?,
+                ));
             }
             for (k, v) in expanded {
                 state.image.config.env_set(&k, &v);
@@ -75,7 +78,10 @@ pub fn apply_config(
             let env = state.expansion_env();
             let mut expanded = Vec::new();
             for kv in pairs {
-                expanded.push((expand(lexer, &kv.key, &env)?, expand(lexer, &kv.value, &env)?));
+                expanded.push((
+                    expand(lexer, &kv.key, &env)?,
+                    expand(lexer, &kv.value, &env)?,
+                ));
             }
             let labels = state
                 .image
@@ -151,7 +157,12 @@ pub fn apply_config(
             state.image.config.healthcheck = Some(healthcheck_json(h));
         }
         Instruction::Onbuild(trigger) => {
-            state.image.config.on_build.get_or_insert_with(Vec::new).push(trigger.original.clone());
+            state
+                .image
+                .config
+                .on_build
+                .get_or_insert_with(Vec::new)
+                .push(trigger.original.clone());
         }
         _ => return Ok(false),
     }
@@ -163,10 +174,22 @@ fn healthcheck_json(h: &parser::Healthcheck) -> serde_json::Value {
     use serde_json::{Map, Value, json};
     match h {
         parser::Healthcheck::None => json!({ "Test": ["NONE"] }),
-        parser::Healthcheck::Cmd { test, interval, timeout, start_period, start_interval, retries } => {
+        parser::Healthcheck::Cmd {
+            test,
+            interval,
+            timeout,
+            start_period,
+            start_interval,
+            retries,
+        } => {
             let mut m = Map::new();
             m.insert("Test".into(), json!(test));
-            for (k, d) in [("Interval", interval), ("Timeout", timeout), ("StartPeriod", start_period), ("StartInterval", start_interval)] {
+            for (k, d) in [
+                ("Interval", interval),
+                ("Timeout", timeout),
+                ("StartPeriod", start_period),
+                ("StartInterval", start_interval),
+            ] {
                 if let Some(d) = d {
                     m.insert(k.into(), json!(d.as_nanos() as u64));
                 }
@@ -243,8 +266,8 @@ mod tests {
     fn entrypoint_resets_cmd_unless_cmd_was_set_here() {
         let mut st = ConfigState::default();
         st.image.config.cmd = Some(vec!["inherited".into()]);
-        let ep = parser::instruction(&parser::parse_line("ENTRYPOINT [\"/app\"]").unwrap())
-            .unwrap();
+        let ep =
+            parser::instruction(&parser::parse_line("ENTRYPOINT [\"/app\"]").unwrap()).unwrap();
         apply_config(&mut st, &ep, &Lexer::default()).unwrap();
         assert_eq!(st.image.config.cmd, None);
         let st = run(&["CMD [\"x\"]", "ENTRYPOINT top -b"]);
@@ -270,9 +293,14 @@ mod tests {
         ]);
         assert_eq!(
             st.image.config.healthcheck,
-            Some(serde_json::json!({"Test": ["CMD-SHELL", "curl -f http://localhost/"], "Interval": 5_000_000_000u64, "Retries": 3}))
+            Some(
+                serde_json::json!({"Test": ["CMD-SHELL", "curl -f http://localhost/"], "Interval": 5_000_000_000u64, "Retries": 3})
+            )
         );
-        assert_eq!(st.image.config.on_build.as_deref(), Some(&["RUN make".to_string()][..]));
+        assert_eq!(
+            st.image.config.on_build.as_deref(),
+            Some(&["RUN make".to_string()][..])
+        );
         let c = st.image.config;
         assert_eq!(c.working_dir.unwrap(), "/srv/web");
         let ports: Vec<_> = c.exposed_ports.unwrap().into_keys().collect();

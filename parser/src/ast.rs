@@ -216,8 +216,6 @@ pub struct Document {
     pub nodes: Vec<Node>,
     /// Parser warnings.
     pub warnings: Vec<Warning>,
-    /// The physical lines, for error snippets.
-    pub lines: Vec<String>,
 }
 
 impl Document {

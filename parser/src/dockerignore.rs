@@ -63,8 +63,13 @@ impl Matcher {
             if text.len() > 1 && text.starts_with('/') {
                 text.remove(0);
             }
-            let regex = Regex::new(&to_regex(&text)).map_err(|e| format!("invalid .dockerignore pattern {p:?}: {e}"))?;
-            out.push(Pattern { text, exclusion, regex });
+            let regex = Regex::new(&to_regex(&text))
+                .map_err(|e| format!("invalid .dockerignore pattern {p:?}: {e}"))?;
+            out.push(Pattern {
+                text,
+                exclusion,
+                regex,
+            });
         }
         Ok(Matcher { patterns: out })
     }
@@ -106,7 +111,12 @@ impl Matcher {
     pub fn may_reinclude_below(&self, dir: &str) -> bool {
         let dir = clean(dir);
         let dir = dir.trim_start_matches('/');
-        self.patterns.iter().any(|p| p.exclusion && (p.text.starts_with(&format!("{dir}/")) || p.text.contains("**") || p.text.starts_with('*')))
+        self.patterns.iter().any(|p| {
+            p.exclusion
+                && (p.text.starts_with(&format!("{dir}/"))
+                    || p.text.contains("**")
+                    || p.text.starts_with('*'))
+        })
     }
 }
 
@@ -116,7 +126,11 @@ pub fn ignore_file(dockerfile: &Path, context: &Path) -> PathBuf {
     let mut specific = dockerfile.as_os_str().to_owned();
     specific.push(".dockerignore");
     let specific = PathBuf::from(specific);
-    if specific.is_file() { specific } else { context.join(".dockerignore") }
+    if specific.is_file() {
+        specific
+    } else {
+        context.join(".dockerignore")
+    }
 }
 
 /// Go's `path.Clean`.
@@ -166,10 +180,17 @@ fn to_regex(pattern: &str) -> String {
             '?' => re.push_str("[^/]"),
             '[' => {
                 // A character class passes through (with `!` as negation, as in Go's filepath).
-                match chars[i..].iter().position(|&ch| ch == ']').filter(|&e| e > 1) {
+                match chars[i..]
+                    .iter()
+                    .position(|&ch| ch == ']')
+                    .filter(|&e| e > 1)
+                {
                     Some(end) => {
                         let body: String = chars[i + 1..i + end].iter().collect();
-                        let body = body.strip_prefix('!').map(|b| format!("^{b}")).unwrap_or(body);
+                        let body = body
+                            .strip_prefix('!')
+                            .map(|b| format!("^{b}"))
+                            .unwrap_or(body);
                         re.push('[');
                         re.push_str(&body.replace('\\', "\\\\").replace('[', "\\["));
                         re.push(']');
@@ -220,7 +241,10 @@ mod tests {
         assert!(!x.matches("temp"));
         // A pattern matching a directory excludes everything under it.
         assert!(m(&["build"]).matches("build/out/app.o"));
-        assert!(!m(&["build"]).matches("src/build"), "patterns are anchored at the root");
+        assert!(
+            !m(&["build"]).matches("src/build"),
+            "patterns are anchored at the root"
+        );
         assert!(!m(&["*.go"]).matches("a/b.go"), "* does not cross /");
     }
 

@@ -31,7 +31,10 @@ pub struct ParseError {
 
 impl ParseError {
     pub(crate) fn new(pos: Position, message: impl Into<String>) -> Self {
-        ParseError { pos, message: message.into() }
+        ParseError {
+            pos,
+            message: message.into(),
+        }
     }
 
     /// The offending source line with a caret under the column, for humans:
@@ -50,7 +53,11 @@ pub fn snippet(source: &str, pos: Position) -> Option<String> {
     let line = source.lines().nth(pos.line.checked_sub(1)?)?;
     let num = pos.line.to_string();
     let pad = " ".repeat(num.len());
-    let caret_at: String = line.chars().take(pos.col.saturating_sub(1)).map(|c| if c == '\t' { '\t' } else { ' ' }).collect();
+    let caret_at: String = line
+        .chars()
+        .take(pos.col.saturating_sub(1))
+        .map(|c| if c == '\t' { '\t' } else { ' ' })
+        .collect();
     Some(format!(" {num} | {line}\n {pad} | {caret_at}^"))
 }
 
@@ -74,5 +81,9 @@ pub struct DockerfileError {
 
 /// Wraps a parse error with its file name and source snippet.
 pub fn dockerfile_error(file: &str, source: &str, error: &ParseError) -> DockerfileError {
-    DockerfileError { file: file.to_string(), error: error.clone(), snippet: error.snippet(source) }
+    DockerfileError {
+        file: file.to_string(),
+        error: error.clone(),
+        snippet: error.snippet(source),
+    }
 }

@@ -26,7 +26,9 @@ impl Flags {
     pub(crate) fn parse(raw: &[String], spec: &[(&str, Kind)]) -> Result<Flags, String> {
         let mut values: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for f in raw {
-            let body = f.strip_prefix("--").ok_or_else(|| format!("invalid flag: {f}"))?;
+            let body = f
+                .strip_prefix("--")
+                .ok_or_else(|| format!("invalid flag: {f}"))?;
             let (name, value) = match body.split_once('=') {
                 Some((n, v)) => (n, Some(v)),
                 None => (body, None),
@@ -175,7 +177,10 @@ pub fn parse_mount(spec: &str) -> Result<Mount, String> {
             Some((k, v)) => (k.trim().to_ascii_lowercase(), v.trim()),
             None => (f.trim().to_ascii_lowercase(), ""),
         };
-        let num = |v: &str| v.parse::<u32>().map_err(|_| format!("invalid value for {k}: {v}"));
+        let num = |v: &str| {
+            v.parse::<u32>()
+                .map_err(|_| format!("invalid value for {k}: {v}"))
+        };
         match k.as_str() {
             "type" => {}
             "target" | "dst" | "destination" => m.target = Some(v.to_string()),
@@ -198,10 +203,16 @@ pub fn parse_mount(spec: &str) -> Result<Mount, String> {
                     _ => return Err(format!("unsupported sharing value {v:?}")),
                 }
             }
-            "mode" => m.mode = Some(u32::from_str_radix(v, 8).map_err(|_| format!("invalid value {v} for mode"))?),
+            "mode" => {
+                m.mode = Some(
+                    u32::from_str_radix(v, 8).map_err(|_| format!("invalid value {v} for mode"))?,
+                )
+            }
             "uid" => m.uid = Some(num(v)?),
             "gid" => m.gid = Some(num(v)?),
-            "size" => m.size = Some(parse_size(v).ok_or_else(|| format!("invalid value for size: {v}"))?),
+            "size" => {
+                m.size = Some(parse_size(v).ok_or_else(|| format!("invalid value for size: {v}"))?)
+            }
             "required" => m.required = parse_bool(&k, v)?,
             "env" => m.env = Some(v.to_string()),
             other => return Err(format!("unexpected key '{other}' in '{f}'")),
@@ -228,7 +239,9 @@ pub fn parse_mount(spec: &str) -> Result<Mount, String> {
 /// `64m`, `1g`, `100k`, `512` (bytes), as Docker's `RAMInBytes` reads sizes.
 fn parse_size(v: &str) -> Option<u64> {
     let v = v.trim().to_ascii_lowercase();
-    let digits = v.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(v.len());
+    let digits = v
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(v.len());
     let n: f64 = v[..digits].parse().ok()?;
     let mult: u64 = match v[digits..].trim_end_matches(['b', 'i']) {
         "" => 1,
@@ -299,13 +312,17 @@ pub fn parse_duration(v: &str) -> Result<Duration, String> {
         return Err(bad());
     }
     while !rest.is_empty() {
-        let n = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+        let n = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
         if n == 0 {
             return Err(bad());
         }
         let value: f64 = rest[..n].parse().map_err(|_| bad())?;
         rest = &rest[n..];
-        let u = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let u = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let secs = match &rest[..u] {
             "ns" => 1e-9,
             "us" | "µs" | "μs" => 1e-6,
@@ -327,41 +344,97 @@ mod tests {
 
     #[test]
     fn flags_kinds_duplicates_and_unknowns() {
-        let spec = [("from", Kind::Str), ("link", Kind::Bool), ("exclude", Kind::List)];
+        let spec = [
+            ("from", Kind::Str),
+            ("link", Kind::Bool),
+            ("exclude", Kind::List),
+        ];
         let raw = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let f = Flags::parse(&raw(&["--from=a", "--link", "--exclude=x", "--exclude=y"]), &spec).unwrap();
-        assert_eq!((f.string("from"), f.bool("link"), f.list("exclude")), (Some("a".into()), Some(true), vec!["x".into(), "y".into()]));
-        assert_eq!(Flags::parse(&raw(&["--link=false"]), &spec).unwrap().bool("link"), Some(false));
-        assert_eq!(Flags::parse(&raw(&["--bogus"]), &spec).unwrap_err(), "unknown flag: bogus");
-        assert_eq!(Flags::parse(&raw(&["--from"]), &spec).unwrap_err(), "missing a value on flag: from");
-        assert_eq!(Flags::parse(&raw(&["--from=a", "--from=b"]), &spec).unwrap_err(), "duplicate flag specified: from");
-        assert!(Flags::parse(&raw(&["--link=maybe"]), &spec).unwrap_err().contains("expecting boolean"));
+        let f = Flags::parse(
+            &raw(&["--from=a", "--link", "--exclude=x", "--exclude=y"]),
+            &spec,
+        )
+        .unwrap();
+        assert_eq!(
+            (f.string("from"), f.bool("link"), f.list("exclude")),
+            (Some("a".into()), Some(true), vec!["x".into(), "y".into()])
+        );
+        assert_eq!(
+            Flags::parse(&raw(&["--link=false"]), &spec)
+                .unwrap()
+                .bool("link"),
+            Some(false)
+        );
+        assert_eq!(
+            Flags::parse(&raw(&["--bogus"]), &spec).unwrap_err(),
+            "unknown flag: bogus"
+        );
+        assert_eq!(
+            Flags::parse(&raw(&["--from"]), &spec).unwrap_err(),
+            "missing a value on flag: from"
+        );
+        assert_eq!(
+            Flags::parse(&raw(&["--from=a", "--from=b"]), &spec).unwrap_err(),
+            "duplicate flag specified: from"
+        );
+        assert!(
+            Flags::parse(&raw(&["--link=maybe"]), &spec)
+                .unwrap_err()
+                .contains("expecting boolean")
+        );
     }
 
     #[test]
     fn mounts() {
-        let m = parse_mount("type=cache,target=/root/.cache,sharing=locked,id=go,mode=0755,uid=1,gid=2").unwrap();
-        assert_eq!((m.kind, m.sharing, m.read_write, m.mode, m.uid, m.gid), (MountKind::Cache, Sharing::Locked, true, Some(0o755), Some(1), Some(2)));
+        let m = parse_mount(
+            "type=cache,target=/root/.cache,sharing=locked,id=go,mode=0755,uid=1,gid=2",
+        )
+        .unwrap();
+        assert_eq!(
+            (m.kind, m.sharing, m.read_write, m.mode, m.uid, m.gid),
+            (
+                MountKind::Cache,
+                Sharing::Locked,
+                true,
+                Some(0o755),
+                Some(1),
+                Some(2)
+            )
+        );
         let m = parse_mount("target=/src,from=build,source=/out,rw").unwrap();
-        assert_eq!((m.kind, m.read_write, m.from.as_deref(), m.source.as_deref()), (MountKind::Bind, true, Some("build"), Some("/out")));
+        assert_eq!(
+            (m.kind, m.read_write, m.from.as_deref(), m.source.as_deref()),
+            (MountKind::Bind, true, Some("build"), Some("/out"))
+        );
         let m = parse_mount("type=tmpfs,target=/t,size=64m").unwrap();
         assert_eq!(m.size, Some(64 << 20));
         let m = parse_mount("type=secret,id=tok,env=TOKEN,required").unwrap();
         assert!(m.required && m.env.as_deref() == Some("TOKEN"));
         assert!(parse_mount("type=ssh").is_ok());
-        assert!(parse_mount("type=bind").unwrap_err().contains("destination"));
+        assert!(
+            parse_mount("type=bind")
+                .unwrap_err()
+                .contains("destination")
+        );
         assert!(parse_mount("type=nfs,target=/x").is_err());
         assert!(parse_mount("type=cache,target=/x,sharing=weird").is_err());
         assert!(parse_mount("type=bind,target=/x,sharing=locked").is_err());
         assert!(parse_mount("type=tmpfs,target=/x,from=a").is_err());
-        assert!(parse_mount("target=/x,colour=blue").unwrap_err().contains("unexpected key"));
+        assert!(
+            parse_mount("target=/x,colour=blue")
+                .unwrap_err()
+                .contains("unexpected key")
+        );
     }
 
     #[test]
     fn chmod_values() {
         assert_eq!(parse_chmod("0755").unwrap(), Chmod::Octal(0o755));
         assert_eq!(parse_chmod("644").unwrap(), Chmod::Octal(0o644));
-        assert_eq!(parse_chmod("u+x,go-w").unwrap(), Chmod::Symbolic("u+x,go-w".into()));
+        assert_eq!(
+            parse_chmod("u+x,go-w").unwrap(),
+            Chmod::Symbolic("u+x,go-w".into())
+        );
         assert_eq!(parse_chmod("a=rX").unwrap(), Chmod::Symbolic("a=rX".into()));
         for bad in ["", "999", "17777", "u+q", "x+r", "u", "rwx"] {
             assert!(parse_chmod(bad).is_err(), "{bad}");

@@ -20,9 +20,14 @@ pub(crate) fn allows_heredocs(keyword: &str) -> bool {
 /// `[fd]<<[-]NAME` where NAME has no `<`; quoting any part of NAME turns expansion off.
 pub(crate) fn markers(line: &str, escape: char) -> Vec<Marker> {
     let mut out = Vec::new();
+    if !line.contains("<<") {
+        return out;
+    }
     for word in shell_words(line, escape) {
         let digits = word.chars().take_while(|c| c.is_ascii_digit()).count();
-        let Some(after) = word[digits..].strip_prefix("<<") else { continue };
+        let Some(after) = word[digits..].strip_prefix("<<") else {
+            continue;
+        };
         let (chomp, name) = match after.strip_prefix('-') {
             Some(n) => (true, n),
             None => (false, after),
@@ -46,8 +51,17 @@ pub(crate) fn markers(line: &str, escape: char) -> Vec<Marker> {
         if unquoted.is_empty() {
             continue;
         }
-        let fd = if digits > 0 { word[..digits].parse().ok() } else { None };
-        out.push(Marker { name: unquoted, expand: !quoted, chomp, fd });
+        let fd = if digits > 0 {
+            word[..digits].parse().ok()
+        } else {
+            None
+        };
+        out.push(Marker {
+            name: unquoted,
+            expand: !quoted,
+            chomp,
+            fd,
+        });
     }
     out
 }
@@ -62,12 +76,30 @@ mod tests {
         assert_eq!(
             m,
             vec![
-                Marker { name: "EOF".into(), expand: true, chomp: false, fd: None },
-                Marker { name: "END".into(), expand: false, chomp: true, fd: None },
-                Marker { name: "X".into(), expand: false, chomp: false, fd: Some(3) },
+                Marker {
+                    name: "EOF".into(),
+                    expand: true,
+                    chomp: false,
+                    fd: None
+                },
+                Marker {
+                    name: "END".into(),
+                    expand: false,
+                    chomp: true,
+                    fd: None
+                },
+                Marker {
+                    name: "X".into(),
+                    expand: false,
+                    chomp: false,
+                    fd: Some(3)
+                },
             ]
         );
-        assert!(markers("echo '<<EOF'", '\\').is_empty(), "a quoted << is not a heredoc");
+        assert!(
+            markers("echo '<<EOF'", '\\').is_empty(),
+            "a quoted << is not a heredoc"
+        );
         assert!(markers("a << b", '\\').is_empty());
     }
 }

@@ -289,21 +289,36 @@ pub fn instruction(node: &Node) -> Result<Instruction, ParseError> {
                 [image, as_kw, name] if as_kw.eq_ignore_ascii_case("as") => {
                     let lower = name.to_ascii_lowercase();
                     if !valid_stage_name(&lower) {
-                        return Err(err(format!("invalid name for build stage: {name:?}, name can't start with a number or contain symbols")));
+                        return Err(err(format!(
+                            "invalid name for build stage: {name:?}, name can't start with a number or contain symbols"
+                        )));
                     }
                     (image.clone(), Some(lower))
                 }
                 _ => return Err(err("FROM requires either one or three arguments".into())),
             };
-            Instruction::From(From { image, platform: f.string("platform"), alias })
+            Instruction::From(From {
+                image,
+                platform: f.string("platform"),
+                alias,
+            })
         }
         "RUN" => {
-            let f = flags(&[("mount", Kind::List), ("network", Kind::Str), ("security", Kind::Str)])?;
+            let f = flags(&[
+                ("mount", Kind::List),
+                ("network", Kind::Str),
+                ("security", Kind::Str),
+            ])?;
             let command = command(&node.args);
             if matches!(&command, Command::Exec(v) if v.is_empty()) && node.heredocs.is_empty() {
                 return Err(err("RUN requires at least one argument".into()));
             }
-            let mounts = f.list("mount").iter().map(|m| parse_mount(m)).collect::<Result<_, _>>().map_err(err)?;
+            let mounts = f
+                .list("mount")
+                .iter()
+                .map(|m| parse_mount(m))
+                .collect::<Result<_, _>>()
+                .map_err(err)?;
             let network = match f.string("network").as_deref() {
                 None => None,
                 Some("default") => Some(NetworkMode::Default),
@@ -317,12 +332,22 @@ pub fn instruction(node: &Node) -> Result<Instruction, ParseError> {
                 Some("insecure") => Some(Security::Insecure),
                 Some(other) => return Err(err(format!("unsupported security mode {other:?}"))),
             };
-            Instruction::Run(Run { command, mounts, network, security, heredocs: node.heredocs.clone() })
+            Instruction::Run(Run {
+                command,
+                mounts,
+                network,
+                security,
+                heredocs: node.heredocs.clone(),
+            })
         }
         "CMD" | "ENTRYPOINT" => {
             flags(&[])?;
             let c = command(&node.args);
-            if kw == "CMD" { Instruction::Cmd(c) } else { Instruction::Entrypoint(c) }
+            if kw == "CMD" {
+                Instruction::Cmd(c)
+            } else {
+                Instruction::Entrypoint(c)
+            }
         }
         "SHELL" => {
             flags(&[])?;
@@ -339,7 +364,11 @@ pub fn instruction(node: &Node) -> Result<Instruction, ParseError> {
             if kvs.iter().any(|kv| kv.key.is_empty()) {
                 return Err(err(format!("{kw} names can not be blank")));
             }
-            if kw == "ENV" { Instruction::Env(kvs.clone()) } else { Instruction::Label(kvs.clone()) }
+            if kw == "ENV" {
+                Instruction::Env(kvs.clone())
+            } else {
+                Instruction::Label(kvs.clone())
+            }
         }
         "ARG" => {
             flags(&[])?;
@@ -351,8 +380,14 @@ pub fn instruction(node: &Node) -> Result<Instruction, ParseError> {
                 .into_iter()
                 .map(|w| match w.split_once('=') {
                     Some(("", _)) => Err(err("ARG names can not be blank".into())),
-                    Some((k, v)) => Ok(ArgDecl { name: k.into(), default: Some(v.into()) }),
-                    None => Ok(ArgDecl { name: w, default: None }),
+                    Some((k, v)) => Ok(ArgDecl {
+                        name: k.into(),
+                        default: Some(v.into()),
+                    }),
+                    None => Ok(ArgDecl {
+                        name: w,
+                        default: None,
+                    }),
                 })
                 .collect::<Result<_, _>>()?;
             Instruction::Arg(decls)
@@ -363,7 +398,11 @@ pub fn instruction(node: &Node) -> Result<Instruction, ParseError> {
             if w.is_empty() {
                 return Err(err(format!("{kw} requires at least one argument")));
             }
-            if kw == "EXPOSE" { Instruction::Expose(w) } else { Instruction::Volume(w) }
+            if kw == "EXPOSE" {
+                Instruction::Expose(w)
+            } else {
+                Instruction::Volume(w)
+            }
         }
         "WORKDIR" => {
             flags(&[])?;
@@ -383,14 +422,32 @@ pub fn instruction(node: &Node) -> Result<Instruction, ParseError> {
         }
         "COPY" | "ADD" => {
             let spec: &[(&str, Kind)] = if kw == "COPY" {
-                &[("from", Kind::Str), ("chown", Kind::Str), ("chmod", Kind::Str), ("link", Kind::Bool), ("parents", Kind::Bool), ("exclude", Kind::List)]
+                &[
+                    ("from", Kind::Str),
+                    ("chown", Kind::Str),
+                    ("chmod", Kind::Str),
+                    ("link", Kind::Bool),
+                    ("parents", Kind::Bool),
+                    ("exclude", Kind::List),
+                ]
             } else {
-                &[("chown", Kind::Str), ("chmod", Kind::Str), ("link", Kind::Bool), ("exclude", Kind::List), ("checksum", Kind::Str), ("keep-git-dir", Kind::Bool), ("unpack", Kind::Bool)]
+                &[
+                    ("chown", Kind::Str),
+                    ("chmod", Kind::Str),
+                    ("link", Kind::Bool),
+                    ("exclude", Kind::List),
+                    ("checksum", Kind::Str),
+                    ("keep-git-dir", Kind::Bool),
+                    ("unpack", Kind::Bool),
+                ]
             };
             let f = flags(spec)?;
             let mut w = words(&node.args);
             if w.len() < 2 {
-                return Err(err(format!("{kw} requires at least two arguments, but only {} provided", w.len())));
+                return Err(err(format!(
+                    "{kw} requires at least two arguments, but only {} provided",
+                    w.len()
+                )));
             }
             let dest = w.pop().expect("two words");
             let chmod = f.string("chmod");
@@ -413,7 +470,11 @@ pub fn instruction(node: &Node) -> Result<Instruction, ParseError> {
                 unpack: f.bool("unpack"),
                 heredocs: node.heredocs.clone(),
             };
-            if kw == "COPY" { Instruction::Copy(spec) } else { Instruction::Add(spec) }
+            if kw == "COPY" {
+                Instruction::Copy(spec)
+            } else {
+                Instruction::Add(spec)
+            }
         }
         "HEALTHCHECK" => healthcheck(node)?,
         "ONBUILD" => {
@@ -422,14 +483,23 @@ pub fn instruction(node: &Node) -> Result<Instruction, ParseError> {
                 return Err(err("ONBUILD requires at least one argument".into()));
             };
             if matches!(inner.keyword.as_str(), "ONBUILD" | "FROM" | "MAINTAINER") {
-                return Err(err(format!("{} isn't allowed as an ONBUILD trigger", inner.keyword)));
+                return Err(err(format!(
+                    "{} isn't allowed as an ONBUILD trigger",
+                    inner.keyword
+                )));
             }
             instruction(inner)?;
             Instruction::Onbuild(inner.clone())
         }
         other => {
-            let hint = suggest_keyword(other).map(|k| format!(" (did you mean {k:?}?)")).unwrap_or_default();
-            let written = node.original.split(char::is_whitespace).next().unwrap_or(other);
+            let hint = suggest_keyword(other)
+                .map(|k| format!(" (did you mean {k:?}?)"))
+                .unwrap_or_default();
+            let written = node
+                .original
+                .split(char::is_whitespace)
+                .next()
+                .unwrap_or(other);
             return Err(err(format!("unknown instruction {written:?}{hint}")));
         }
     })
@@ -439,7 +509,13 @@ fn healthcheck(node: &Node) -> Result<Instruction, ParseError> {
     let err = |m: String| ParseError::new(node.start, m);
     let f = Flags::parse(
         &node.flags,
-        &[("interval", Kind::Str), ("timeout", Kind::Str), ("start-period", Kind::Str), ("start-interval", Kind::Str), ("retries", Kind::Str)],
+        &[
+            ("interval", Kind::Str),
+            ("timeout", Kind::Str),
+            ("start-period", Kind::Str),
+            ("start-interval", Kind::Str),
+            ("retries", Kind::Str),
+        ],
     )
     .map_err(err)?;
     let Args::Healthcheck { kind, command } = &node.args else {
@@ -454,12 +530,16 @@ fn healthcheck(node: &Node) -> Result<Instruction, ParseError> {
         }
         "CMD" => {
             let test = match &**command {
-                Args::Json(v) => std::iter::once("CMD".to_string()).chain(v.iter().cloned()).collect(),
+                Args::Json(v) => std::iter::once("CMD".to_string())
+                    .chain(v.iter().cloned())
+                    .collect(),
                 Args::Text(s) => vec!["CMD-SHELL".to_string(), s.clone()],
                 _ => return Err(err("Missing command after HEALTHCHECK CMD".into())),
             };
             let dur = |name: &str| -> Result<Option<Duration>, ParseError> {
-                let Some(v) = f.string(name) else { return Ok(None) };
+                let Some(v) = f.string(name) else {
+                    return Ok(None);
+                };
                 let d = parse_duration(&v).map_err(err)?;
                 if !d.is_zero() && d < Duration::from_millis(1) {
                     return Err(err(format!("Interval {name:?} cannot be less than 1ms")));
@@ -468,7 +548,11 @@ fn healthcheck(node: &Node) -> Result<Instruction, ParseError> {
             };
             let retries = match f.string("retries") {
                 None => None,
-                Some(r) => Some(r.parse::<u32>().map_err(|_| err(format!("invalid retries value {r:?}: must be a non-negative integer")))?),
+                Some(r) => Some(r.parse::<u32>().map_err(|_| {
+                    err(format!(
+                        "invalid retries value {r:?}: must be a non-negative integer"
+                    ))
+                })?),
             };
             Ok(Instruction::Healthcheck(Healthcheck::Cmd {
                 test,
@@ -479,6 +563,8 @@ fn healthcheck(node: &Node) -> Result<Instruction, ParseError> {
                 retries,
             }))
         }
-        other => Err(err(format!("Unknown type {other:?} in HEALTHCHECK (try CMD)"))),
+        other => Err(err(format!(
+            "Unknown type {other:?} in HEALTHCHECK (try CMD)"
+        ))),
     }
 }

@@ -58,7 +58,13 @@ mod tests {
         assert_eq!(run["value"]["network"], "none");
         assert_eq!(run["value"]["mounts"][0]["kind"], "cache");
         assert_eq!(s["instructions"][1]["instruction"]["value"]["chmod"], "644");
-        assert_eq!(s["instructions"][2]["instruction"]["value"]["interval"], 5_000_000_000u64);
-        assert_eq!(s["instructions"][3]["instruction"], json!({"kind": "ONBUILD", "value": "RUN x"}));
+        assert_eq!(
+            s["instructions"][2]["instruction"]["value"]["interval"],
+            5_000_000_000u64
+        );
+        assert_eq!(
+            s["instructions"][3]["instruction"],
+            json!({"kind": "ONBUILD", "value": "RUN x"})
+        );
     }
 }

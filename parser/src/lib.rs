@@ -38,7 +38,40 @@ pub mod stages;
 pub use ast::{Args, Directives, Document, Heredoc, KeyValue, Node, Warning};
 pub use error::{DockerfileError, ExpandError, ParseError, Position, dockerfile_error};
 pub use flags::{Chmod, Mount, MountKind, Sharing};
-pub use instruction::{ArgDecl, Command, CopySpec, From, Healthcheck, Instruction, NetworkMode, Run, Security, instruction};
+pub use instruction::{
+    ArgDecl, Command, CopySpec, From, Healthcheck, Instruction, NetworkMode, Run, Security,
+    instruction,
+};
 pub use lines::{parse, parse_line};
 pub use shell::{Env, Lexer};
 pub use stages::{Stage, stages};
+
+/// Runs every entry point over `text` (for the fuzz target and the property test): parse,
+/// type, expand, lint, `.dockerignore`. Panics only on a bug.
+#[doc(hidden)]
+pub fn fuzz_one(text: &str) {
+    let env: Vec<(String, String)> =
+        vec![("A".into(), "a b".into()), ("EMPTY".into(), String::new())];
+    let lexer = Lexer::default();
+    let _ = lexer.expand_word(text, &env);
+    let _ = lexer.expand_words(text, &env);
+    if let Ok(m) = dockerignore::Matcher::parse(text) {
+        for line in text.lines().take(16) {
+            let _ = m.matches(line);
+        }
+    }
+    if let Ok(doc) = parse(text) {
+        for n in &doc.nodes {
+            let _ = n.dump();
+            if let Ok(i) = instruction(n) {
+                let _ = serde_json::to_string(&i);
+            }
+            if let Args::Text(t) = &n.args {
+                let _ = lexer.expand_words(t, &env);
+            }
+        }
+        let _ = stages(&doc);
+        let _ = json::document_json(&doc);
+        let _ = lint::lint(&doc, &lint::LintContext::default());
+    }
+}

@@ -24,7 +24,10 @@ pub fn parse(src: &str) -> Result<Document, ParseError> {
             i += 1;
             continue;
         }
-        let start = Position { line: i + 1, col: line.len() - trimmed.len() + 1 };
+        let start = Position {
+            line: i + 1,
+            col: line.len() - trimmed.len() + 1,
+        };
         let mut text = String::new();
         let mut cur = trimmed;
         loop {
@@ -57,7 +60,13 @@ pub fn parse(src: &str) -> Result<Document, ParseError> {
             cur = lines[i];
         }
         if text.len() > MAX_LINE {
-            return Err(ParseError::new(start, format!("dockerfile line greater than max allowed size of {}", MAX_LINE - 1)));
+            return Err(ParseError::new(
+                start,
+                format!(
+                    "dockerfile line greater than max allowed size of {}",
+                    MAX_LINE - 1
+                ),
+            ));
         }
         let mut node = parse_node(&text, start, i, escape)?;
         if allows_heredocs(&node.keyword) {
@@ -67,7 +76,11 @@ pub fn parse(src: &str) -> Result<Document, ParseError> {
                 while i < lines.len() {
                     let raw = lines[i];
                     i += 1;
-                    let body = if m.chomp { raw.trim_start_matches('\t') } else { raw };
+                    let body = if m.chomp {
+                        raw.trim_start_matches('\t')
+                    } else {
+                        raw
+                    };
                     if body == m.name {
                         closed = true;
                         break;
@@ -76,24 +89,46 @@ pub fn parse(src: &str) -> Result<Document, ParseError> {
                     content.push('\n');
                 }
                 if !closed {
-                    return Err(ParseError::new(start, format!("unterminated heredoc {}: no line with just {:?} below", m.name, m.name)));
+                    return Err(ParseError::new(
+                        start,
+                        format!(
+                            "unterminated heredoc {}: no line with just {:?} below",
+                            m.name, m.name
+                        ),
+                    ));
                 }
-                node.heredocs.push(Heredoc { name: m.name, content, expand: m.expand, chomp: m.chomp, fd: m.fd });
+                node.heredocs.push(Heredoc {
+                    name: m.name,
+                    content,
+                    expand: m.expand,
+                    chomp: m.chomp,
+                    fd: m.fd,
+                });
             }
             node.end_line = i;
         }
         nodes.push(node);
     }
     if nodes.is_empty() {
-        return Err(ParseError::new(Position { line: 1, col: 1 }, "file with no instructions"));
+        return Err(ParseError::new(
+            Position { line: 1, col: 1 },
+            "file with no instructions",
+        ));
     }
-    Ok(Document { directives, nodes, warnings, lines: lines.iter().map(|l| l.to_string()).collect() })
+    Ok(Document {
+        directives,
+        nodes,
+        warnings,
+    })
 }
 
 /// Parses a single instruction line (as `kiln import --change` takes it).
 pub fn parse_line(text: &str) -> Result<Node, ParseError> {
     let trimmed = text.trim_start();
-    let start = Position { line: 1, col: text.len() - trimmed.len() + 1 };
+    let start = Position {
+        line: 1,
+        col: text.len() - trimmed.len() + 1,
+    };
     parse_node(trimmed, start, 1, '\\')
 }
 
@@ -103,7 +138,9 @@ fn split_lines(src: &str) -> Vec<&str> {
         return Vec::new();
     }
     let body = src.strip_suffix('\n').unwrap_or(src);
-    body.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).collect()
+    body.split('\n')
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .collect()
 }
 
 /// If `line` continues on the next one, the part before the escape character.
@@ -113,7 +150,11 @@ fn split_lines(src: &str) -> Vec<&str> {
 fn strip_continuation(line: &str, escape: char) -> Option<&str> {
     let t = line.trim_end_matches([' ', '\t']);
     let head = t.strip_suffix(escape)?;
-    if head.is_empty() || !head.ends_with(escape) { Some(head) } else { None }
+    if head.is_empty() || !head.ends_with(escape) {
+        Some(head)
+    } else {
+        None
+    }
 }
 
 fn read_directives(lines: &[&str]) -> Result<(Directives, usize), ParseError> {
@@ -123,16 +164,27 @@ fn read_directives(lines: &[&str]) -> Result<(Directives, usize), ParseError> {
         let Some((key, value)) = directive(line) else {
             return Ok((d, n));
         };
-        let pos = Position { line: n + 1, col: 1 };
+        let pos = Position {
+            line: n + 1,
+            col: 1,
+        };
         if seen.contains(&key) {
-            return Err(ParseError::new(pos, format!("only one {key} parser directive can be used")));
+            return Err(ParseError::new(
+                pos,
+                format!("only one {key} parser directive can be used"),
+            ));
         }
         match key.as_str() {
             "escape" => {
                 d.escape = match value.as_str() {
                     "\\" => '\\',
                     "`" => '`',
-                    _ => return Err(ParseError::new(pos, format!("invalid escape token '{value}' does not match ` or \\"))),
+                    _ => {
+                        return Err(ParseError::new(
+                            pos,
+                            format!("invalid escape token '{value}' does not match ` or \\"),
+                        ));
+                    }
                 }
             }
             "syntax" => d.syntax = Some(value),
@@ -147,7 +199,10 @@ fn read_directives(lines: &[&str]) -> Result<(Directives, usize), ParseError> {
 /// `# name = value` with a name of `[a-zA-Z][a-zA-Z0-9]*`, lower-cased.
 fn directive(line: &str) -> Option<(String, String)> {
     let body = line.trim_start().strip_prefix('#')?.trim_start();
-    let name_len = body.char_indices().find(|(i, c)| !(c.is_ascii_alphabetic() || (*i > 0 && c.is_ascii_digit()))).map_or(body.len(), |(i, _)| i);
+    let name_len = body
+        .char_indices()
+        .find(|(i, c)| !(c.is_ascii_alphabetic() || (*i > 0 && c.is_ascii_digit())))
+        .map_or(body.len(), |(i, _)| i);
     if name_len == 0 {
         return None;
     }
@@ -170,14 +225,20 @@ mod tests {
             "# syntax=docker/dockerfile:1\nFROM busybox AS base\n# a comment\nrun --network=none echo a \\\n# inside\n  b\nCMD [\"sh\", \"-c\"]\nCMD [not json\n",
         )
         .unwrap();
-        assert_eq!(doc.directives.syntax.as_deref(), Some("docker/dockerfile:1"));
+        assert_eq!(
+            doc.directives.syntax.as_deref(),
+            Some("docker/dockerfile:1")
+        );
         let k: Vec<&str> = doc.nodes.iter().map(|n| n.keyword.as_str()).collect();
         assert_eq!(k, ["FROM", "RUN", "CMD", "CMD"]);
         let run = &doc.nodes[1];
         assert_eq!(run.flags, ["--network=none"]);
         assert_eq!(run.args, Args::Text("echo a   b".into()));
         assert_eq!((run.start.line, run.end_line), (4, 6));
-        assert_eq!(doc.nodes[2].args, Args::Json(vec!["sh".into(), "-c".into()]));
+        assert_eq!(
+            doc.nodes[2].args,
+            Args::Json(vec!["sh".into(), "-c".into()])
+        );
         assert_eq!(doc.nodes[3].args, Args::Text("[not json".into()));
     }
 
@@ -192,8 +253,16 @@ mod tests {
         let doc = parse("#Syntax = a/b\n#  CHECK=skip=all\n\n# escape=`\nFROM x\n").unwrap();
         assert_eq!(doc.directives.syntax.as_deref(), Some("a/b"));
         assert_eq!(doc.directives.check.as_deref(), Some("skip=all"));
-        assert_eq!(doc.directives.escape, '\\', "a directive after a blank line is a comment");
-        assert!(parse("# escape=\\\n# escape=`\nFROM x\n").unwrap_err().to_string().contains("only one escape"));
+        assert_eq!(
+            doc.directives.escape, '\\',
+            "a directive after a blank line is a comment"
+        );
+        assert!(
+            parse("# escape=\\\n# escape=`\nFROM x\n")
+                .unwrap_err()
+                .to_string()
+                .contains("only one escape")
+        );
     }
 
     #[test]
@@ -206,18 +275,32 @@ mod tests {
         assert_eq!((run.start.line, run.end_line), (2, 4));
         let copy = &doc.nodes[2];
         assert_eq!(copy.heredocs.len(), 2);
-        assert_eq!((copy.heredocs[0].content.as_str(), copy.heredocs[0].expand), ("one\n", false));
+        assert_eq!(
+            (copy.heredocs[0].content.as_str(), copy.heredocs[0].expand),
+            ("one\n", false)
+        );
         assert_eq!(copy.heredocs[1].content, "two\n");
         assert_eq!(doc.nodes[3].heredocs[0].content, "");
         let e = parse("FROM x\nRUN <<EOF\necho\n").unwrap_err();
-        assert_eq!(e.to_string(), "2:1: unterminated heredoc EOF: no line with just \"EOF\" below");
+        assert_eq!(
+            e.to_string(),
+            "2:1: unterminated heredoc EOF: no line with just \"EOF\" below"
+        );
     }
 
     #[test]
     fn errors_carry_line_and_column() {
         let e = parse("# escape=x\nFROM x\n").unwrap_err();
         assert_eq!(e.pos.line, 1);
-        assert_eq!(parse("").unwrap_err().to_string(), "1:1: file with no instructions");
-        assert!(parse("FROM x\nENV A\n").unwrap_err().to_string().starts_with("2:1: ENV must have two arguments"));
+        assert_eq!(
+            parse("").unwrap_err().to_string(),
+            "1:1: file with no instructions"
+        );
+        assert!(
+            parse("FROM x\nENV A\n")
+                .unwrap_err()
+                .to_string()
+                .starts_with("2:1: ENV must have two arguments")
+        );
     }
 }

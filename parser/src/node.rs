@@ -6,8 +6,24 @@ use crate::error::{ParseError, Position};
 
 /// Every instruction keyword BuildKit's Dockerfile frontend knows.
 pub const KEYWORDS: &[&str] = &[
-    "ADD", "ARG", "CMD", "COPY", "ENTRYPOINT", "ENV", "EXPOSE", "FROM", "HEALTHCHECK", "LABEL",
-    "MAINTAINER", "ONBUILD", "RUN", "SHELL", "STOPSIGNAL", "USER", "VOLUME", "WORKDIR",
+    "ADD",
+    "ARG",
+    "CMD",
+    "COPY",
+    "ENTRYPOINT",
+    "ENV",
+    "EXPOSE",
+    "FROM",
+    "HEALTHCHECK",
+    "LABEL",
+    "MAINTAINER",
+    "ONBUILD",
+    "RUN",
+    "SHELL",
+    "STOPSIGNAL",
+    "USER",
+    "VOLUME",
+    "WORKDIR",
 ];
 
 /// The whitespace Go's parser splits on (`[ \t\v\f\r]`).
@@ -16,7 +32,12 @@ pub(crate) fn is_split_space(c: char) -> bool {
 }
 
 /// Builds the node for one joined instruction line (`text` already trimmed).
-pub(crate) fn parse_node(text: &str, start: Position, end_line: usize, escape: char) -> Result<Node, ParseError> {
+pub(crate) fn parse_node(
+    text: &str,
+    start: Position,
+    end_line: usize,
+    escape: char,
+) -> Result<Node, ParseError> {
     let text = text.trim();
     let (word, rest) = match text.find(is_split_space) {
         Some(i) => (&text[..i], text[i..].trim_start_matches(is_split_space)),
@@ -34,15 +55,27 @@ pub(crate) fn parse_node(text: &str, start: Position, end_line: usize, escape: c
             _ => Args::Words(split_whitespace(rest)),
         },
         "FROM" | "EXPOSE" => {
-            if rest.is_empty() { Args::None } else { Args::Words(split_whitespace(rest)) }
+            if rest.is_empty() {
+                Args::None
+            } else {
+                Args::Words(split_whitespace(rest))
+            }
         }
         "ENV" | "LABEL" => name_values(&keyword, rest, escape).map_err(err)?,
         "ARG" => {
             let words = shell_words(rest, escape);
-            if words.is_empty() { Args::None } else { Args::Words(words) }
+            if words.is_empty() {
+                Args::None
+            } else {
+                Args::Words(words)
+            }
         }
         "MAINTAINER" | "USER" | "WORKDIR" | "STOPSIGNAL" => {
-            if rest.is_empty() { Args::None } else { Args::Text(rest.to_string()) }
+            if rest.is_empty() {
+                Args::None
+            } else {
+                Args::Text(rest.to_string())
+            }
         }
         "HEALTHCHECK" => {
             if rest.is_empty() {
@@ -52,7 +85,10 @@ pub(crate) fn parse_node(text: &str, start: Position, end_line: usize, escape: c
                     Some(i) => (&rest[..i], rest[i..].trim()),
                     None => (rest, ""),
                 };
-                Args::Healthcheck { kind: kind.to_string(), command: Box::new(maybe_json(cmd).map_err(err)?) }
+                Args::Healthcheck {
+                    kind: kind.to_string(),
+                    command: Box::new(maybe_json(cmd).map_err(err)?),
+                }
             }
         }
         "ONBUILD" => {
@@ -87,7 +123,10 @@ fn json_strings(rest: &str) -> Option<Result<Vec<String>, String>> {
             .into_iter()
             .map(|v| match v {
                 serde_json::Value::String(s) => Ok(s),
-                _ => Err("when using JSON array syntax, arrays must be comprised of strings only".to_string()),
+                _ => Err(
+                    "when using JSON array syntax, arrays must be comprised of strings only"
+                        .to_string(),
+                ),
             })
             .collect(),
     )
@@ -105,12 +144,18 @@ fn maybe_json(rest: &str) -> Result<Args, String> {
 }
 
 fn split_whitespace(rest: &str) -> Vec<String> {
-    rest.split(is_split_space).filter(|w| !w.is_empty()).map(String::from).collect()
+    rest.split(is_split_space)
+        .filter(|w| !w.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 /// Splits leading `--flag` words off (quotes removed, `\` escaping); a bare `--` ends them.
 fn extract_flags(line: &str) -> (&str, Vec<String>) {
     let mut flags = Vec::new();
+    if !line.starts_with("--") {
+        return (line, flags);
+    }
     let chars: Vec<(usize, char)> = line.char_indices().collect();
     let mut i = 0;
     loop {
@@ -168,12 +213,10 @@ pub fn shell_words(text: &str, escape: char) -> Vec<String> {
             continue;
         }
         if c == escape && quote != Some('\'') {
-            match chars.next() {
-                Some(n) => {
-                    cur.push(c);
-                    cur.push(n);
-                }
-                None => {}
+            // An escape character at the very end of the text is dropped.
+            if let Some(n) = chars.next() {
+                cur.push(c);
+                cur.push(n);
             }
             continue;
         }
@@ -203,13 +246,23 @@ fn name_values(keyword: &str, rest: &str, escape: char) -> Result<Args, String> 
         if value.is_empty() {
             return Err(format!("{keyword} must have two arguments"));
         }
-        return Ok(Args::KeyValues(vec![KeyValue { key: key.into(), value: value.into(), legacy: true }]));
+        return Ok(Args::KeyValues(vec![KeyValue {
+            key: key.into(),
+            value: value.into(),
+            legacy: true,
+        }]));
     }
     words
         .iter()
         .map(|w| match w.split_once('=') {
-            Some((k, v)) => Ok(KeyValue { key: k.into(), value: v.into(), legacy: false }),
-            None => Err(format!("Syntax error - can't find = in {w:?}. Must be of the form: name=value")),
+            Some((k, v)) => Ok(KeyValue {
+                key: k.into(),
+                value: v.into(),
+                legacy: false,
+            }),
+            None => Err(format!(
+                "Syntax error - can't find = in {w:?}. Must be of the form: name=value"
+            )),
         })
         .collect::<Result<_, _>>()
         .map(Args::KeyValues)

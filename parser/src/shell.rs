@@ -28,7 +28,10 @@ impl Env for HashMap<String, String> {
 /// A list of `(key, value)` pairs; the last occurrence of a key wins.
 impl Env for [(String, String)] {
     fn get(&self, key: &str) -> Option<String> {
-        self.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+        self.iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
     }
 }
 
@@ -81,7 +84,11 @@ impl Lexer {
     pub fn expand_word_tracked(&self, word: &str, env: &dyn Env) -> Result<Expansion, ExpandError> {
         let mut s = Scan::new(word, self.escape, env);
         let out = s.run(&[])?;
-        Ok(Expansion { words: vec![out.into_iter().map(|(c, _)| c).collect()], used: s.used, unset: s.unset })
+        Ok(Expansion {
+            words: vec![out.into_iter().map(|(c, _)| c).collect()],
+            used: s.used,
+            unset: s.unset,
+        })
     }
 
     /// Expands `text` into words, split on unquoted whitespace (including whitespace that
@@ -125,7 +132,14 @@ fn err<T>(m: impl Into<String>) -> Result<T, ExpandError> {
 
 impl<'a> Scan<'a> {
     fn new(text: &str, escape: char, env: &'a dyn Env) -> Self {
-        Scan { chars: text.chars().collect(), pos: 0, escape, env, used: BTreeSet::new(), unset: BTreeSet::new() }
+        Scan {
+            chars: text.chars().collect(),
+            pos: 0,
+            escape,
+            env,
+            used: BTreeSet::new(),
+            unset: BTreeSet::new(),
+        }
     }
 
     fn peek(&self) -> Option<char> {
@@ -159,15 +173,17 @@ impl<'a> Scan<'a> {
                         out.push((n, false));
                     }
                 }
-                '\'' => {
-                    loop {
-                        match self.next() {
-                            Some('\'') => break,
-                            Some(ch) => out.push((ch, false)),
-                            None => return err("unexpected end of statement while looking for matching single-quote"),
+                '\'' => loop {
+                    match self.next() {
+                        Some('\'') => break,
+                        Some(ch) => out.push((ch, false)),
+                        None => {
+                            return err(
+                                "unexpected end of statement while looking for matching single-quote",
+                            );
                         }
                     }
-                }
+                },
                 '"' => self.double_quoted(&mut out)?,
                 '$' => {
                     let value = self.dollar()?;
@@ -181,7 +197,11 @@ impl<'a> Scan<'a> {
     fn double_quoted(&mut self, out: &mut Out) -> Result<(), ExpandError> {
         loop {
             match self.next() {
-                None => return err("unexpected end of statement while looking for matching double-quote"),
+                None => {
+                    return err(
+                        "unexpected end of statement while looking for matching double-quote",
+                    );
+                }
                 Some('"') => return Ok(()),
                 Some('$') => {
                     let v = self.dollar()?;
@@ -268,7 +288,9 @@ impl<'a> Scan<'a> {
         match op {
             '}' => Ok(value.unwrap_or_default()),
             ':' => {
-                let Some(m) = self.next() else { return err("syntax error: missing '}'") };
+                let Some(m) = self.next() else {
+                    return err("syntax error: missing '}'");
+                };
                 let empty_is_unset = value.as_deref().is_none_or(str::is_empty);
                 self.modifier(&name, m, value, empty_is_unset)
             }
@@ -283,7 +305,11 @@ impl<'a> Scan<'a> {
                 }
                 let pattern = self.word_until(&['}'])?;
                 let v = value.unwrap_or_default();
-                Ok(if op == '#' { remove_prefix(&v, &pattern, longest) } else { remove_suffix(&v, &pattern, longest) })
+                Ok(if op == '#' {
+                    remove_prefix(&v, &pattern, longest)
+                } else {
+                    remove_suffix(&v, &pattern, longest)
+                })
             }
             '/' => {
                 let all = self.peek() == Some('/');
@@ -292,24 +318,47 @@ impl<'a> Scan<'a> {
                 }
                 let pattern = self.word_until(&['/', '}'])?;
                 // `${v/p}` (no replacement) deletes the match.
-                let replacement = if self.chars.get(self.pos - 1) == Some(&'/') { self.word_until(&['}'])? } else { String::new() };
-                Ok(replace(&value.unwrap_or_default(), &pattern, &replacement, all))
+                let replacement = if self.chars.get(self.pos - 1) == Some(&'/') {
+                    self.word_until(&['}'])?
+                } else {
+                    String::new()
+                };
+                Ok(replace(
+                    &value.unwrap_or_default(),
+                    &pattern,
+                    &replacement,
+                    all,
+                ))
             }
             c => err(format!("unsupported modifier ({c}) in substitution")),
         }
     }
 
-    fn modifier(&mut self, name: &str, m: char, value: Option<String>, unset: bool) -> Result<String, ExpandError> {
+    fn modifier(
+        &mut self,
+        name: &str,
+        m: char,
+        value: Option<String>,
+        unset: bool,
+    ) -> Result<String, ExpandError> {
         let word = match m {
             '-' | '+' | '?' => self.word_until(&['}'])?,
             c => return err(format!("unsupported modifier (:{c}) in substitution")),
         };
         match m {
-            '-' => Ok(if unset { word } else { value.unwrap_or_default() }),
+            '-' => Ok(if unset {
+                word
+            } else {
+                value.unwrap_or_default()
+            }),
             '+' => Ok(if unset { String::new() } else { word }),
             _ => {
                 if unset {
-                    let msg = if word.is_empty() { "is not allowed to be unset".to_string() } else { word };
+                    let msg = if word.is_empty() {
+                        "is not allowed to be unset".to_string()
+                    } else {
+                        word
+                    };
                     return err(format!("{name}: {msg}"));
                 }
                 Ok(value.unwrap_or_default())
@@ -352,7 +401,10 @@ fn class(p: &[char]) -> Option<(Box<dyn Fn(char) -> bool>, usize)> {
     while i < p.len() {
         if p[i] == ']' && !first {
             let len = i + 1;
-            return Some((Box::new(move |c| ranges.iter().any(|(a, b)| *a <= c && c <= *b) != negate), len));
+            return Some((
+                Box::new(move |c| ranges.iter().any(|(a, b)| *a <= c && c <= *b) != negate),
+                len,
+            ));
         }
         first = false;
         let lo = if p[i] == '\\' && i + 1 < p.len() {
@@ -373,7 +425,10 @@ fn class(p: &[char]) -> Option<(Box<dyn Fn(char) -> bool>, usize)> {
 }
 
 fn char_boundaries(s: &str) -> Vec<usize> {
-    s.char_indices().map(|(i, _)| i).chain(std::iter::once(s.len())).collect()
+    s.char_indices()
+        .map(|(i, _)| i)
+        .chain(std::iter::once(s.len()))
+        .collect()
 }
 
 fn remove_prefix(v: &str, pattern: &str, longest: bool) -> String {
@@ -418,7 +473,11 @@ fn replace(v: &str, pattern: &str, replacement: &str, all: bool) -> String {
         let found = if replaced && !all {
             None
         } else {
-            b[i + 1..].iter().rev().find(|&&end| glob_match(pattern, &v[start..end])).copied()
+            b[i + 1..]
+                .iter()
+                .rev()
+                .find(|&&end| glob_match(pattern, &v[start..end]))
+                .copied()
         };
         match found {
             Some(end) => {
@@ -440,10 +499,17 @@ mod tests {
     use super::*;
 
     fn env() -> Vec<(String, String)> {
-        [("A", "a"), ("E", ""), ("SP", "x  y"), ("PATH", "/bin"), ("F", "archive.tar.gz"), ("P", "/usr/local/bin")]
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        [
+            ("A", "a"),
+            ("E", ""),
+            ("SP", "x  y"),
+            ("PATH", "/bin"),
+            ("F", "archive.tar.gz"),
+            ("P", "/usr/local/bin"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
     }
 
     fn word(s: &str) -> String {
@@ -460,7 +526,9 @@ mod tests {
         assert_eq!(word("${U:-${A}x}"), "ax");
         assert_eq!(word("$"), "$");
         assert_eq!(word("a$"), "a$");
-        let e = Lexer::default().expand_word("${U:?must be set}", &env()).unwrap_err();
+        let e = Lexer::default()
+            .expand_word("${U:?must be set}", &env())
+            .unwrap_err();
         assert_eq!(e.to_string(), "U: must be set");
         assert_eq!(Lexer::default().expand_word("${E?}", &env()).unwrap(), "");
     }
@@ -475,7 +543,11 @@ mod tests {
         assert_eq!(word("${F%%.*}"), "archive");
         assert_eq!(word("${P/local/opt}"), "/usr/opt/bin");
         assert_eq!(word("${P//\\//:}"), ":usr:local:bin");
-        assert_eq!(word("${P/#\\/usr/}"), "/usr/local/bin", "no anchors: # is literal here");
+        assert_eq!(
+            word("${P/#\\/usr/}"),
+            "/usr/local/bin",
+            "no anchors: # is literal here"
+        );
         assert_eq!(word("${F/a}"), "rchive.tar.gz");
         assert_eq!(word("${F#[ab]r}"), "chive.tar.gz");
         assert_eq!(word("${F%.[!t]z}"), "archive.tar");
@@ -485,7 +557,9 @@ mod tests {
 
     #[test]
     fn tracks_used_and_unset_variables() {
-        let x = Lexer::default().expand_word_tracked("$A ${U:-$E} '$NOT'", &env()).unwrap();
+        let x = Lexer::default()
+            .expand_word_tracked("$A ${U:-$E} '$NOT'", &env())
+            .unwrap();
         assert_eq!(x.used.into_iter().collect::<Vec<_>>(), ["A", "E"]);
         assert_eq!(x.unset.into_iter().collect::<Vec<_>>(), ["U"]);
     }
@@ -493,7 +567,10 @@ mod tests {
     #[test]
     fn word_splitting() {
         let l = Lexer::default();
-        assert_eq!(l.expand_words("a  b 'c d' \"\"", &env()).unwrap(), ["a", "b", "c d"]);
+        assert_eq!(
+            l.expand_words("a  b 'c d' \"\"", &env()).unwrap(),
+            ["a", "b", "c d"]
+        );
         assert_eq!(l.expand_words("$SP z", &env()).unwrap(), ["x", "y", "z"]);
         assert_eq!(l.expand_words("\"$SP\"", &env()).unwrap(), ["x  y"]);
         assert_eq!(l.expand_words("$E", &env()).unwrap(), Vec::<String>::new());

@@ -11,9 +11,9 @@ use crate::ast::{Document, Node};
 use crate::error::{ParseError, Position};
 use crate::instruction::{ArgDecl, From, Instruction, instruction};
 
-/// One build stage.
+/// One build stage (borrowing its nodes from the [`Document`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Stage {
+pub struct Stage<'a> {
     /// Index in the file (0-based).
     pub index: usize,
     /// `AS name`, lower-cased.
@@ -21,35 +21,54 @@ pub struct Stage {
     /// The FROM instruction.
     pub from: From,
     /// The FROM node (position, text).
-    pub from_node: Node,
+    pub from_node: &'a Node,
     /// The stage's other instructions with their nodes.
-    pub instructions: Vec<(Node, Instruction)>,
+    pub instructions: Vec<(&'a Node, Instruction)>,
 }
 
 /// Types every node and groups them into stages; returns the global ARGs and the stages.
-pub fn stages(doc: &Document) -> Result<(Vec<ArgDecl>, Vec<Stage>), ParseError> {
+pub fn stages(doc: &Document) -> Result<(Vec<ArgDecl>, Vec<Stage<'_>>), ParseError> {
     let mut globals = Vec::new();
-    let mut out: Vec<Stage> = Vec::new();
+    let mut out: Vec<Stage<'_>> = Vec::new();
+    let mut names = std::collections::HashSet::new();
     for node in &doc.nodes {
         let ins = instruction(node)?;
         match (ins, out.last_mut()) {
             (Instruction::From(from), _) => {
                 if let Some(name) = &from.alias
-                    && out.iter().any(|s| s.name.as_deref() == Some(name))
+                    && !names.insert(name.clone())
                 {
-                    return Err(ParseError::new(node.start, format!("duplicate stage name {name:?}")));
+                    return Err(ParseError::new(
+                        node.start,
+                        format!("duplicate stage name {name:?}"),
+                    ));
                 }
-                out.push(Stage { index: out.len(), name: from.alias.clone(), from, from_node: node.clone(), instructions: Vec::new() })
+                out.push(Stage {
+                    index: out.len(),
+                    name: from.alias.clone(),
+                    from,
+                    from_node: node,
+                    instructions: Vec::new(),
+                })
             }
             (Instruction::Arg(args), None) => globals.extend(args),
             (_, None) => {
-                return Err(ParseError::new(node.start, format!("{} before the first FROM (only ARG may come first)", node.keyword)));
+                return Err(ParseError::new(
+                    node.start,
+                    format!(
+                        "{} before the first FROM (only ARG may come first)",
+                        node.keyword
+                    ),
+                ));
             }
-            (ins, Some(stage)) => stage.instructions.push((node.clone(), ins)),
+            (ins, Some(stage)) => stage.instructions.push((node, ins)),
         }
     }
     if out.is_empty() {
-        return Err(ParseError::new(Position { line: 1, col: 1 }, "no build stage in the file: it has no FROM instruction"));
+        return Err(ParseError::new(
+            Position { line: 1, col: 1 },
+            "no build stage in the file: it has no FROM instruction",
+        ));
     }
     Ok((globals, out))
 }

@@ -49,7 +49,11 @@ fn positive(dir: PathBuf) -> Result<(), Failed> {
 fn negative(dir: PathBuf) -> Result<(), Failed> {
     let src = read(&dir.join("Dockerfile"))?;
     match parse(&src) {
-        Ok(doc) => Err(format!("parsed, but must fail: {:?}", doc.nodes.iter().map(|n| n.dump()).collect::<Vec<_>>()).into()),
+        Ok(doc) => Err(format!(
+            "parsed, but must fail: {:?}",
+            doc.nodes.iter().map(|n| n.dump()).collect::<Vec<_>>()
+        )
+        .into()),
         Err(_) => Ok(()),
     }
 }
@@ -57,7 +61,11 @@ fn negative(dir: PathBuf) -> Result<(), Failed> {
 fn line_ranges() -> Result<(), Failed> {
     let src = read(&dockerfile_dir().join("parser/testfile-line/Dockerfile"))?;
     let doc = parse(&src).map_err(|e| e.to_string())?;
-    let got: Vec<(usize, usize)> = doc.nodes.iter().map(|n| (n.start.line, n.end_line)).collect();
+    let got: Vec<(usize, usize)> = doc
+        .nodes
+        .iter()
+        .map(|n| (n.start.line, n.end_line))
+        .collect();
     if doc.range() != Some((5, 31)) || got != [(5, 5), (11, 12), (17, 31)] {
         return Err(format!("ranges: root {:?}, instructions {got:?}", doc.range()).into());
     }
@@ -67,8 +75,15 @@ fn line_ranges() -> Result<(), Failed> {
 fn env_var_rows() -> Vec<Trial> {
     let path = dockerfile_dir().join("shell/envVarTest");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let env: Vec<(String, String)> =
-        [("PWD", "/home"), ("SHELL", "bash"), ("KOREAN", "한국어"), ("NULL", "")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let env: Vec<(String, String)> = [
+        ("PWD", "/home"),
+        ("SHELL", "bash"),
+        ("KOREAN", "한국어"),
+        ("NULL", ""),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
     let mut trials = Vec::new();
     for (n, line) in text.lines().enumerate() {
         if line.starts_with('#') || line.trim().is_empty() {
@@ -76,21 +91,34 @@ fn env_var_rows() -> Vec<Trial> {
         }
         let fields: Vec<&str> = line.split('|').map(str::trim).collect();
         assert_eq!(fields.len(), 3, "envVarTest:{}: malformed row", n + 1);
-        let (platform, input, expected) = (fields[0].to_string(), fields[1].to_string(), fields[2].to_string());
-        assert!(matches!(platform.as_str(), "A" | "U" | "W"), "envVarTest:{}: platform {platform}", n + 1);
+        let (platform, input, expected) = (
+            fields[0].to_string(),
+            fields[1].to_string(),
+            fields[2].to_string(),
+        );
+        assert!(
+            matches!(platform.as_str(), "A" | "U" | "W"),
+            "envVarTest:{}: platform {platform}",
+            n + 1
+        );
         if platform == "W" {
             continue;
         }
         let env = env.clone();
-        trials.push(Trial::test(format!("envVarTest::line_{:03}", n + 1), move || {
-            let got = Lexer::new('\\').expand_word(&input, &env);
-            match (expected.as_str(), got) {
-                ("error", Err(_)) => Ok(()),
-                ("error", Ok(v)) => Err(format!("{input:?}: expected an error, got {v:?}").into()),
-                (want, Ok(v)) if v == want => Ok(()),
-                (want, got) => Err(format!("{input:?}: expected {want:?}, got {got:?}").into()),
-            }
-        }));
+        trials.push(Trial::test(
+            format!("envVarTest::line_{:03}", n + 1),
+            move || {
+                let got = Lexer::new('\\').expand_word(&input, &env);
+                match (expected.as_str(), got) {
+                    ("error", Err(_)) => Ok(()),
+                    ("error", Ok(v)) => {
+                        Err(format!("{input:?}: expected an error, got {v:?}").into())
+                    }
+                    (want, Ok(v)) if v == want => Ok(()),
+                    (want, got) => Err(format!("{input:?}: expected {want:?}, got {got:?}").into()),
+                }
+            },
+        ));
     }
     trials
 }
@@ -109,18 +137,23 @@ fn words_rows() -> Vec<Trial> {
             env.push((k.to_string(), v.to_string()));
             continue;
         }
-        let (input, expected) = line.split_once('|').unwrap_or_else(|| panic!("wordsTest:{}: no |", n + 1));
+        let (input, expected) = line
+            .split_once('|')
+            .unwrap_or_else(|| panic!("wordsTest:{}: no |", n + 1));
         let input = input.trim().to_string();
         let expected: Vec<String> = expected.trim_start().split(',').map(String::from).collect();
         let env = env.clone();
-        trials.push(Trial::test(format!("wordsTest::line_{:03}", n + 1), move || {
-            let got = Lexer::new('\\').expand_words(&input, &env);
-            match got {
-                Err(_) if expected == ["error"] => Ok(()),
-                Ok(w) if w == expected => Ok(()),
-                other => Err(format!("{input:?}: expected {expected:?}, got {other:?}").into()),
-            }
-        }));
+        trials.push(Trial::test(
+            format!("wordsTest::line_{:03}", n + 1),
+            move || {
+                let got = Lexer::new('\\').expand_words(&input, &env);
+                match got {
+                    Err(_) if expected == ["error"] => Ok(()),
+                    Ok(w) if w == expected => Ok(()),
+                    other => Err(format!("{input:?}: expected {expected:?}, got {other:?}").into()),
+                }
+            },
+        ));
     }
     trials
 }
@@ -130,18 +163,29 @@ fn main() {
     let mut trials = Vec::new();
     let positives = case_dirs("testfiles");
     let negatives = case_dirs("testfiles-negative");
-    assert_eq!((positives.len(), negatives.len()), (33, 4), "the corpus is incomplete");
+    assert_eq!(
+        (positives.len(), negatives.len()),
+        (33, 4),
+        "the corpus is incomplete"
+    );
     for dir in positives {
         let name = format!("testfiles::{}", dir.file_name().unwrap().to_string_lossy());
         trials.push(Trial::test(name, move || positive(dir)));
     }
     for dir in negatives {
-        let name = format!("testfiles_negative::{}", dir.file_name().unwrap().to_string_lossy());
+        let name = format!(
+            "testfiles_negative::{}",
+            dir.file_name().unwrap().to_string_lossy()
+        );
         trials.push(Trial::test(name, move || negative(dir)));
     }
     trials.push(Trial::test("testfile_line::ranges", line_ranges));
     let env_rows = env_var_rows();
-    assert_eq!(env_rows.len(), 228, "envVarTest should have 228 rows for Unix");
+    assert_eq!(
+        env_rows.len(),
+        228,
+        "envVarTest should have 228 rows for Unix"
+    );
     trials.extend(env_rows);
     let words = words_rows();
     assert_eq!(words.len(), 24, "wordsTest should have 24 rows");

@@ -229,7 +229,11 @@ fn failures_are_one_line_with_file_line_col_and_exit_codes_follow_docker() {
         assert_eq!(err.lines().next().unwrap(), format!("kiln: error: {want}"));
         if want.contains("BOGUS") {
             // Syntax errors show the line and a caret under the column.
-            assert_eq!(err.lines().skip(1).collect::<Vec<_>>(), [" 2 |   BOGUS x", "   |   ^"], "{err}");
+            assert_eq!(
+                err.lines().skip(1).collect::<Vec<_>>(),
+                [" 2 |   BOGUS x", "   |   ^"],
+                "{err}"
+            );
         } else {
             assert_eq!(err.lines().count(), 1, "{err}");
         }

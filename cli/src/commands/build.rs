@@ -78,7 +78,9 @@ pub(crate) fn run(root: &Path, a: BuildArgs) -> anyhow::Result<ExitCode> {
         platform,
     };
     let image = builder.build(&req).map_err(|e| match e {
-        builder::BuildError::Parse { file, error } => anyhow::Error::new(parser::dockerfile_error(&file, &req.dockerfile, &error)),
+        builder::BuildError::Parse { file, error } => {
+            anyhow::Error::new(parser::dockerfile_error(&file, &req.dockerfile, &error))
+        }
         e => anyhow::Error::new(e),
     })?;
     if !quiet {
