@@ -234,6 +234,9 @@ fn failures_are_one_line_with_file_line_col_and_exit_codes_follow_docker() {
                 [" 2 |   BOGUS x", "   |   ^"],
                 "{err}"
             );
+        } else if want.contains("before the first FROM") {
+            let context: Vec<&str> = err.lines().skip(1).collect();
+            assert_eq!(context, [" 1 | RUN true", "   | ^"], "{err}");
         } else {
             assert_eq!(err.lines().count(), 1, "{err}");
         }
