@@ -176,6 +176,57 @@ pub enum Instruction {
 }
 
 impl Instruction {
+    /// The words of this instruction that undergo variable expansion, per the Dockerfile
+    /// reference (ADD, COPY, ENV, EXPOSE, FROM, LABEL, STOPSIGNAL, USER, VOLUME, WORKDIR, and
+    /// ARG defaults; RUN, CMD and ENTRYPOINT are left to the shell). Expanding these with
+    /// [`crate::Lexer::expand_word_tracked`] gives exactly the variables a step depends on,
+    /// which is what its cache key must include.
+    pub fn expandable_words(&self) -> Vec<String> {
+        match self {
+            Instruction::From(f) => std::iter::once(f.image.clone())
+                .chain(f.platform.clone())
+                .collect(),
+            Instruction::Env(kvs) | Instruction::Label(kvs) => kvs
+                .iter()
+                .flat_map(|kv| [kv.key.clone(), kv.value.clone()])
+                .collect(),
+            Instruction::Arg(args) => args.iter().filter_map(|a| a.default.clone()).collect(),
+            Instruction::Expose(v) | Instruction::Volume(v) => v.clone(),
+            Instruction::Workdir(w) | Instruction::User(w) | Instruction::StopSignal(w) => {
+                vec![w.clone()]
+            }
+            Instruction::Copy(s) | Instruction::Add(s) => {
+                let mut v: Vec<String> = s
+                    .sources
+                    .iter()
+                    .filter(|x| !x.starts_with("<<"))
+                    .cloned()
+                    .collect();
+                v.push(s.dest.clone());
+                v.extend(s.chown.clone());
+                v.extend(s.chmod.clone());
+                v.extend(s.from.clone());
+                v.extend(s.checksum.clone());
+                v.extend(s.exclude.iter().cloned());
+                v
+            }
+            Instruction::Run(r) => r
+                .mounts
+                .iter()
+                .flat_map(|m| {
+                    [
+                        m.target.clone(),
+                        m.source.clone(),
+                        m.from.clone(),
+                        m.id.clone(),
+                    ]
+                })
+                .flatten()
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// The instruction keyword, upper-case.
     pub fn keyword(&self) -> &'static str {
         match self {
@@ -566,5 +617,138 @@ fn healthcheck(node: &Node) -> Result<Instruction, ParseError> {
         other => Err(err(format!(
             "Unknown type {other:?} in HEALTHCHECK (try CMD)"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse_line;
+
+    fn ins(s: &str) -> Instruction {
+        instruction(&parse_line(s).unwrap()).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn copy_and_add_flags() {
+        let Instruction::Copy(c) = ins(
+            "COPY --from=build --chown=app:app --chmod=u+x --link --parents --exclude=*.md --exclude=tmp a b /dst/",
+        ) else {
+            panic!()
+        };
+        assert_eq!(c.sources, ["a", "b"]);
+        assert_eq!(c.dest, "/dst/");
+        assert_eq!(
+            (c.from.as_deref(), c.chown.as_deref(), c.chmod.as_deref()),
+            (Some("build"), Some("app:app"), Some("u+x"))
+        );
+        assert!(c.link && c.parents);
+        assert_eq!(c.exclude, ["*.md", "tmp"]);
+        let Instruction::Add(a) = ins(
+            "ADD --checksum=sha256:abc --keep-git-dir=true --unpack=false --link=false https://x/y.tgz /",
+        ) else {
+            panic!()
+        };
+        assert_eq!(
+            (a.checksum.as_deref(), a.keep_git_dir, a.unpack, a.link),
+            (Some("sha256:abc"), true, Some(false), false)
+        );
+        let Instruction::Copy(c) = ins("COPY [\"a b\", \"/c d/\"]") else {
+            panic!()
+        };
+        assert_eq!(
+            (c.sources, c.dest),
+            (vec!["a b".to_string()], "/c d/".to_string())
+        );
+    }
+
+    #[test]
+    fn from_run_healthcheck_and_others() {
+        assert_eq!(
+            ins("FROM --platform=$BUILDPLATFORM golang:1.22 AS Build"),
+            Instruction::From(From {
+                image: "golang:1.22".into(),
+                platform: Some("$BUILDPLATFORM".into()),
+                alias: Some("build".into())
+            })
+        );
+        let Instruction::Run(r) = ins(
+            "RUN --mount=type=secret,id=npm,target=/root/.npmrc --network=host --security=sandbox npm ci",
+        ) else {
+            panic!()
+        };
+        assert_eq!(
+            (r.network, r.security, r.mounts.len()),
+            (Some(NetworkMode::Host), Some(Security::Sandbox), 1)
+        );
+        assert_eq!(r.command, Command::Shell("npm ci".into()));
+        let Instruction::Healthcheck(Healthcheck::Cmd {
+            test,
+            interval,
+            timeout,
+            start_period,
+            start_interval,
+            retries,
+        }) = ins(
+            "HEALTHCHECK --interval=30s --timeout=3s --start-period=1m --start-interval=500ms --retries=4 CMD [\"curl\", \"-f\", \"http://x/\"]",
+        )
+        else {
+            panic!()
+        };
+        assert_eq!(test, ["CMD", "curl", "-f", "http://x/"]);
+        assert_eq!(
+            (interval, timeout, start_period, start_interval, retries),
+            (
+                Some(Duration::from_secs(30)),
+                Some(Duration::from_secs(3)),
+                Some(Duration::from_secs(60)),
+                Some(Duration::from_millis(500)),
+                Some(4)
+            )
+        );
+        assert_eq!(
+            ins("HEALTHCHECK NONE"),
+            Instruction::Healthcheck(Healthcheck::None)
+        );
+        assert_eq!(
+            ins("ARG a=1 b"),
+            Instruction::Arg(vec![
+                ArgDecl {
+                    name: "a".into(),
+                    default: Some("1".into())
+                },
+                ArgDecl {
+                    name: "b".into(),
+                    default: None
+                }
+            ])
+        );
+        assert_eq!(
+            ins("SHELL [\"pwsh\", \"-c\"]"),
+            Instruction::Shell(vec!["pwsh".into(), "-c".into()])
+        );
+        assert_eq!(
+            ins("STOPSIGNAL SIGTERM"),
+            Instruction::StopSignal("SIGTERM".into())
+        );
+        assert!(
+            matches!(ins("ONBUILD COPY . /app"), Instruction::Onbuild(n) if n.keyword == "COPY")
+        );
+        assert_eq!(
+            ins("ENTRYPOINT [\"/init\"]"),
+            Instruction::Entrypoint(Command::Exec(vec!["/init".into()]))
+        );
+    }
+
+    #[test]
+    fn words_that_expand() {
+        let w = ins("COPY --chown=$U --from=$S $SRC $DST").expandable_words();
+        assert_eq!(w, ["$SRC", "$DST", "$U", "$S"]);
+        assert!(
+            ins("RUN echo $X").expandable_words().is_empty(),
+            "RUN leaves $X to the shell"
+        );
+        assert_eq!(suggest_keyword("WORKDRI"), Some("WORKDIR"));
+        assert_eq!(suggest_keyword("XYZZY"), None);
     }
 }

@@ -290,7 +290,7 @@ impl Linter {
                 }
             }
             // Variables in the words this instruction expands.
-            let words = expanded_words(&ins);
+            let words = ins.expandable_words();
             if let Some(def) = &defined {
                 for w in &words {
                     if let Ok(x) = self
@@ -491,35 +491,6 @@ static SECRET_NAME: LazyLock<Regex> = LazyLock::new(|| {
 });
 static PUBLIC_NAME: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"(?i)(?:_|^)public(?:_|$)").expect("valid regex"));
-
-/// The words an instruction expands variables in (per the Dockerfile reference).
-fn expanded_words(ins: &Instruction) -> Vec<String> {
-    match ins {
-        Instruction::Env(kvs) | Instruction::Label(kvs) => kvs
-            .iter()
-            .flat_map(|kv| [kv.key.clone(), kv.value.clone()])
-            .collect(),
-        Instruction::Arg(args) => args.iter().filter_map(|a| a.default.clone()).collect(),
-        Instruction::Expose(v) | Instruction::Volume(v) => v.clone(),
-        Instruction::Workdir(w) | Instruction::User(w) | Instruction::StopSignal(w) => {
-            vec![w.clone()]
-        }
-        Instruction::Copy(s) | Instruction::Add(s) => {
-            let mut v: Vec<String> = s
-                .sources
-                .iter()
-                .filter(|x| !x.starts_with("<<"))
-                .cloned()
-                .collect();
-            v.push(s.dest.clone());
-            v.extend(s.chown.clone());
-            v.extend(s.chmod.clone());
-            v.extend(s.from.clone());
-            v
-        }
-        _ => Vec::new(),
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -368,29 +368,88 @@ impl<'a> Scan<'a> {
 }
 
 /// Whether `text` matches the shell glob `pattern` (`*`, `?`, `[...]`, `\` escapes).
+///
+/// Greedy matching with backtracking to the last `*` only: O(len(pattern) * len(text)), so a
+/// hostile pattern such as `*a*a*a*b` cannot make expansion exponential.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
+    let p = compile_glob(pattern);
     let t: Vec<char> = text.chars().collect();
-    glob_at(&p, &t)
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        match p.get(pi) {
+            Some(Tok::Star) => {
+                star = Some((pi, ti));
+                pi += 1;
+            }
+            Some(tok) if tok.matches(t[ti]) => {
+                pi += 1;
+                ti += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    pi = sp + 1;
+                    ti = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|t| matches!(t, Tok::Star))
 }
 
-fn glob_at(p: &[char], t: &[char]) -> bool {
-    match p.first() {
-        None => t.is_empty(),
-        Some('*') => (0..=t.len()).any(|i| glob_at(&p[1..], &t[i..])),
-        Some('?') => !t.is_empty() && glob_at(&p[1..], &t[1..]),
-        Some('[') => match class(p) {
-            Some((matches, len)) => !t.is_empty() && matches(t[0]) && glob_at(&p[len..], &t[1..]),
-            None => t.first() == Some(&'[') && glob_at(&p[1..], &t[1..]),
-        },
-        Some('\\') if p.len() > 1 => t.first() == Some(&p[1]) && glob_at(&p[2..], &t[1..]),
-        Some(c) => t.first() == Some(c) && glob_at(&p[1..], &t[1..]),
+enum Tok {
+    Star,
+    Any,
+    Lit(char),
+    Class {
+        ranges: Vec<(char, char)>,
+        negate: bool,
+    },
+}
+
+impl Tok {
+    fn matches(&self, c: char) -> bool {
+        match self {
+            Tok::Star => true,
+            Tok::Any => true,
+            Tok::Lit(l) => *l == c,
+            Tok::Class { ranges, negate } => {
+                ranges.iter().any(|(a, b)| *a <= c && c <= *b) != *negate
+            }
+        }
     }
 }
 
-/// A bracket expression at the start of `p`: a predicate and its length in `p`.
-#[allow(clippy::type_complexity)]
-fn class(p: &[char]) -> Option<(Box<dyn Fn(char) -> bool>, usize)> {
+fn compile_glob(pattern: &str) -> Vec<Tok> {
+    let p: Vec<char> = pattern.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < p.len() {
+        match p[i] {
+            '*' => out.push(Tok::Star),
+            '?' => out.push(Tok::Any),
+            '\\' if i + 1 < p.len() => {
+                i += 1;
+                out.push(Tok::Lit(p[i]));
+            }
+            '[' => match class(&p[i..]) {
+                Some((tok, len)) => {
+                    out.push(tok);
+                    i += len - 1;
+                }
+                None => out.push(Tok::Lit('[')),
+            },
+            c => out.push(Tok::Lit(c)),
+        }
+        i += 1;
+    }
+    out
+}
+
+/// A bracket expression at the start of `p`, and its length in `p`.
+fn class(p: &[char]) -> Option<(Tok, usize)> {
     let mut i = 1;
     let negate = matches!(p.get(1), Some('!' | '^'));
     if negate {
@@ -400,11 +459,7 @@ fn class(p: &[char]) -> Option<(Box<dyn Fn(char) -> bool>, usize)> {
     let mut first = true;
     while i < p.len() {
         if p[i] == ']' && !first {
-            let len = i + 1;
-            return Some((
-                Box::new(move |c| ranges.iter().any(|(a, b)| *a <= c && c <= *b) != negate),
-                len,
-            ));
+            return Some((Tok::Class { ranges, negate }, i + 1));
         }
         first = false;
         let lo = if p[i] == '\\' && i + 1 < p.len() {
@@ -553,6 +608,12 @@ mod tests {
         assert_eq!(word("${F%.[!t]z}"), "archive.tar");
         assert_eq!(word("${U#x}|${U/x/y}"), "|");
         assert_eq!(word("${F#nomatch}"), "archive.tar.gz");
+        assert!(
+            glob_match("*a*a*a*a*a*a*a*a*b", &"a".repeat(40)) == false,
+            "no exponential blow-up"
+        );
+        assert!(glob_match("a*[0-9]?z", "abc7xz"));
+        assert!(!glob_match("a*[!0-9]z", "a7z"));
     }
 
     #[test]
