@@ -36,6 +36,21 @@ pub(crate) enum Command {
     Import(ImportArgs),
     /// List images
     Images(ImagesArgs),
+    /// Give an image another name
+    Tag(TagArgs),
+    /// Remove image names, and the data no image uses any more
+    Rmi(RmiArgs),
+    /// Show images' details as JSON
+    Inspect(InspectArgs),
+    /// Show an image's history
+    History(HistoryArgs),
+    /// Write images to an archive (docker-archive or oci-archive)
+    Save(SaveArgs),
+    /// Load images from an archive
+    Load(LoadArgs),
+    /// Manage the store
+    #[command(subcommand)]
+    System(SystemCommand),
     /// Build an image from a Dockerfile
     Build(BuildArgs),
     /// Run a command in a new container from an image
@@ -148,4 +163,88 @@ pub(crate) struct ImagesArgs {
     /// Show full image IDs
     #[arg(long)]
     pub(crate) no_trunc: bool,
+    /// Show manifest digests
+    #[arg(long)]
+    pub(crate) digests: bool,
+    /// Output format: json (one object per line)
+    #[arg(long, value_parser = ["json"])]
+    pub(crate) format: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct TagArgs {
+    /// Existing image (name or ID)
+    pub(crate) source: String,
+    /// New name
+    pub(crate) target: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct RmiArgs {
+    /// Remove an image ID with several names
+    #[arg(short, long)]
+    pub(crate) force: bool,
+    /// Images (names or IDs)
+    #[arg(required = true)]
+    pub(crate) images: Vec<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct InspectArgs {
+    /// Images (names or IDs)
+    #[arg(required = true)]
+    pub(crate) images: Vec<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct HistoryArgs {
+    /// Do not truncate CREATED BY
+    #[arg(long)]
+    pub(crate) no_trunc: bool,
+    /// Image (name or ID)
+    pub(crate) image: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct SaveArgs {
+    /// Write to this file instead of standard output
+    #[arg(short, long)]
+    pub(crate) output: Option<PathBuf>,
+    /// Archive format
+    #[arg(long, default_value = "docker-archive", value_parser = ["docker-archive", "oci-archive"])]
+    pub(crate) format: String,
+    /// Images (names or IDs)
+    #[arg(required = true)]
+    pub(crate) images: Vec<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct LoadArgs {
+    /// Read from this file instead of standard input (plain, gzip or zstd)
+    #[arg(short, long)]
+    pub(crate) input: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum SystemCommand {
+    /// Show disk usage
+    Df,
+    /// Remove blobs and snapshots no image uses
+    Prune(PruneArgs),
+    /// Verify the store (every blob's digest, every name's image, leftovers)
+    Check(CheckArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct PruneArgs {
+    /// Only print what would be removed
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct CheckArgs {
+    /// Remove corrupt blobs, names of incomplete images, and leftovers
+    #[arg(long)]
+    pub(crate) repair: bool,
 }

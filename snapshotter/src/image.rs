@@ -49,8 +49,18 @@ pub fn write_image(
     config: &ImageConfig,
     layers: &[Layer],
 ) -> Result<StoredImage> {
-    let config_bytes = to_json("image config", config)?;
-    let (config_digest, config_size) = store.put_bytes(&config_bytes)?;
+    write_image_raw(store, &to_json("image config", config)?, layers)
+}
+
+/// Like [`write_image`], with the config given as its exact bytes (kept as they are, so an
+/// image loaded from an archive keeps its ID).
+pub fn write_image_raw(
+    store: &dyn Store,
+    config_bytes: &[u8],
+    layers: &[Layer],
+) -> Result<StoredImage> {
+    let config: ImageConfig = from_json("image config", config_bytes)?;
+    let (config_digest, config_size) = store.put_bytes(config_bytes)?;
     let manifest = ImageManifestBuilder::default()
         .schema_version(2u32)
         .media_type(MediaType::ImageManifest)
@@ -81,7 +91,7 @@ pub fn write_image(
     Ok(StoredImage {
         descriptor,
         manifest,
-        config: config.clone(),
+        config,
     })
 }
 

@@ -15,6 +15,8 @@
 //! - [`snapshot`]: layers unpacked once per chain ID in overlay form ([`snapshot::Snapshots`]),
 //!   writable [`snapshot::Active`] snapshots, and [`diff::write_layer`], which turns an upper
 //!   directory into a deterministic layer.
+//! - [`gc`]: what names keep alive, and collecting the rest; [`check`]: store fsck;
+//!   [`archive`]: `docker-archive` and `oci-archive` save and load.
 //! - [`image`]: writing and reading image manifests and configs.
 //!
 //! ```
@@ -24,10 +26,13 @@
 //! assert_eq!((digest, size), (Digest::of(b"hello"), 5));
 //! ```
 
+pub mod archive;
+pub mod check;
 pub mod config;
 pub mod diff;
 pub mod digest;
 pub mod error;
+pub mod gc;
 pub mod image;
 pub mod layer;
 pub mod reference;

@@ -157,54 +157,169 @@ impl Snapshots {
 
 /// Unpacks a layer tar into `dest` in overlay form: `.wh.NAME` becomes a 0:0 character
 /// device, `.wh..wh..opq` marks its directory opaque.
+///
+/// Nothing is ever written outside `dest`: names with `..` are refused, absolute names are
+/// taken relative to `dest`, parent directories are created one by one and a parent that is
+/// a symlink is followed only while it stays inside `dest`, hard links must point inside,
+/// and overlay xattrs in the tar (`trusted.overlay.*`, `user.overlay.*`) are dropped so a
+/// layer cannot steer the overlay mount.
 pub fn unpack_layer(input: impl Read, dest: &Path) -> Result<()> {
     let bad = |why: String| StoreError::InvalidLayer(why);
+    let root = fs::canonicalize(dest).at("resolve", dest)?;
     let mut archive = tar::Archive::new(input);
     archive.set_preserve_permissions(true);
-    archive.set_preserve_ownerships(true);
+    archive.set_preserve_ownerships(nix::unistd::geteuid().is_root());
     archive.set_preserve_mtime(true);
-    archive.set_unpack_xattrs(true);
+    archive.set_unpack_xattrs(false);
     archive.set_overwrite(true);
     for entry in archive
         .entries()
         .map_err(|e| bad(format!("read tar: {e}")))?
     {
         let mut entry = entry.map_err(|e| bad(format!("read tar: {e}")))?;
-        let path = entry
+        let raw = entry
             .path()
             .map_err(|e| bad(format!("bad path: {e}")))?
             .into_owned();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let rel = contained_path(&raw)
+            .ok_or_else(|| bad(format!("entry {} escapes the layer root", raw.display())))?;
+        let Some(name) = rel.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+            continue;
+        };
+        let parent = safe_parent(&root, rel.parent().unwrap_or(Path::new("")))
+            .map_err(|why| bad(format!("entry {}: {why}", raw.display())))?;
         if let Some(hidden) = name.strip_prefix(".wh.") {
-            let parent = dest.join(path.parent().unwrap_or(Path::new("")));
-            if parent
-                .components()
-                .any(|c| c == std::path::Component::ParentDir)
-            {
-                return Err(bad(format!("whiteout {} escapes the root", path.display())));
-            }
-            fs::create_dir_all(&parent).at("create directory", &parent)?;
             if hidden == ".wh..opq" {
                 xattr::set(&parent, OPAQUE_XATTR, b"y").at("mark opaque", &parent)?;
-            } else {
-                let target = parent.join(hidden);
-                let _ = fs::remove_file(&target);
-                nix::sys::stat::mknod(
-                    &target,
-                    nix::sys::stat::SFlag::S_IFCHR,
-                    nix::sys::stat::Mode::empty(),
-                    0,
-                )
-                .map_err(std::io::Error::from)
-                .at("create whiteout", &target)?;
+                continue;
             }
+            if hidden.is_empty() || hidden == "." || hidden == ".." {
+                return Err(bad(format!("whiteout {} names no file", raw.display())));
+            }
+            let target = parent.join(hidden);
+            if let Ok(md) = fs::symlink_metadata(&target) {
+                if md.is_dir() {
+                    crate::gc::remove_tree(&target)?;
+                } else {
+                    fs::remove_file(&target).at("remove", &target)?;
+                }
+            }
+            nix::sys::stat::mknod(
+                &target,
+                nix::sys::stat::SFlag::S_IFCHR,
+                nix::sys::stat::Mode::empty(),
+                0,
+            )
+            .map_err(std::io::Error::from)
+            .at("create whiteout", &target)?;
             continue;
         }
-        entry
-            .unpack_in(dest)
-            .map_err(|e| bad(format!("unpack {}: {e}", path.display())))?;
+        if entry.header().entry_type().is_hard_link() {
+            let link = entry
+                .link_name()
+                .ok()
+                .flatten()
+                .map(|l| l.into_owned())
+                .unwrap_or_default();
+            let inside =
+                contained_path(&link).filter(|l| !link.is_absolute() && !l.as_os_str().is_empty());
+            let Some(link_rel) = inside else {
+                return Err(bad(format!(
+                    "hard link {} points outside the layer ({})",
+                    raw.display(),
+                    link.display()
+                )));
+            };
+            let src = root.join(&link_rel);
+            let real = fs::canonicalize(&src).map_err(|_| {
+                bad(format!(
+                    "hard link {} points at a missing file {}",
+                    raw.display(),
+                    link.display()
+                ))
+            })?;
+            if !real.starts_with(&root) {
+                return Err(bad(format!(
+                    "hard link {} points outside the layer ({})",
+                    raw.display(),
+                    link.display()
+                )));
+            }
+        }
+        let xattrs: Vec<(String, Vec<u8>)> = match entry.pax_extensions() {
+            Ok(Some(exts)) => exts
+                .flatten()
+                .filter_map(|e| {
+                    Some((
+                        e.key().ok()?.strip_prefix("SCHILY.xattr.")?.to_string(),
+                        e.value_bytes().to_vec(),
+                    ))
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        if !entry
+            .unpack_in(&root)
+            .map_err(|e| bad(format!("unpack {}: {e}", raw.display())))?
+        {
+            return Err(bad(format!("entry {} was refused", raw.display())));
+        }
+        let target = parent.join(&name);
+        for (k, v) in xattrs {
+            if k.starts_with("trusted.overlay.") || k.starts_with("user.overlay.") {
+                tracing::warn!(path = %raw.display(), xattr = %k, "dropped an overlay xattr from a layer");
+                continue;
+            }
+            if let Err(e) = xattr::set(&target, &k, &v) {
+                tracing::warn!(path = %raw.display(), xattr = %k, error = %e, "could not set an xattr");
+            }
+        }
     }
     Ok(())
+}
+
+/// `path` relative to the root: leading `/` and `.` dropped; `None` if it climbs with `..`.
+fn contained_path(path: &Path) -> Option<std::path::PathBuf> {
+    let mut out = std::path::PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::Normal(n) => out.push(n),
+            std::path::Component::ParentDir => return None,
+            _ => {}
+        }
+    }
+    Some(out)
+}
+
+/// Creates `rel` under `root` one directory at a time, following a symlink only when it
+/// resolves inside `root`; returns the directory.
+fn safe_parent(root: &Path, rel: &Path) -> std::result::Result<std::path::PathBuf, String> {
+    let mut cur = root.to_path_buf();
+    for c in rel.components() {
+        cur.push(c);
+        match fs::symlink_metadata(&cur) {
+            Ok(m) if m.is_dir() => {}
+            Ok(m) if m.file_type().is_symlink() => {
+                let real = fs::canonicalize(&cur)
+                    .map_err(|e| format!("{} does not resolve: {e}", cur.display()))?;
+                if !real.starts_with(root) || !real.is_dir() {
+                    return Err(format!(
+                        "its directory {} leads outside the layer",
+                        cur.strip_prefix(root).unwrap_or(&cur).display()
+                    ));
+                }
+                cur = real;
+            }
+            Ok(_) => {
+                return Err(format!(
+                    "{} is not a directory",
+                    cur.strip_prefix(root).unwrap_or(&cur).display()
+                ));
+            }
+            Err(_) => fs::create_dir(&cur).map_err(|e| format!("create {}: {e}", cur.display()))?,
+        }
+    }
+    Ok(cur)
 }
 
 /// Checks a blob's digest as it is read; a mismatch is an error at the end of the stream.

@@ -11,53 +11,86 @@ use crate::args::ImagesArgs;
 pub(crate) fn run(root: &Path, a: ImagesArgs) -> anyhow::Result<ExitCode> {
     let store = super::open_store(root)?;
     let mut rows = Vec::new();
+    let mut json_rows = Vec::new();
     for (name, desc) in store.images()? {
         let img = read_image(&store, &desc)?;
         let size: u64 = img.manifest.layers().iter().map(|l| l.size()).sum();
         let id = img.id();
-        let id = if a.no_trunc {
+        let shown_id = if a.no_trunc {
             id.to_string()
         } else {
             id.short().to_string()
         };
-        rows.push([
-            name.familiar_name(),
-            name.tag().unwrap_or("<none>").to_string(),
-            id,
-            img.config
-                .created
-                .clone()
-                .map(|c| ago(&c))
-                .unwrap_or_default(),
-            human_size(size),
-        ]);
+        let created = img
+            .config
+            .created
+            .clone()
+            .map(|c| ago(&c))
+            .unwrap_or_default();
+        let tag = name.tag().unwrap_or("<none>").to_string();
+        json_rows.push(serde_json::json!({
+            "Repository": name.familiar_name(),
+            "Tag": tag,
+            "ID": shown_id,
+            "Digest": desc.digest().to_string(),
+            "CreatedAt": img.config.created,
+            "CreatedSince": created,
+            "Size": human_size(size),
+        }));
+        let mut row = vec![name.familiar_name(), tag];
+        if a.digests {
+            row.push(desc.digest().to_string());
+        }
+        row.extend([shown_id, created, human_size(size)]);
+        rows.push(row);
     }
-    if a.quiet {
-        for r in rows {
-            println!("{}", r[2]);
+    if a.format.as_deref() == Some("json") {
+        for r in json_rows {
+            println!("{r}");
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let header = ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"].map(String::from);
-    let mut widths = header.clone().map(|h| h.len());
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.len());
+    if a.quiet {
+        let id_col = if a.digests { 3 } else { 2 };
+        for r in rows {
+            println!("{}", r[id_col]);
         }
+        return Ok(ExitCode::SUCCESS);
     }
-    for r in std::iter::once(&header).chain(&rows) {
-        let line: Vec<String> = r
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("{}", line.join("   ").trim_end());
+    let mut header = vec!["REPOSITORY", "TAG"];
+    if a.digests {
+        header.push("DIGEST");
     }
+    header.extend(["IMAGE ID", "CREATED", "SIZE"]);
+    let header: Vec<String> = header.into_iter().map(String::from).collect();
+    print_table(&header, &rows);
     Ok(ExitCode::SUCCESS)
 }
 
+/// Prints rows in columns separated by three spaces, as Docker does.
+pub(crate) fn print_table<R: AsRef<[String]>>(header: &[String], rows: &[R]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r.as_ref()) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", parts.join("   ").trim_end());
+    };
+    line(header);
+    for r in rows {
+        line(r.as_ref());
+    }
+}
+
 /// `2 hours ago`, as Docker prints ages.
-fn ago(rfc3339: &str) -> String {
+pub(crate) fn ago(rfc3339: &str) -> String {
     let Ok(t) =
         time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
     else {
@@ -83,7 +116,7 @@ fn plural(n: i64, unit: &str) -> String {
 }
 
 /// Decimal units, as Docker prints sizes.
-fn human_size(n: u64) -> String {
+pub(crate) fn human_size(n: u64) -> String {
     let units = ["B", "kB", "MB", "GB", "TB"];
     let mut v = n as f64;
     let mut i = 0;

@@ -1,10 +1,12 @@
 //! One module per subcommand.
 
 pub(crate) mod build;
+pub(crate) mod image;
 pub(crate) mod images;
 pub(crate) mod import;
 pub(crate) mod parse;
 pub(crate) mod run;
+pub(crate) mod system;
 
 use std::path::Path;
 
