@@ -3,8 +3,9 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use oci_spec::image::{DescriptorBuilder, MediaType};
 
@@ -36,7 +37,8 @@ impl DiffOptions {
 ///
 /// Entries are sorted by name; owners are numeric with empty user and group names; no atime
 /// or ctime; hardlinked files are stored once and linked; overlay whiteouts become `.wh.`
-/// entries and opaque directories get `.wh..wh..opq`.
+/// entries and opaque directories get `.wh..wh..opq`; names and link targets longer than the
+/// ustar fields, and xattrs, go in PAX headers.
 pub fn write_layer(store: &dyn Store, upper: &Path, opts: &DiffOptions) -> Result<Layer> {
     let blob = store.writer()?;
     let gz = flate2::write::GzEncoder::new(blob, flate2::Compression::default());
@@ -48,7 +50,7 @@ pub fn write_layer(store: &dyn Store, upper: &Path, opts: &DiffOptions) -> Resul
         opts,
         links: HashMap::new(),
     };
-    w.dir(upper, "")?;
+    w.dir(upper, Path::new(""))?;
     let hashed = tar
         .into_inner()
         .map_err(|e| StoreError::Stream("write layer", e))?;
@@ -73,12 +75,26 @@ struct Walker<'a, W: Write> {
     tar: &'a mut tar::Builder<W>,
     opts: &'a DiffOptions,
     /// (dev, inode) of multiply-linked files already written, and their path.
-    links: HashMap<(u64, u64), String>,
+    links: HashMap<(u64, u64), PathBuf>,
+}
+
+/// Xattrs kept in layers: everything but overlayfs's own bookkeeping.
+fn layer_xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let Ok(names) = xattr::list(path) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, Vec<u8>)> = names
+        .filter_map(|n| n.into_string().ok())
+        .filter(|n| !n.starts_with("trusted.overlay.") && !n.starts_with("user.overlay."))
+        .filter_map(|n| xattr::get(path, &n).ok().flatten().map(|v| (n, v)))
+        .collect();
+    out.sort();
+    out
 }
 
 impl<W: Write> Walker<'_, W> {
     fn header(&self, md: &fs::Metadata, kind: tar::EntryType) -> tar::Header {
-        let mut h = tar::Header::new_gnu();
+        let mut h = tar::Header::new_ustar();
         h.set_entry_type(kind);
         h.set_mode(md.mode() & 0o7777);
         h.set_uid(md.uid().into());
@@ -89,13 +105,50 @@ impl<W: Write> Walker<'_, W> {
         h
     }
 
-    fn put(&mut self, h: &mut tar::Header, path: &str, data: impl io::Read) -> Result<()> {
-        self.tar
-            .append_data(h, path, data)
-            .map_err(|e| StoreError::Stream("write layer entry", e))
+    /// Writes one entry: a PAX header first when the name or link target does not fit the
+    /// ustar fields or there are xattrs, then the ustar header and the data.
+    fn put(
+        &mut self,
+        h: &mut tar::Header,
+        path: &Path,
+        link: Option<&Path>,
+        xattrs: &[(String, Vec<u8>)],
+        data: impl io::Read,
+    ) -> Result<()> {
+        let err = |e| StoreError::Stream("write layer entry", e);
+        let name = path.as_os_str().as_bytes();
+        let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
+        if name.len() > 100 {
+            pax.push(("path".into(), name.to_vec()));
+        }
+        if let Some(l) = link
+            && l.as_os_str().len() > 100
+        {
+            pax.push(("linkpath".into(), l.as_os_str().as_bytes().to_vec()));
+        }
+        for (k, v) in xattrs {
+            pax.push((format!("SCHILY.xattr.{k}"), v.clone()));
+        }
+        if !pax.is_empty() {
+            self.tar
+                .append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+                .map_err(err)?;
+        }
+        let old = h.as_old_mut();
+        let n = name.len().min(100);
+        old.name = [0; 100];
+        old.name[..n].copy_from_slice(&name[..n]);
+        if let Some(l) = link {
+            let lb = l.as_os_str().as_bytes();
+            let n = lb.len().min(100);
+            old.linkname = [0; 100];
+            old.linkname[..n].copy_from_slice(&lb[..n]);
+        }
+        h.set_cksum();
+        self.tar.append(h, data).map_err(err)
     }
 
-    fn dir(&mut self, dir: &Path, rel: &str) -> Result<()> {
+    fn dir(&mut self, dir: &Path, rel: &Path) -> Result<()> {
         let mut names: Vec<_> = fs::read_dir(dir)
             .at("read directory", dir)?
             .map(|e| e.map(|e| e.file_name()))
@@ -104,47 +157,43 @@ impl<W: Write> Walker<'_, W> {
         names.sort();
         for name in names {
             let path = dir.join(&name);
-            let name = name.to_string_lossy();
-            let rel = if rel.is_empty() {
-                name.to_string()
-            } else {
-                format!("{rel}/{name}")
-            };
+            let rel = rel.join(&name);
             let md = fs::symlink_metadata(&path).at("stat", &path)?;
             let ft = md.file_type();
             if ft.is_char_device() && md.rdev() == 0 {
-                let wh = match rel.rsplit_once('/') {
-                    Some((parent, n)) => format!("{parent}/.wh.{n}"),
-                    None => format!(".wh.{rel}"),
-                };
+                let mut wh = std::ffi::OsString::from(".wh.");
+                wh.push(&name);
                 let mut h = self.header(&md, tar::EntryType::Regular);
                 h.set_mode(0o644);
-                self.put(&mut h, &wh, io::empty())?;
+                self.put(&mut h, &rel.with_file_name(wh), None, &[], io::empty())?;
             } else if ft.is_dir() {
                 let mut h = self.header(&md, tar::EntryType::Directory);
-                self.put(&mut h, &format!("{rel}/"), io::empty())?;
+                let mut dir_name = rel.clone().into_os_string();
+                dir_name.push("/");
+                self.put(
+                    &mut h,
+                    Path::new(&dir_name),
+                    None,
+                    &layer_xattrs(&path),
+                    io::empty(),
+                )?;
                 let opaque = xattr::get(&path, OPAQUE_XATTR).ok().flatten();
                 if opaque.as_deref() == Some(b"y") {
                     let mut h = self.header(&md, tar::EntryType::Regular);
                     h.set_mode(0o644);
-                    self.put(&mut h, &format!("{rel}/.wh..wh..opq"), io::empty())?;
+                    self.put(&mut h, &rel.join(".wh..wh..opq"), None, &[], io::empty())?;
                 }
                 self.dir(&path, &rel)?;
             } else if ft.is_symlink() {
                 let target = fs::read_link(&path).at("read link", &path)?;
                 let mut h = self.header(&md, tar::EntryType::Symlink);
-                self.tar
-                    .append_link(&mut h, &rel, &target)
-                    .map_err(|e| StoreError::Stream("write layer entry", e))?;
+                self.put(&mut h, &rel, Some(&target), &[], io::empty())?;
             } else if ft.is_file() {
                 if md.nlink() > 1 {
                     let key = (md.dev(), md.ino());
-                    if let Some(first) = self.links.get(&key) {
+                    if let Some(first) = self.links.get(&key).cloned() {
                         let mut h = self.header(&md, tar::EntryType::Link);
-                        let first = first.clone();
-                        self.tar
-                            .append_link(&mut h, &rel, &first)
-                            .map_err(|e| StoreError::Stream("write layer entry", e))?;
+                        self.put(&mut h, &rel, Some(&first), &[], io::empty())?;
                         continue;
                     }
                     self.links.insert(key, rel.clone());
@@ -152,7 +201,8 @@ impl<W: Write> Walker<'_, W> {
                 let mut h = self.header(&md, tar::EntryType::Regular);
                 h.set_size(md.len());
                 let f = fs::File::open(&path).at("open", &path)?;
-                self.put(&mut h, &rel, f)?;
+                let xattrs = layer_xattrs(&path);
+                self.put(&mut h, &rel, None, &xattrs, f)?;
             } else {
                 let kind = if ft.is_char_device() {
                     tar::EntryType::Char
@@ -168,7 +218,7 @@ impl<W: Write> Walker<'_, W> {
                 let rdev = md.rdev();
                 let _ = h.set_device_major(nix::sys::stat::major(rdev) as u32);
                 let _ = h.set_device_minor(nix::sys::stat::minor(rdev) as u32);
-                self.put(&mut h, &rel, io::empty())?;
+                self.put(&mut h, &rel, None, &[], io::empty())?;
             }
         }
         Ok(())

@@ -9,6 +9,7 @@
 
 use std::fs;
 use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use oci_spec::image::Descriptor;
@@ -172,6 +173,8 @@ pub fn unpack_layer(input: impl Read, dest: &Path) -> Result<()> {
     archive.set_preserve_mtime(true);
     archive.set_unpack_xattrs(false);
     archive.set_overwrite(true);
+    // Directory mtimes change as entries land in them: set them once everything is in.
+    let mut dir_times: Vec<(std::path::PathBuf, u64)> = Vec::new();
     for entry in archive
         .entries()
         .map_err(|e| bad(format!("read tar: {e}")))?
@@ -183,13 +186,14 @@ pub fn unpack_layer(input: impl Read, dest: &Path) -> Result<()> {
             .into_owned();
         let rel = contained_path(&raw)
             .ok_or_else(|| bad(format!("entry {} escapes the layer root", raw.display())))?;
-        let Some(name) = rel.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+        let Some(name) = rel.file_name().map(|n| n.to_owned()) else {
             continue;
         };
         let parent = safe_parent(&root, rel.parent().unwrap_or(Path::new("")))
             .map_err(|why| bad(format!("entry {}: {why}", raw.display())))?;
-        if let Some(hidden) = name.strip_prefix(".wh.") {
-            if hidden == ".wh..opq" {
+        if let Some(hidden) = name.as_bytes().strip_prefix(b".wh.") {
+            let hidden = std::ffi::OsStr::from_bytes(hidden);
+            if hidden.as_bytes() == b".wh..opq" {
                 xattr::set(&parent, OPAQUE_XATTR, b"y").at("mark opaque", &parent)?;
                 continue;
             }
@@ -246,6 +250,12 @@ pub fn unpack_layer(input: impl Read, dest: &Path) -> Result<()> {
                 )));
             }
         }
+        let kind = entry.header().entry_type();
+        if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
+            make_special(&entry, &parent.join(&name))
+                .map_err(|e| bad(format!("entry {}: {e}", raw.display())))?;
+            continue;
+        }
         let xattrs: Vec<(String, Vec<u8>)> = match entry.pax_extensions() {
             Ok(Some(exts)) => exts
                 .flatten()
@@ -258,6 +268,9 @@ pub fn unpack_layer(input: impl Read, dest: &Path) -> Result<()> {
                 .collect(),
             _ => Vec::new(),
         };
+        if kind.is_dir() {
+            dir_times.push((parent.join(&name), entry.header().mtime().unwrap_or(0)));
+        }
         if !entry
             .unpack_in(&root)
             .map_err(|e| bad(format!("unpack {}: {e}", raw.display())))?
@@ -275,6 +288,58 @@ pub fn unpack_layer(input: impl Read, dest: &Path) -> Result<()> {
             }
         }
     }
+    for (dir, mtime) in dir_times.iter().rev() {
+        let t = filetime::FileTime::from_unix_time(*mtime as i64, 0);
+        filetime::set_file_times(dir, t, t).at("set the mtime of", dir)?;
+    }
+    Ok(())
+}
+
+/// Creates a device node or fifo (the tar crate writes them as empty files). Device nodes
+/// need privileges; without them the entry is skipped with a warning, as rootless Docker does.
+fn make_special<R: Read>(
+    entry: &tar::Entry<'_, R>,
+    target: &Path,
+) -> std::result::Result<(), String> {
+    use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+    let h = entry.header();
+    let kind = h.entry_type();
+    let flag = if kind.is_fifo() {
+        SFlag::S_IFIFO
+    } else if kind.is_block_special() {
+        SFlag::S_IFBLK
+    } else {
+        SFlag::S_IFCHR
+    };
+    let mode = h.mode().map_err(|e| e.to_string())? & 0o7777;
+    let dev = makedev(
+        u64::from(h.device_major().ok().flatten().unwrap_or(0)),
+        u64::from(h.device_minor().ok().flatten().unwrap_or(0)),
+    );
+    if let Ok(md) = fs::symlink_metadata(target) {
+        if md.is_dir() {
+            crate::gc::remove_tree(target).map_err(|e| e.to_string())?;
+        } else {
+            fs::remove_file(target).map_err(|e| e.to_string())?;
+        }
+    }
+    match mknod(target, flag, Mode::from_bits_truncate(mode), dev) {
+        Ok(()) => {}
+        Err(nix::errno::Errno::EPERM) if flag != SFlag::S_IFIFO => {
+            tracing::warn!(path = %target.display(), "skipped a device node: creating it needs privileges");
+            return Ok(());
+        }
+        Err(e) => return Err(format!("mknod: {e}")),
+    }
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(target, fs::Permissions::from_mode(mode)).map_err(|e| e.to_string())?;
+    if nix::unistd::geteuid().is_root() {
+        let uid = h.uid().map_err(|e| e.to_string())? as u32;
+        let gid = h.gid().map_err(|e| e.to_string())? as u32;
+        std::os::unix::fs::lchown(target, Some(uid), Some(gid)).map_err(|e| e.to_string())?;
+    }
+    let mtime = filetime::FileTime::from_unix_time(h.mtime().unwrap_or(0) as i64, 0);
+    filetime::set_symlink_file_times(target, mtime, mtime).map_err(|e| e.to_string())?;
     Ok(())
 }
 
