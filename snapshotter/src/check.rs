@@ -15,13 +15,22 @@ pub struct Problem {
     pub what: String,
     /// Whether `--repair` fixed it.
     pub repaired: bool,
+    /// False for harmless leftovers (temporary files of a killed process): reported, but the
+    /// store is still consistent.
+    pub corrupt: bool,
 }
 
 /// Checks every blob's digest, every name's image, and leftover temporary files. With
 /// `repair`, removes corrupt blobs, names whose image is incomplete, and leftovers.
 pub fn check(store: &FsStore, repair: bool) -> Result<Vec<Problem>> {
     let mut problems = Vec::new();
-    let mut add = |what: String, repaired: bool| problems.push(Problem { what, repaired });
+    let mut add = |what: String, repaired: bool| {
+        problems.push(Problem {
+            what,
+            repaired,
+            corrupt: true,
+        })
+    };
     let blobs = store.root().join("blobs/sha256");
     for e in fs::read_dir(&blobs).at("read directory", &blobs)? {
         let e = e.at("read directory", &blobs)?;
@@ -59,17 +68,20 @@ pub fn check(store: &FsStore, repair: bool) -> Result<Vec<Problem>> {
             add(format!("image {name}: {why}"), fixed);
         }
     }
+    // Hold the GC lock exclusively while calling this: then no writer is running, and
+    // whatever is in the temporary areas was left by a process that died.
     for dir in ["ingest", "snapshots/tmp", "sandbox"] {
         let p = store.root().join(dir);
         for e in fs::read_dir(&p).into_iter().flatten().flatten() {
             let fixed = repair && remove_tree(&e.path()).is_ok();
-            add(
-                format!(
-                    "leftover temporary {dir}/{}",
+            problems.push(Problem {
+                what: format!(
+                    "leftover temporary {dir}/{} (harmless)",
                     e.file_name().to_string_lossy()
                 ),
-                fixed,
-            );
+                repaired: fixed,
+                corrupt: false,
+            });
         }
     }
     Ok(problems)

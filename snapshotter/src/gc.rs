@@ -146,11 +146,27 @@ pub fn collect(store: &FsStore, dry_run: bool) -> Result<Collected> {
         }
         out.blobs.push(d);
     }
+    // Under the exclusive lock no writer runs: temporary files are a dead process's leftovers.
+    for dir in ["ingest", "snapshots/tmp", "sandbox"] {
+        for e in fs::read_dir(store.root().join(dir))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            out.bytes += dir_size(&e.path());
+            if !dry_run {
+                remove_tree(&e.path())?;
+            }
+        }
+    }
     let snaps = store.root().join("snapshots");
     if snaps.is_dir() {
         for e in fs::read_dir(&snaps).at("read directory", &snaps)? {
             let e = e.at("read directory", &snaps)?;
             let name = e.file_name().to_string_lossy().into_owned();
+            if name == "tmp" {
+                continue;
+            }
             let Ok(chain) = format!("sha256:{name}").parse::<Digest>() else {
                 continue;
             };
@@ -180,7 +196,7 @@ pub fn dir_size(p: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// Removes a directory tree, first making read-only directories writable.
+/// Removes a file, or a directory tree (first making read-only directories writable).
 pub fn remove_tree(p: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     fn open_up(p: &Path) {
@@ -192,6 +208,9 @@ pub fn remove_tree(p: &Path) -> Result<()> {
                 open_up(&e.path());
             }
         }
+    }
+    if fs::symlink_metadata(p).is_ok_and(|m| !m.is_dir()) {
+        return fs::remove_file(p).at("remove", p);
     }
     if fs::remove_dir_all(p).is_err() {
         open_up(p);

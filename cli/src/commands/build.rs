@@ -51,6 +51,7 @@ pub(crate) fn run(root: &Path, a: BuildArgs) -> anyhow::Result<ExitCode> {
         .map_err(anyhow::Error::msg)?
         .unwrap_or_else(Platform::host);
     let store = super::open_store(root)?;
+    let _gc = snapshotter::gc::GcLock::shared(root)?;
     let snapshots = Snapshots::open(root)?;
     let sandbox = super::sandbox(root)?;
     let quiet = a.quiet;

@@ -31,6 +31,7 @@ pub(crate) fn run(root: &Path, a: ImportArgs) -> anyhow::Result<ExitCode> {
         Box::new(File::open(&a.source).with_context(|| format!("open {}", a.source))?)
     };
     let store = super::open_store(root)?;
+    let _gc = snapshotter::gc::GcLock::shared(root)?;
     let opts = ImportOptions {
         changes: a.changes,
         message: a.message,

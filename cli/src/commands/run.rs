@@ -14,6 +14,7 @@ use crate::args::RunArgs;
 pub(crate) fn run(root: &Path, a: RunArgs) -> anyhow::Result<ExitCode> {
     let name: Reference = a.image.parse()?;
     let store = super::open_store(root)?;
+    let _gc = snapshotter::gc::GcLock::shared(root)?;
     let desc = store.resolve(&name)?.with_context(|| {
         format!(
             "unable to find image {} locally (pulling is not supported yet)",

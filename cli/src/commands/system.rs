@@ -138,9 +138,9 @@ pub(crate) fn check_cmd(root: &Path, a: CheckArgs) -> anyhow::Result<ExitCode> {
     let mut bad = false;
     for p in &problems {
         println!("{}{}", p.what, if p.repaired { " (repaired)" } else { "" });
-        bad |= !p.repaired;
+        bad |= p.corrupt && !p.repaired;
     }
-    if problems.is_empty() {
+    if !bad {
         println!("store {} is consistent", root.display());
     }
     Ok(if bad {
