@@ -50,6 +50,8 @@ pub struct Builder<'a> {
     pub sandbox: &'a dyn Sandbox,
     /// Progress lines (`[2/5] RUN make`).
     pub progress: &'a dyn Fn(&str),
+    /// How new layers are compressed.
+    pub compression: snapshotter::compress::LayerCompression,
 }
 
 /// A layer of a stage, with its chain ID and unpacked directory.
@@ -451,8 +453,15 @@ impl Builder<'_> {
 
     /// Turns an active snapshot into the stage's next layer.
     fn commit(&self, state: &mut StageState, node: &Node, active: Active) -> Result<(), String> {
-        let layer = write_layer(self.store, &active.upper, &DiffOptions::from_env())
-            .map_err(|e| e.to_string())?;
+        let layer = write_layer(
+            self.store,
+            &active.upper,
+            &DiffOptions {
+                compression: self.compression,
+                ..DiffOptions::from_env()
+            },
+        )
+        .map_err(|e| e.to_string())?;
         let chain = chain_id(state.layers.last().map(|l| &l.chain), &layer.diff_id);
         let dir = self
             .snapshots
@@ -539,6 +548,7 @@ mod tests {
     ) -> Result<StoredImage> {
         let snapshots = Snapshots::open(root).unwrap();
         let b = Builder {
+            compression: Default::default(),
             store,
             snapshots: &snapshots,
             sandbox,

@@ -22,6 +22,8 @@ pub struct ImportOptions {
     pub platform: Option<Platform>,
     /// How the source is named in the default message (`-` for stdin).
     pub source: String,
+    /// How the layer is compressed in the store.
+    pub compression: snapshotter::compress::LayerCompression,
 }
 
 /// Parses `--change` lines into config instructions, rejecting anything else.
@@ -97,7 +99,7 @@ pub fn import(
         })?;
     }
 
-    let layer = snapshotter::layer::import_tar(store, input)
+    let layer = snapshotter::layer::import_tar_as(store, input, opts.compression)
         .map_err(|e| BuildError::Other(format!("import {}: {e}", opts.source)))?;
     let mut image = state.image;
     image.rootfs.diff_ids = vec![layer.diff_id.to_string()];

@@ -51,6 +51,9 @@ pub(crate) enum Command {
     /// Manage the store
     #[command(subcommand)]
     System(SystemCommand),
+    /// Work with single layers
+    #[command(subcommand)]
+    Layer(LayerCommand),
     /// Build an image from a Dockerfile
     Build(BuildArgs),
     /// Run a command in a new container from an image
@@ -103,6 +106,9 @@ pub(crate) struct BuildArgs {
     /// Print only the image ID
     #[arg(short, long)]
     pub(crate) quiet: bool,
+    /// Layer compression: gzip[:1-9] or zstd[:1-19]
+    #[arg(long, default_value = "gzip")]
+    pub(crate) compression: String,
     /// The build context directory
     pub(crate) context: PathBuf,
 }
@@ -149,6 +155,9 @@ pub(crate) struct ImportArgs {
     /// Platform recorded in the image (os/arch[/variant]) [default: the host's]
     #[arg(long)]
     pub(crate) platform: Option<String>,
+    /// Layer compression: gzip[:1-9] or zstd[:1-19]
+    #[arg(long, default_value = "gzip")]
+    pub(crate) compression: String,
     /// The tarball's path, or - for standard input
     pub(crate) source: String,
     /// Name for the new image, e.g. busybox:latest
@@ -247,4 +256,19 @@ pub(crate) struct CheckArgs {
     /// Remove corrupt blobs, names of incomplete images, and leftovers
     #[arg(long)]
     pub(crate) repair: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum LayerCommand {
+    /// Store a directory tree as a layer blob and print its descriptor (JSON)
+    Create(LayerCreateArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct LayerCreateArgs {
+    /// Compression: gzip[:1-9] or zstd[:1-19]
+    #[arg(long, default_value = "gzip")]
+    pub(crate) compression: String,
+    /// The directory (overlay whiteouts and opaque markers in it are converted)
+    pub(crate) dir: PathBuf,
 }

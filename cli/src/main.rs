@@ -93,6 +93,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Build(a) => commands::build::run(&root, a),
         Command::Run(a) => commands::run::run(&root, a),
         Command::Parse(a) => commands::parse::parse(a),
+        Command::Layer(args::LayerCommand::Create(a)) => commands::system::layer_create(&root, a),
         Command::Lint(a) => commands::parse::lint_cmd(&root, a),
     }
 }

@@ -7,19 +7,22 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use oci_spec::image::{DescriptorBuilder, MediaType};
+use oci_spec::image::DescriptorBuilder;
 
+use crate::compress::{LayerCompression, encoder};
 use crate::digest::HashingWriter;
 use crate::error::{IoContext, Result, StoreError};
-use crate::layer::{FixedChunks, Layer};
+use crate::layer::Layer;
 use crate::snapshot::OPAQUE_XATTR;
-use crate::store::{BlobWriter, Store};
+use crate::store::Store;
 
 /// How layer tars are written.
 #[derive(Clone, Debug, Default)]
 pub struct DiffOptions {
     /// Clamp every mtime to at most this (seconds since the epoch): `SOURCE_DATE_EPOCH`.
     pub clamp_mtime: Option<u64>,
+    /// How the blob is compressed.
+    pub compression: LayerCompression,
 }
 
 impl DiffOptions {
@@ -29,40 +32,47 @@ impl DiffOptions {
             clamp_mtime: std::env::var("SOURCE_DATE_EPOCH")
                 .ok()
                 .and_then(|v| v.trim().parse().ok()),
+            compression: LayerCompression::default(),
         }
     }
 }
 
-/// Writes the upper directory `upper` as a gzip layer blob into the store.
+/// Writes the upper directory `upper` as a layer blob (compressed as `opts` says) into the
+/// store.
 ///
 /// Entries are sorted by name; owners are numeric with empty user and group names; no atime
 /// or ctime; hardlinked files are stored once and linked; overlay whiteouts become `.wh.`
 /// entries and opaque directories get `.wh..wh..opq`; names and link targets longer than the
 /// ustar fields, and xattrs, go in PAX headers.
 pub fn write_layer(store: &dyn Store, upper: &Path, opts: &DiffOptions) -> Result<Layer> {
-    let blob = store.writer()?;
-    let gz = flate2::write::GzEncoder::new(blob, flate2::Compression::default());
-    let hashed = HashingWriter::new(FixedChunks::new(gz));
-    let mut tar = tar::Builder::new(hashed);
-    tar.follow_symlinks(false);
-    let mut w = Walker {
-        tar: &mut tar,
-        opts,
-        links: HashMap::new(),
+    let mut blob = store.writer()?;
+    let (diff_id, _) = {
+        let compressed = encoder(opts.compression, &mut blob)
+            .map_err(|e| StoreError::Stream("start compressor", e))?;
+        // One pass: the tar is hashed (diffID) on its way into the compressor, and the
+        // compressed bytes are hashed by the blob writer.
+        let hashed = HashingWriter::new(compressed);
+        let mut tar = tar::Builder::new(hashed);
+        tar.follow_symlinks(false);
+        let mut w = Walker {
+            tar: &mut tar,
+            opts,
+            links: HashMap::new(),
+        };
+        w.dir(upper, Path::new(""))?;
+        let hashed = tar
+            .into_inner()
+            .map_err(|e| StoreError::Stream("write layer", e))?;
+        let (diff_id, size, compressed) = hashed.finish();
+        compressed
+            .finish()
+            .map_err(|e| StoreError::Stream("compress layer", e))?;
+        (diff_id, size)
     };
-    w.dir(upper, Path::new(""))?;
-    let hashed = tar
-        .into_inner()
-        .map_err(|e| StoreError::Stream("write layer", e))?;
-    let (diff_id, _, fixed) = hashed.finish();
-    let blob: Box<dyn BlobWriter> = fixed
-        .finish()
-        .and_then(|gz| gz.finish())
-        .map_err(|e| StoreError::Stream("compress layer", e))?;
     let (digest, size) = blob.commit(None)?;
     Ok(Layer {
         descriptor: DescriptorBuilder::default()
-            .media_type(MediaType::ImageLayerGzip)
+            .media_type(opts.compression.media_type())
             .digest(&digest)
             .size(size)
             .build()
@@ -259,7 +269,7 @@ mod tests {
     fn entries(store: &MemStore, layer: &Layer) -> Vec<(String, tar::EntryType)> {
         let d = Digest::try_from(layer.descriptor.digest()).unwrap();
         let mut raw = Vec::new();
-        flate2::read::GzDecoder::new(store.open(&d).unwrap())
+        flate2::read::MultiGzDecoder::new(store.open(&d).unwrap())
             .read_to_end(&mut raw)
             .unwrap();
         assert_eq!(Digest::of(&raw), layer.diff_id);
@@ -322,7 +332,7 @@ mod tests {
             let out = tempfile::tempdir().unwrap();
             let d = Digest::try_from(layer.descriptor.digest()).unwrap();
             unpack_layer(
-                flate2::read::GzDecoder::new(store.open(&d).unwrap()),
+                flate2::read::MultiGzDecoder::new(store.open(&d).unwrap()),
                 out.path(),
             )
             .unwrap();
@@ -352,6 +362,7 @@ mod tests {
         let store = MemStore::new();
         let opts = DiffOptions {
             clamp_mtime: Some(1_000_000),
+            ..Default::default()
         };
         let la = write_layer(&store, a.path(), &opts).unwrap();
         let lb = write_layer(&store, b.path(), &opts).unwrap();

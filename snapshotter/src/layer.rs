@@ -4,11 +4,12 @@
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Component, Path};
 
-use oci_spec::image::{Descriptor, DescriptorBuilder, MediaType};
+use oci_spec::image::{Descriptor, DescriptorBuilder};
 
+use crate::compress::{FinishWrite, LayerCompression, encoder};
 use crate::digest::{Digest, HashingReader};
 use crate::error::{Result, StoreError};
-use crate::store::{BlobWriter, Store};
+use crate::store::Store;
 
 /// How a tar stream is compressed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,50 +86,6 @@ impl<R: Read, W: Write> Read for Tee<R, W> {
     }
 }
 
-/// Hands data to `inner` in fixed-size chunks only, so that a compressor's output depends on
-/// the bytes alone and not on how reads happened to split them.
-pub(crate) struct FixedChunks<W: Write> {
-    inner: W,
-    buf: Vec<u8>,
-}
-
-const CHUNK: usize = 128 * 1024;
-
-impl<W: Write> FixedChunks<W> {
-    pub(crate) fn new(inner: W) -> Self {
-        FixedChunks {
-            inner,
-            buf: Vec::with_capacity(CHUNK),
-        }
-    }
-
-    /// Writes what is buffered and returns the inner writer.
-    pub(crate) fn finish(mut self) -> io::Result<W> {
-        self.inner.write_all(&self.buf)?;
-        Ok(self.inner)
-    }
-}
-
-impl<W: Write> Write for FixedChunks<W> {
-    fn write(&mut self, mut data: &[u8]) -> io::Result<usize> {
-        let n = data.len();
-        while !data.is_empty() {
-            let take = (CHUNK - self.buf.len()).min(data.len());
-            self.buf.extend_from_slice(&data[..take]);
-            data = &data[take..];
-            if self.buf.len() == CHUNK {
-                self.inner.write_all(&self.buf)?;
-                self.buf.clear();
-            }
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 fn bad_tar(why: impl std::fmt::Display) -> StoreError {
     // The tar crate quotes whole headers in some messages; keep the first clause only.
     let why = why.to_string();
@@ -138,18 +95,46 @@ fn bad_tar(why: impl std::fmt::Display) -> StoreError {
 }
 
 /// Stores a tar stream (plain, gzip or zstd, detected by content) as a gzip layer blob.
+pub fn import_tar(store: &dyn Store, input: impl Read + Send) -> Result<Layer> {
+    import_tar_as(store, input, LayerCompression::default())
+}
+
+/// Stores a tar stream (plain, gzip or zstd, detected by content) as a layer blob compressed
+/// with `compression`.
 ///
 /// The stream is checked entry by entry while it is hashed and compressed, in one pass:
 /// malformed headers, truncated entries and paths that climb out of the root are rejected,
 /// and then nothing is published. The diffID is the digest of the exact uncompressed bytes.
-pub fn import_tar(store: &dyn Store, input: impl Read + Send) -> Result<Layer> {
+pub fn import_tar_as(
+    store: &dyn Store,
+    input: impl Read + Send,
+    compression: LayerCompression,
+) -> Result<Layer> {
     let plain = HashingReader::new(decompressed(input)?);
-    let blob = store.writer()?;
-    let gz = flate2::write::GzEncoder::new(blob, flate2::Compression::default());
-    let mut archive = tar::Archive::new(Tee {
-        inner: plain,
-        sink: FixedChunks::new(gz),
-    });
+    let mut blob = store.writer()?;
+    let diff_id = check_and_compress(
+        plain,
+        encoder(compression, &mut blob).map_err(|e| StoreError::Stream("start compressor", e))?,
+    )?;
+    let (digest, compressed_size) = blob.commit(None)?;
+    Ok(Layer {
+        descriptor: DescriptorBuilder::default()
+            .media_type(compression.media_type())
+            .digest(&digest)
+            .size(compressed_size)
+            .build()
+            .expect("descriptor fields are set"),
+        diff_id,
+    })
+}
+
+/// Reads the tar through `plain`, checking each entry, while `sink` compresses the bytes;
+/// returns the diffID.
+fn check_and_compress<R: Read>(
+    plain: HashingReader<R>,
+    sink: Box<dyn FinishWrite + '_>,
+) -> Result<Digest> {
+    let mut archive = tar::Archive::new(Tee { inner: plain, sink });
     let mut entries_seen = 0u64;
     for entry in archive.entries().map_err(bad_tar)? {
         let mut entry = entry.map_err(|e| {
@@ -182,20 +167,9 @@ pub fn import_tar(store: &dyn Store, input: impl Read + Send) -> Result<Layer> {
         return Err(bad_tar("the input is empty"));
     }
     tracing::debug!(entries = entries_seen, bytes = size, %diff_id, "layer read");
-    let blob: Box<dyn BlobWriter> = sink
-        .finish()
-        .and_then(|gz| gz.finish())
+    sink.finish()
         .map_err(|e| StoreError::Stream("compress layer", e))?;
-    let (digest, compressed_size) = blob.commit(None)?;
-    Ok(Layer {
-        descriptor: DescriptorBuilder::default()
-            .media_type(MediaType::ImageLayerGzip)
-            .digest(&digest)
-            .size(compressed_size)
-            .build()
-            .expect("descriptor fields are set"),
-        diff_id,
-    })
+    Ok(diff_id)
 }
 
 /// Rejects absolute-looking paths that climb above the root with `..`.
@@ -243,7 +217,7 @@ mod tests {
 
     fn gunzip(bytes: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        flate2::read::GzDecoder::new(bytes)
+        flate2::read::MultiGzDecoder::new(bytes)
             .read_to_end(&mut out)
             .unwrap();
         out

@@ -28,6 +28,7 @@
 
 pub mod archive;
 pub mod check;
+pub mod compress;
 pub mod config;
 pub mod diff;
 pub mod digest;

@@ -147,7 +147,7 @@ fn diff_then_apply_reproduces_every_kind_of_entry() {
     let blob = store
         .open(&Digest::try_from(layer.descriptor.digest()).unwrap())
         .unwrap();
-    unpack_layer(flate2::read::GzDecoder::new(blob), dst.path()).unwrap();
+    unpack_layer(flate2::read::MultiGzDecoder::new(blob), dst.path()).unwrap();
     let (a, b) = (describe(src.path()), describe(dst.path()));
     for (k, v) in &a {
         assert_eq!(b.get(k), Some(v), "{}", String::from_utf8_lossy(k));

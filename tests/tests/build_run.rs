@@ -161,7 +161,7 @@ fn run_steps_see_env_args_workdir_user_and_leave_no_sandbox_files_in_layers() {
 fn tar_entries(gz: &[u8]) -> Vec<String> {
     use std::io::Read;
     let mut raw = Vec::new();
-    flate2::read::GzDecoder::new(gz)
+    flate2::read::MultiGzDecoder::new(gz)
         .read_to_end(&mut raw)
         .unwrap();
     // Parse ustar/GNU headers just enough to list names (long names are not used here).

@@ -60,7 +60,9 @@ pub(crate) fn run(root: &Path, a: BuildArgs) -> anyhow::Result<ExitCode> {
             eprintln!("{line}");
         }
     };
+    let compression = a.compression.parse().map_err(anyhow::Error::msg)?;
     let builder = Builder {
+        compression,
         store: &store,
         snapshots: &snapshots,
         sandbox: &sandbox,

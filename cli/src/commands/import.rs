@@ -37,6 +37,7 @@ pub(crate) fn run(root: &Path, a: ImportArgs) -> anyhow::Result<ExitCode> {
         message: a.message,
         platform,
         source: a.source,
+        compression: a.compression.parse().map_err(anyhow::Error::msg)?,
     };
     let image = builder::import(&store, input, &name, &opts)?;
     println!("{}", image.id());

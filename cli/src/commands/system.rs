@@ -149,3 +149,27 @@ pub(crate) fn check_cmd(root: &Path, a: CheckArgs) -> anyhow::Result<ExitCode> {
         ExitCode::SUCCESS
     })
 }
+
+pub(crate) fn layer_create(
+    root: &Path,
+    a: crate::args::LayerCreateArgs,
+) -> anyhow::Result<ExitCode> {
+    let store = super::open_store(root)?;
+    let _gc = GcLock::shared(root)?;
+    let opts = snapshotter::diff::DiffOptions {
+        compression: a.compression.parse().map_err(anyhow::Error::msg)?,
+        ..snapshotter::diff::DiffOptions::from_env()
+    };
+    if !a.dir.is_dir() {
+        bail!("{} is not a directory", a.dir.display());
+    }
+    let layer = snapshotter::diff::write_layer(&store, &a.dir, &opts)?;
+    let out = serde_json::json!({
+        "mediaType": layer.descriptor.media_type().to_string(),
+        "digest": layer.descriptor.digest().to_string(),
+        "size": layer.descriptor.size(),
+        "diffID": layer.diff_id.to_string(),
+    });
+    println!("{out}");
+    Ok(ExitCode::SUCCESS)
+}
