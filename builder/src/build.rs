@@ -52,6 +52,8 @@ pub struct Builder<'a> {
     pub progress: &'a dyn Fn(&str),
     /// How new layers are compressed.
     pub compression: snapshotter::compress::LayerCompression,
+    /// How RUN steps get their root filesystem (overlay, or copies where overlay is missing).
+    pub root_mode: snapshotter::snapshot::RootMode,
 }
 
 /// A layer of a stage, with its chain ID and unpacked directory.
@@ -322,10 +324,18 @@ impl Builder<'_> {
             network,
             hostname: String::new(),
         };
-        let active = self.snapshots.prepare().map_err(|e| e.to_string())?;
+        let lower = state.lower_dirs();
+        let active = self
+            .snapshots
+            .prepare_root(&lower, self.root_mode)
+            .map_err(|e| e.to_string())?;
         let rootfs = RootFs {
-            lower: state.lower_dirs(),
-            upper: active.upper.clone(),
+            direct: active.direct_root.is_some(),
+            lower: lower.clone(),
+            upper: active
+                .direct_root
+                .clone()
+                .unwrap_or_else(|| active.upper.clone()),
             work: active.work.clone(),
         };
         let outcome = self
@@ -342,6 +352,7 @@ impl Builder<'_> {
                 argv.join(" ")
             ));
         }
+        active.collect_changes(&lower).map_err(|e| e.to_string())?;
         self.commit(state, node, active)
     }
 
@@ -549,6 +560,7 @@ mod tests {
         let snapshots = Snapshots::open(root).unwrap();
         let b = Builder {
             compression: Default::default(),
+            root_mode: snapshotter::snapshot::RootMode::Overlay,
             store,
             snapshots: &snapshots,
             sandbox,

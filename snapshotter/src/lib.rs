@@ -30,6 +30,7 @@ pub mod archive;
 pub mod check;
 pub mod compress;
 pub mod config;
+pub mod copyfs;
 pub mod diff;
 pub mod digest;
 pub mod error;

@@ -31,6 +31,30 @@ pub fn chain_id(parent: Option<&Digest>, diff_id: &Digest) -> Digest {
     }
 }
 
+/// How a chain of layers becomes a root filesystem.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RootMode {
+    /// A kernel overlayfs mount over the layer directories (fast, nothing copied).
+    Overlay,
+    /// The layers copied into one directory, the changes found by comparison afterwards
+    /// ([`crate::copyfs`]); for hosts without overlayfs.
+    Copy,
+}
+
+impl RootMode {
+    /// `KILN_SNAPSHOTTER=overlay|copy` if set, else overlay where the kernel has it.
+    pub fn detect() -> RootMode {
+        match std::env::var("KILN_SNAPSHOTTER").as_deref() {
+            Ok("copy") => RootMode::Copy,
+            Ok("overlay") => RootMode::Overlay,
+            _ if fs::read_to_string("/proc/filesystems").is_ok_and(|f| f.contains("overlay")) => {
+                RootMode::Overlay
+            }
+            _ => RootMode::Copy,
+        }
+    }
+}
+
 /// The snapshot directories under a store root.
 #[derive(Clone, Debug)]
 pub struct Snapshots {
@@ -46,6 +70,19 @@ pub struct Active {
     pub upper: PathBuf,
     /// Overlayfs's work directory (same filesystem as `upper`).
     pub work: PathBuf,
+    /// In [`RootMode::Copy`]: the directory holding the whole root, where the step runs.
+    pub direct_root: Option<PathBuf>,
+}
+
+impl Active {
+    /// After a step ran: in copy mode, compares the root with the layers it came from and
+    /// writes the changes to `upper` (overlay mode needs nothing: the mount wrote them there).
+    pub fn collect_changes(&self, lower_top_first: &[PathBuf]) -> Result<()> {
+        match &self.direct_root {
+            Some(root) => crate::copyfs::diff_dirs(lower_top_first, root, &self.upper),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Drop for Active {
@@ -135,7 +172,26 @@ impl Snapshots {
         for d in [&upper, &work] {
             fs::create_dir(d).at("create directory", d)?;
         }
-        Ok(Active { dir, upper, work })
+        Ok(Active {
+            dir,
+            upper,
+            work,
+            direct_root: None,
+        })
+    }
+
+    /// A writable root over `lower_top_first`: an empty upper directory for an overlay
+    /// mount, or (copy mode) a directory holding a copy of the whole tree.
+    pub fn prepare_root(&self, lower_top_first: &[PathBuf], mode: RootMode) -> Result<Active> {
+        let mut active = self.prepare()?;
+        if mode == RootMode::Copy {
+            let root = active.dir.join("root");
+            fs::create_dir(&root).at("create directory", &root)?;
+            let bottom_first: Vec<PathBuf> = lower_top_first.iter().rev().cloned().collect();
+            crate::copyfs::materialize(&bottom_first, &root)?;
+            active.direct_root = Some(root);
+        }
+        Ok(active)
     }
 
     /// Keeps an active snapshot's upper directory as the layer with chain ID `chain`.

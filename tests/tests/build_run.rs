@@ -276,3 +276,52 @@ fn failures_are_one_line_with_file_line_col_and_exit_codes_follow_docker() {
         r.stderr
     );
 }
+
+#[test]
+fn copy_snapshots_give_the_same_image_as_overlay() {
+    if !sandbox_available() {
+        return;
+    }
+    let dir = TestContext::new().work().join("ctx");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM busybox\nRUN mkdir -p /data && echo hi > /data/x && rm -rf /home && chmod 700 /tmp && ln -s /data/x /link\nRUN echo more >> /data/x && rm /link\nCMD [\"cat\", \"/data/x\"]\n",
+    )
+    .unwrap();
+    let mut ids = Vec::new();
+    for mode in ["overlay", "copy"] {
+        let ctx = TestContext::new();
+        ctx.kiln()
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .args(["import", "-c", "CMD [\"sh\"]"])
+            .arg(tests::busybox_rootfs_tar())
+            .arg("busybox")
+            .run()
+            .ok();
+        let out = ctx
+            .kiln()
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .env("KILN_SNAPSHOTTER", mode)
+            .args(["build", "-q", "-t", "t"])
+            .arg(&dir)
+            .run();
+        ids.push(out.ok().trim().to_string());
+        let run = ctx
+            .kiln()
+            .env("KILN_SNAPSHOTTER", mode)
+            .args(["run", "t"])
+            .run();
+        assert_eq!(run.ok(), "hi\nmore\n", "{mode}");
+        let gone = ctx
+            .kiln()
+            .env("KILN_SNAPSHOTTER", mode)
+            .args(["run", "t", "ls", "/home"])
+            .run();
+        assert!(gone.code != Some(0), "{mode}: /home should be deleted");
+    }
+    assert_eq!(
+        ids[0], ids[1],
+        "overlay and copy snapshots must give the same image"
+    );
+}

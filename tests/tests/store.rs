@@ -366,24 +366,63 @@ fn sigkill_during_load_and_import_leaves_a_consistent_store() {
 #[test]
 fn zstd_layers_build_import_and_export() {
     let ctx = TestContext::new();
-    let out = ctx.kiln().args(["import", "--compression", "zstd:9"]).arg(busybox_rootfs_tar()).arg("z:1").run();
+    let out = ctx
+        .kiln()
+        .args(["import", "--compression", "zstd:9"])
+        .arg(busybox_rootfs_tar())
+        .arg("z:1")
+        .run();
     out.ok();
-    let inspect: serde_json::Value = serde_json::from_str(ctx.kiln().args(["inspect", "z:1"]).run().ok()).unwrap();
+    let inspect: serde_json::Value =
+        serde_json::from_str(ctx.kiln().args(["inspect", "z:1"]).run().ok()).unwrap();
     let store = ctx.store();
-    let desc = snapshotter::Store::resolve(&store, &"z:1".parse().unwrap()).unwrap().unwrap();
+    let desc = snapshotter::Store::resolve(&store, &"z:1".parse().unwrap())
+        .unwrap()
+        .unwrap();
     let img = snapshotter::image::read_image(&store, &desc).unwrap();
-    assert_eq!(img.manifest.layers()[0].media_type().to_string(), "application/vnd.oci.image.layer.v1.tar+zstd");
+    assert_eq!(
+        img.manifest.layers()[0].media_type().to_string(),
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+    );
     assert!(inspect[0]["Id"].as_str().unwrap().starts_with("sha256:"));
     // The same tree with gzip has the same diffID (compression does not change content).
-    ctx.kiln().arg("import").arg(busybox_rootfs_tar()).arg("g:1").run().ok();
-    let g: serde_json::Value = serde_json::from_str(ctx.kiln().args(["inspect", "g:1"]).run().ok()).unwrap();
+    ctx.kiln()
+        .arg("import")
+        .arg(busybox_rootfs_tar())
+        .arg("g:1")
+        .run()
+        .ok();
+    let g: serde_json::Value =
+        serde_json::from_str(ctx.kiln().args(["inspect", "g:1"]).run().ok()).unwrap();
     assert_eq!(g[0]["RootFS"], inspect[0]["RootFS"]);
     // layer create prints a descriptor for a directory.
     let dir = ctx.work().join("tree");
     std::fs::create_dir_all(dir.join("a")).unwrap();
     std::fs::write(dir.join("a/b"), "x").unwrap();
-    let d: serde_json::Value = serde_json::from_str(ctx.kiln().args(["layer", "create", "--compression", "zstd"]).arg(&dir).run().ok()).unwrap();
-    assert_eq!(d["mediaType"], "application/vnd.oci.image.layer.v1.tar+zstd");
-    assert!(ctx.root().join("blobs/sha256").join(&d["digest"].as_str().unwrap()[7..]).is_file());
-    assert!(ctx.kiln().args(["import", "--compression", "lz4", "-", "x"]).stdin(Vec::new()).run().fails().contains("unknown compression"));
+    let d: serde_json::Value = serde_json::from_str(
+        ctx.kiln()
+            .args(["layer", "create", "--compression", "zstd"])
+            .arg(&dir)
+            .run()
+            .ok(),
+    )
+    .unwrap();
+    assert_eq!(
+        d["mediaType"],
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+    );
+    assert!(
+        ctx.root()
+            .join("blobs/sha256")
+            .join(&d["digest"].as_str().unwrap()[7..])
+            .is_file()
+    );
+    assert!(
+        ctx.kiln()
+            .args(["import", "--compression", "lz4", "-", "x"])
+            .stdin(Vec::new())
+            .run()
+            .fails()
+            .contains("unknown compression")
+    );
 }

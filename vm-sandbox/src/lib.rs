@@ -26,9 +26,13 @@ pub use container::ContainerSandbox;
 pub use fake::FakeSandbox;
 
 /// The root filesystem of one run: overlay lower directories (top-most first) and the upper
-/// directory that receives every write.
+/// directory that receives every write; or, where overlayfs is not available, one plain
+/// directory that already holds the whole tree (`direct`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RootFs {
+    /// True: `upper` is the complete root, bind-mounted as it is (copy-based snapshots).
+    #[serde(default)]
+    pub direct: bool,
     /// Read-only layers, top-most first; may be empty (`FROM scratch`).
     pub lower: Vec<PathBuf>,
     /// Writable directory that collects the run's changes.

@@ -63,6 +63,7 @@ pub(crate) fn run(root: &Path, a: BuildArgs) -> anyhow::Result<ExitCode> {
     let compression = a.compression.parse().map_err(anyhow::Error::msg)?;
     let builder = Builder {
         compression,
+        root_mode: snapshotter::snapshot::RootMode::detect(),
         store: &store,
         snapshots: &snapshots,
         sandbox: &sandbox,

@@ -77,10 +77,15 @@ pub(crate) fn run(root: &Path, a: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let sandbox = super::sandbox(root)?;
     // The container's writes go to a throwaway upper directory, removed when it ends.
-    let active = snapshots.prepare()?;
+    let lower: Vec<_> = layers.iter().rev().map(|(_, d)| d.clone()).collect();
+    let active = snapshots.prepare_root(&lower, snapshotter::snapshot::RootMode::detect())?;
     let rootfs = RootFs {
-        lower: layers.iter().rev().map(|(_, d)| d.clone()).collect(),
-        upper: active.upper.clone(),
+        direct: active.direct_root.is_some(),
+        lower,
+        upper: active
+            .direct_root
+            .clone()
+            .unwrap_or_else(|| active.upper.clone()),
         work: active.work.clone(),
     };
     let outcome = sandbox.run(&rootfs, &spec, RunIo::Inherit);

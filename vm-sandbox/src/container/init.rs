@@ -139,13 +139,24 @@ fn container_init(spec: &InitSpec) -> Result<Infallible, String> {
         spec.rootfs.upper.display(),
         spec.rootfs.work.display()
     );
-    if opts.len() >= 4000 {
-        return Err(format!(
-            "too many layers for one overlay mount ({})",
-            lower.len()
-        ));
+    if spec.rootfs.direct {
+        let src = spec.rootfs.upper.display().to_string();
+        mnt(
+            Some(&src),
+            root,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )?;
+    } else {
+        if opts.len() >= 4000 {
+            return Err(format!(
+                "too many layers for one overlay mount ({})",
+                lower.len()
+            ));
+        }
+        mnt(Some("overlay"), root, Some("overlay"), none, Some(&opts))?;
     }
-    mnt(Some("overlay"), root, Some("overlay"), none, Some(&opts))?;
 
     let at = |p: &str| root.join(p);
     ensure_dir(&at("proc"))?;
