@@ -88,6 +88,19 @@ struct Walker<'a, W: Write> {
     links: HashMap<(u64, u64), PathBuf>,
 }
 
+/// The header of a `.wh.` marker: an empty root-owned file with a fixed time, so a layer does
+/// not depend on when a deletion happened.
+fn marker_header() -> tar::Header {
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_size(0);
+    h
+}
+
 /// Xattrs kept in layers: everything but overlayfs's own bookkeeping.
 fn layer_xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
     let Ok(names) = xattr::list(path) else {
@@ -173,8 +186,7 @@ impl<W: Write> Walker<'_, W> {
             if ft.is_char_device() && md.rdev() == 0 {
                 let mut wh = std::ffi::OsString::from(".wh.");
                 wh.push(&name);
-                let mut h = self.header(&md, tar::EntryType::Regular);
-                h.set_mode(0o644);
+                let mut h = marker_header();
                 self.put(&mut h, &rel.with_file_name(wh), None, &[], io::empty())?;
             } else if ft.is_dir() {
                 let mut h = self.header(&md, tar::EntryType::Directory);
@@ -189,8 +201,7 @@ impl<W: Write> Walker<'_, W> {
                 )?;
                 let opaque = xattr::get(&path, OPAQUE_XATTR).ok().flatten();
                 if opaque.as_deref() == Some(b"y") {
-                    let mut h = self.header(&md, tar::EntryType::Regular);
-                    h.set_mode(0o644);
+                    let mut h = marker_header();
                     self.put(&mut h, &rel.join(".wh..wh..opq"), None, &[], io::empty())?;
                 }
                 self.dir(&path, &rel)?;

@@ -113,7 +113,12 @@ fn describe(root: &Path) -> BTreeMap<Vec<u8>, String> {
                     String::from_utf8_lossy(&first)
                 )
             };
-            let mtime = md.mtime();
+            // A whiteout's time is not kept: markers get a fixed time in layers.
+            let mtime = if ft.is_char_device() && md.rdev() == 0 {
+                0
+            } else {
+                md.mtime()
+            };
             let mode = if ft.is_symlink() {
                 0
             } else {
