@@ -123,7 +123,12 @@ fn apply_attrs(
     // Copied files belong to root unless --chown says otherwise. (Without privileges the
     // default can't be applied here; rootless builds do it inside the user namespace.)
     let (uid, gid) = attrs.owner.unwrap_or((0, 0));
-    if attrs.owner.is_some() || nix::unistd::geteuid().is_root() {
+    if attrs.owner.is_some_and(|o| o != (0, 0)) && !nix::unistd::geteuid().is_root() {
+        return Err(format!(
+            "--chown to {uid}:{gid} needs root: rootless builds map only root for now"
+        ));
+    }
+    if nix::unistd::geteuid().is_root() {
         std::os::unix::fs::lchown(path, Some(uid), Some(gid))
             .map_err(|e| format!("chown {}: {e}", path.display()))?;
     }

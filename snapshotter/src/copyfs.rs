@@ -11,14 +11,10 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{IoContext, Result};
 use crate::gc::remove_tree;
-use crate::snapshot::OPAQUE_XATTR;
+use crate::snapshot::{is_opaque, mark_opaque};
 
 fn is_whiteout(md: &fs::Metadata) -> bool {
     md.file_type().is_char_device() && md.rdev() == 0
-}
-
-fn is_opaque(dir: &Path) -> bool {
-    xattr::get(dir, OPAQUE_XATTR).ok().flatten().as_deref() == Some(b"y")
 }
 
 /// Copies one entry (not recursing into directories) with its metadata.
@@ -257,8 +253,7 @@ fn diff_rec(
                 ensure_parents(new_root, upper, rel)?;
                 copy_entry(&p, &md, &upper.join(&r), links)?;
                 if !was_dir && lower.is_some() {
-                    xattr::set(upper.join(&r), OPAQUE_XATTR, b"y")
-                        .at("mark opaque", upper.join(&r))?;
+                    mark_opaque(&upper.join(&r))?;
                 }
             }
             diff_rec(layers, new_root, upper, &r, links)?;

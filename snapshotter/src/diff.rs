@@ -13,7 +13,7 @@ use crate::compress::{LayerCompression, encoder};
 use crate::digest::HashingWriter;
 use crate::error::{IoContext, Result, StoreError};
 use crate::layer::Layer;
-use crate::snapshot::OPAQUE_XATTR;
+use crate::snapshot::is_opaque;
 use crate::store::Store;
 
 /// How layer tars are written.
@@ -23,6 +23,9 @@ pub struct DiffOptions {
     pub clamp_mtime: Option<u64>,
     /// How the blob is compressed.
     pub compression: LayerCompression,
+    /// Rootless: the host uid and gid that stand for root in the layer (the user namespace
+    /// maps this one id to 0, so files on disk owned by it are root's in the image).
+    pub root_owner: Option<(u32, u32)>,
 }
 
 impl DiffOptions {
@@ -33,6 +36,12 @@ impl DiffOptions {
                 .ok()
                 .and_then(|v| v.trim().parse().ok()),
             compression: LayerCompression::default(),
+            root_owner: (!nix::unistd::geteuid().is_root()).then(|| {
+                (
+                    nix::unistd::getuid().as_raw(),
+                    nix::unistd::getgid().as_raw(),
+                )
+            }),
         }
     }
 }
@@ -120,8 +129,15 @@ impl<W: Write> Walker<'_, W> {
         let mut h = tar::Header::new_ustar();
         h.set_entry_type(kind);
         h.set_mode(md.mode() & 0o7777);
-        h.set_uid(md.uid().into());
-        h.set_gid(md.gid().into());
+        let (uid, gid) = match self.opts.root_owner {
+            Some((ru, rg)) => (
+                if md.uid() == ru { 0 } else { md.uid() },
+                if md.gid() == rg { 0 } else { md.gid() },
+            ),
+            None => (md.uid(), md.gid()),
+        };
+        h.set_uid(uid.into());
+        h.set_gid(gid.into());
         let mtime = md.mtime().max(0) as u64;
         h.set_mtime(self.opts.clamp_mtime.map_or(mtime, |c| mtime.min(c)));
         h.set_size(0);
@@ -199,8 +215,7 @@ impl<W: Write> Walker<'_, W> {
                     &layer_xattrs(&path),
                     io::empty(),
                 )?;
-                let opaque = xattr::get(&path, OPAQUE_XATTR).ok().flatten();
-                if opaque.as_deref() == Some(b"y") {
+                if is_opaque(&path) {
                     let mut h = marker_header();
                     self.put(&mut h, &rel.join(".wh..wh..opq"), None, &[], io::empty())?;
                 }
@@ -250,6 +265,7 @@ impl<W: Write> Walker<'_, W> {
 mod tests {
     use super::*;
     use crate::digest::Digest;
+    use crate::snapshot::OPAQUE_XATTR;
     use crate::snapshot::unpack_layer;
     use crate::store::MemStore;
     use std::io::Read;

@@ -23,6 +23,28 @@ use crate::store::Store;
 /// The overlayfs xattr that makes a directory hide what lower layers have under it.
 pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 
+/// The same xattr for overlay mounts inside a user namespace (mount option `userxattr`),
+/// where `trusted.*` is out of reach.
+pub const USER_OPAQUE_XATTR: &str = "user.overlay.opaque";
+
+/// Whether a directory is marked opaque (either xattr).
+pub fn is_opaque(dir: &Path) -> bool {
+    [OPAQUE_XATTR, USER_OPAQUE_XATTR]
+        .iter()
+        .any(|x| xattr::get(dir, x).ok().flatten().as_deref() == Some(b"y"))
+}
+
+/// Marks a directory opaque with the xattr this process's overlay mounts read: `trusted.*`
+/// as root, `user.*` otherwise (rootless, `userxattr`).
+pub fn mark_opaque(dir: &Path) -> Result<()> {
+    let name = if nix::unistd::geteuid().is_root() {
+        OPAQUE_XATTR
+    } else {
+        USER_OPAQUE_XATTR
+    };
+    xattr::set(dir, name, b"y").at("mark opaque", dir)
+}
+
 /// The chain ID of a layer on top of `parent` (OCI image spec): the ID of a stack of layers.
 pub fn chain_id(parent: Option<&Digest>, diff_id: &Digest) -> Digest {
     match parent {
@@ -250,7 +272,7 @@ pub fn unpack_layer(input: impl Read, dest: &Path) -> Result<()> {
         if let Some(hidden) = name.as_bytes().strip_prefix(b".wh.") {
             let hidden = std::ffi::OsStr::from_bytes(hidden);
             if hidden.as_bytes() == b".wh..opq" {
-                xattr::set(&parent, OPAQUE_XATTR, b"y").at("mark opaque", &parent)?;
+                mark_opaque(&parent)?;
                 continue;
             }
             if hidden.is_empty() || hidden == "." || hidden == ".." {

@@ -50,6 +50,10 @@ pub fn init_main(spec_path: &Path) -> i32 {
 }
 
 fn run(spec: &InitSpec) -> Result<ExitStatus, String> {
+    // Rootless: a user namespace first, where this user is root (one uid and gid mapped).
+    if spec.rootless {
+        enter_user_namespace()?;
+    }
     // Only the PID namespace is entered here (it applies to children); the child makes its own
     // mount namespace, so its pivot_root does not move this helper's root.
     unshare(CloneFlags::CLONE_NEWPID).map_err(|e| format!("create a pid namespace: {e}"))?;
@@ -82,6 +86,18 @@ fn run(spec: &InitSpec) -> Result<ExitStatus, String> {
             if msg.is_empty() { Ok(status) } else { Err(msg) }
         }
     }
+}
+
+/// Maps the calling user to root in a new user namespace (a single id each way).
+fn enter_user_namespace() -> Result<(), String> {
+    let (uid, gid) = (nix::unistd::getuid(), nix::unistd::getgid());
+    unshare(CloneFlags::CLONE_NEWUSER).map_err(|e| format!("create a user namespace: {e}"))?;
+    let write =
+        |file: &str, text: String| fs::write(file, text).map_err(|e| format!("write {file}: {e}"));
+    write("/proc/self/setgroups", "deny".into())?;
+    write("/proc/self/uid_map", format!("0 {uid} 1\n"))?;
+    write("/proc/self/gid_map", format!("0 {gid} 1\n"))?;
+    Ok(())
 }
 
 fn ensure_dir(p: &Path) -> Result<(), String> {
@@ -134,10 +150,11 @@ fn container_init(spec: &InitSpec) -> Result<Infallible, String> {
             .collect()
     };
     let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
+        "lowerdir={},upperdir={},workdir={}{}",
         lower.join(":"),
         spec.rootfs.upper.display(),
-        spec.rootfs.work.display()
+        spec.rootfs.work.display(),
+        if spec.rootless { ",userxattr" } else { "" }
     );
     if spec.rootfs.direct {
         let src = spec.rootfs.upper.display().to_string();
@@ -207,20 +224,30 @@ fn container_init(spec: &InitSpec) -> Result<Infallible, String> {
     ensure_dir(&at("sys"))?;
     let ro = nosuid | MsFlags::MS_RDONLY;
     if mnt(Some("sysfs"), &at("sys"), Some("sysfs"), ro, None).is_err() {
-        mnt(
+        // A fresh sysfs needs a network namespace of our own; else bind the host's read-only.
+        let bound = mnt(
             Some("/sys"),
             &at("sys"),
             None,
             MsFlags::MS_BIND | MsFlags::MS_REC,
             None,
-        )?;
-        mnt(
-            None,
-            &at("sys"),
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | ro,
-            None,
-        )?;
+        )
+        .and_then(|_| {
+            mnt(
+                None,
+                &at("sys"),
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | ro,
+                None,
+            )
+        });
+        if let Err(e) = bound {
+            if !spec.rootless {
+                return Err(e);
+            }
+            // Rootless without a network namespace: /sys stays an empty directory.
+            let _ = umount2(&at("sys"), MntFlags::MNT_DETACH);
+        }
     }
 
     // The host-made files go over the image's own, so they never reach the upper directory.
@@ -266,8 +293,16 @@ fn container_init(spec: &InitSpec) -> Result<Infallible, String> {
     if !has(&env, "HOSTNAME") {
         env.push(format!("HOSTNAME={hostname}"));
     }
-    let groups: Vec<Gid> = id.groups.iter().map(|g| Gid::from_raw(*g)).collect();
-    setgroups(&groups).map_err(|e| format!("setgroups: {e}"))?;
+    if spec.rootless && (id.uid != 0 || id.gid != 0) {
+        return Err(format!(
+            "user {:?} (uid {}, gid {}) needs subordinate ids, which rootless mode does not map yet; run as root or use USER root",
+            spec.run.user, id.uid, id.gid
+        ));
+    }
+    if !spec.rootless {
+        let groups: Vec<Gid> = id.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+        setgroups(&groups).map_err(|e| format!("setgroups: {e}"))?;
+    }
     setgid(Gid::from_raw(id.gid)).map_err(|e| format!("setgid {}: {e}", id.gid))?;
     setuid(Uid::from_raw(id.uid)).map_err(|e| format!("setuid {}: {e}", id.uid))?;
     nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;

@@ -35,6 +35,8 @@ pub(crate) struct InitSpec {
     pub(crate) etc: PathBuf,
     /// Where the helper writes the [`InitResult`].
     pub(crate) result: PathBuf,
+    /// Not root: enter a user namespace first and mount overlay with `userxattr`.
+    pub(crate) rootless: bool,
 }
 
 /// How the run ended, as the helper reports it.
@@ -92,9 +94,13 @@ impl Sandbox for ContainerSandbox {
 
     fn probe(&self) -> Result<(), SandboxError> {
         if !nix::unistd::geteuid().is_root() {
-            return Err(SandboxError::Unavailable(
-                "the container sandbox needs root for now (rootless mode is not built yet)".into(),
-            ));
+            // Rootless: needs user namespaces (and, for overlay, a kernel >= 5.11).
+            let max = fs::read_to_string("/proc/sys/user/max_user_namespaces").unwrap_or_default();
+            if max.trim() == "0" {
+                return Err(SandboxError::Unavailable(
+                    "user namespaces are disabled (user.max_user_namespaces = 0)".into(),
+                ));
+            }
         }
         Ok(())
     }
@@ -122,6 +128,7 @@ impl Sandbox for ContainerSandbox {
             empty: d.join("empty"),
             etc: d.join("etc"),
             result: d.join("result.json"),
+            rootless: !nix::unistd::geteuid().is_root(),
         };
         for p in [&init.merged, &init.empty] {
             fs::create_dir(p).map_err(io(format!("create {}", p.display())))?;
