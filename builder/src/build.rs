@@ -9,14 +9,12 @@ use std::path::PathBuf;
 
 use parser::{Instruction, Lexer, Node};
 use snapshotter::config::History;
-use snapshotter::diff::{DiffOptions, write_layer};
 use snapshotter::image::{StoredImage, read_image, write_image};
 use snapshotter::layer::Layer;
-use snapshotter::snapshot::{Active, Snapshots, chain_id};
+use snapshotter::snapshot::Snapshots;
 use snapshotter::{Digest, ImageConfig, Reference, Store};
-use vm_sandbox::{Network, RootFs, RunIo, RunSpec, Sandbox};
+use vm_sandbox::Sandbox;
 
-use crate::copy::{CopyAttrs, context_path, copy_into, read_through_layers};
 use crate::dispatch::{ConfigState, apply_config};
 use crate::error::{BuildError, Result};
 use crate::platform::{Platform, creation_time};
@@ -54,25 +52,27 @@ pub struct Builder<'a> {
     pub compression: snapshotter::compress::LayerCompression,
     /// How RUN steps get their root filesystem (overlay, or copies where overlay is missing).
     pub root_mode: snapshotter::snapshot::RootMode,
+    /// The build cache (`None` with `--no-cache`).
+    pub cache: Option<&'a std::sync::Mutex<crate::cache::Cache>>,
 }
 
 /// A layer of a stage, with its chain ID and unpacked directory.
 #[derive(Clone, Debug)]
-struct StageLayer {
-    layer: Layer,
-    chain: Digest,
-    dir: PathBuf,
+pub(crate) struct StageLayer {
+    pub(crate) layer: Layer,
+    pub(crate) chain: Digest,
+    pub(crate) dir: PathBuf,
 }
 
 #[derive(Clone, Debug)]
-struct StageState {
+pub(crate) struct StageState {
     name: Option<String>,
-    layers: Vec<StageLayer>,
-    cfg: ConfigState,
+    pub(crate) layers: Vec<StageLayer>,
+    pub(crate) cfg: ConfigState,
 }
 
 impl StageState {
-    fn lower_dirs(&self) -> Vec<PathBuf> {
+    pub(crate) fn lower_dirs(&self) -> Vec<PathBuf> {
         self.layers.iter().rev().map(|l| l.dir.clone()).collect()
     }
 }
@@ -146,15 +146,21 @@ impl Builder<'_> {
                     req,
                 )
                 .map_err(|m| fail(stage.from_node, m))?;
-            for (node, ins) in &stage.instructions {
+            for (n, (node, ins)) in stage.instructions.iter().enumerate() {
                 step += 1;
                 (self.progress)(&format!("[{step}/{total}] {}", node.original));
-                self.step(&mut state, node, ins, &lexer, req)
+                // Where this step stands, to explain a cache miss against the last build.
+                let slot =
+                    Digest::of(format!("{}\0{file}\0{i}\0{n}", req.context.display()).as_bytes());
+                self.step(&mut state, node, ins, &lexer, req, &slot)
                     .map_err(|m| fail(node, m))?;
             }
             done[i] = Some(state);
         }
         let state = done[target].take().expect("target stage ran");
+        if let Some(c) = self.cache {
+            c.lock().unwrap_or_else(|p| p.into_inner()).flush();
+        }
         self.finish(state, req)
     }
 
@@ -254,6 +260,7 @@ impl Builder<'_> {
         ins: &Instruction,
         lexer: &Lexer,
         req: &BuildRequest,
+        slot: &Digest,
     ) -> Result<(), String> {
         match ins {
             Instruction::Arg(args) => {
@@ -272,8 +279,8 @@ impl Builder<'_> {
                 }
                 Ok(())
             }
-            Instruction::Run(run) => self.run_step(state, node, run),
-            Instruction::Copy(spec) => self.copy_step(state, node, spec, lexer, req),
+            Instruction::Run(run) => self.run_step(state, node, run, slot),
+            Instruction::Copy(spec) => self.copy_step(state, node, spec, lexer, req, slot),
             Instruction::Add(_) => Err("ADD is not supported yet; use COPY (archives and URLs come with the builder issue)".into()),
             ins => {
                 if apply_config(&mut state.cfg, ins, lexer)? {
@@ -286,202 +293,9 @@ impl Builder<'_> {
         }
     }
 
-    fn run_step(
-        &self,
-        state: &mut StageState,
-        node: &Node,
-        run: &parser::Run,
-    ) -> Result<(), String> {
-        if !run.mounts.is_empty() {
-            return Err("RUN --mount is not supported yet".into());
-        }
-        if !run.heredocs.is_empty() {
-            return Err("heredocs in RUN are not supported yet".into());
-        }
-        if run.security == Some(parser::Security::Insecure) {
-            return Err("RUN --security=insecure is not allowed".into());
-        }
-        let network = match run.network {
-            Some(parser::NetworkMode::None) => Network::None,
-            _ => Network::Host,
-        };
-        let argv = state.cfg.argv(&run.command);
-        // Build args are in the environment of RUN, under ENV of the same name.
-        let mut env: Vec<String> = state
-            .cfg
-            .args
-            .iter()
-            .filter(|(k, _)| state.cfg.image.config.env_get(k).is_none())
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        env.extend(state.cfg.image.config.env.clone().unwrap_or_default());
-        let c = &state.cfg.image.config;
-        let spec = RunSpec {
-            argv: argv.clone(),
-            env,
-            cwd: c.working_dir.clone().unwrap_or_else(|| "/".into()),
-            user: c.user.clone().unwrap_or_default(),
-            network,
-            hostname: String::new(),
-        };
-        let lower = state.lower_dirs();
-        let active = self
-            .snapshots
-            .prepare_root(&lower, self.root_mode)
-            .map_err(|e| e.to_string())?;
-        let rootfs = RootFs {
-            direct: active.direct_root.is_some(),
-            lower: lower.clone(),
-            upper: active
-                .direct_root
-                .clone()
-                .unwrap_or_else(|| active.upper.clone()),
-            work: active.work.clone(),
-        };
-        let outcome = self
-            .sandbox
-            .run(&rootfs, &spec, RunIo::OutputToStderr)
-            .map_err(|e| e.to_string())?;
-        if !outcome.status.success() {
-            let how = match outcome.status {
-                vm_sandbox::ExitStatus::Code(c) => format!("exit code: {c}"),
-                vm_sandbox::ExitStatus::Signal(s) => format!("killed by signal {s}"),
-            };
-            return Err(format!(
-                "process {:?} did not complete successfully: {how}",
-                argv.join(" ")
-            ));
-        }
-        active.collect_changes(&lower).map_err(|e| e.to_string())?;
-        self.commit(state, node, active)
-    }
-
     #[allow(clippy::too_many_arguments)]
-    fn copy_step(
-        &self,
-        state: &mut StageState,
-        node: &Node,
-        spec: &parser::CopySpec,
-        lexer: &Lexer,
-        req: &BuildRequest,
-    ) -> Result<(), String> {
-        let mut attrs = CopyAttrs::default();
-        let env = state.cfg.expansion_env();
-        let expand = |w: &str| lexer.expand_word(w, &env).map_err(|e| e.to_string());
-        if spec.from.is_some()
-            || spec.parents
-            || !spec.exclude.is_empty()
-            || !spec.heredocs.is_empty()
-        {
-            return Err(
-                "COPY --from, --parents, --exclude and heredoc sources are not supported yet"
-                    .into(),
-            );
-        }
-        if let Some(c) = &spec.chown {
-            attrs.owner = Some(self.resolve_owner(state, &expand(c)?)?);
-        }
-        if let Some(c) = &spec.chmod {
-            attrs.mode = match parser::flags::parse_chmod(&expand(c)?)? {
-                parser::Chmod::Octal(m) => Some(m),
-                parser::Chmod::Symbolic(s) => {
-                    return Err(format!("symbolic --chmod={s} is not supported yet"));
-                }
-            };
-        }
-        let (sources, dest) = (&spec.sources, spec.dest.as_str());
-        let dest = expand(dest)?;
-        let workdir = state
-            .cfg
-            .image
-            .config
-            .working_dir
-            .clone()
-            .unwrap_or_else(|| "/".into());
-        let dest_abs = if dest.starts_with('/') {
-            dest.clone()
-        } else {
-            format!("{}/{dest}", workdir.trim_end_matches('/'))
-        };
-        let into_dir = dest.ends_with('/') || dest == "." || sources.len() > 1;
-        let active = self.snapshots.prepare().map_err(|e| e.to_string())?;
-        for src in sources {
-            let src = expand(src)?;
-            if src.contains(['*', '?', '[']) {
-                return Err(format!(
-                    "wildcards in COPY sources are not supported yet: {src}"
-                ));
-            }
-            let path = context_path(&req.context, &src)?;
-            let md = std::fs::symlink_metadata(&path).map_err(|_| {
-                format!("failed to compute cache key: \"{src}\" not found in the build context")
-            })?;
-            let target = if into_dir && !md.is_dir() {
-                let name = path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                format!("{}/{name}", dest_abs.trim_end_matches('/'))
-            } else {
-                dest_abs.clone()
-            };
-            copy_into(&active.upper, &path, &target, attrs)?;
-        }
-        self.commit(state, node, active)
-    }
-
-    fn resolve_owner(&self, state: &StageState, spec: &str) -> Result<(u32, u32), String> {
-        let lowers = state.lower_dirs();
-        let (u, g) = spec.split_once(':').unwrap_or((spec, spec));
-        let lookup = |file: &str, name: &str, field: usize| -> Result<u32, String> {
-            if let Ok(n) = name.parse() {
-                return Ok(n);
-            }
-            let text = read_through_layers(&lowers, file).unwrap_or_default();
-            text.lines()
-                .map(|l| l.split(':').collect::<Vec<_>>())
-                .find(|f| f.first() == Some(&name))
-                .and_then(|f| f.get(field).and_then(|v| v.parse().ok()))
-                .ok_or_else(|| {
-                    format!(
-                        "unable to find {} {name} in /{file}",
-                        if file.ends_with("passwd") {
-                            "user"
-                        } else {
-                            "group"
-                        }
-                    )
-                })
-        };
-        let uid = lookup("etc/passwd", u, 2)?;
-        let gid = if spec.contains(':') {
-            lookup("etc/group", g, 2)?
-        } else {
-            lookup("etc/passwd", u, 3).unwrap_or(uid)
-        };
-        Ok((uid, gid))
-    }
 
     /// Turns an active snapshot into the stage's next layer.
-    fn commit(&self, state: &mut StageState, node: &Node, active: Active) -> Result<(), String> {
-        let layer = write_layer(
-            self.store,
-            &active.upper,
-            &DiffOptions {
-                compression: self.compression,
-                ..DiffOptions::from_env()
-            },
-        )
-        .map_err(|e| e.to_string())?;
-        let chain = chain_id(state.layers.last().map(|l| &l.chain), &layer.diff_id);
-        let dir = self
-            .snapshots
-            .commit(active, &chain)
-            .map_err(|e| e.to_string())?;
-        state.layers.push(StageLayer { layer, chain, dir });
-        push_history(state, node, false);
-        Ok(())
-    }
 
     fn finish(&self, state: StageState, req: &BuildRequest) -> Result<StoredImage> {
         let mut image = state.cfg.image;
@@ -501,7 +315,7 @@ impl Builder<'_> {
     }
 }
 
-fn push_history(state: &mut StageState, node: &Node, empty: bool) {
+pub(crate) fn push_history(state: &mut StageState, node: &Node, empty: bool) {
     let created_by = match node.keyword.as_str() {
         "RUN" => format!("RUN {} # buildkit", node.original[3..].trim_start()),
         _ => format!("{} # buildkit", node.original),
@@ -561,6 +375,7 @@ mod tests {
         let b = Builder {
             compression: Default::default(),
             root_mode: snapshotter::snapshot::RootMode::Overlay,
+            cache: None,
             store,
             snapshots: &snapshots,
             sandbox,

@@ -11,11 +11,13 @@
 //! - Errors are [`BuildError`]s; Dockerfile errors carry `file:line:col`.
 
 pub mod build;
+pub mod cache;
 mod copy;
 pub mod dispatch;
 pub mod error;
 pub mod import;
 pub mod platform;
+mod steps;
 
 pub use build::{BuildRequest, Builder};
 pub use dispatch::{ConfigState, apply_config};

@@ -109,6 +109,9 @@ pub(crate) struct BuildArgs {
     /// Layer compression: gzip[:1-9] or zstd[:1-19]
     #[arg(long, default_value = "gzip")]
     pub(crate) compression: String,
+    /// Run every step: do not use the build cache
+    #[arg(long)]
+    pub(crate) no_cache: bool,
     /// The build context directory
     pub(crate) context: PathBuf,
 }

@@ -61,7 +61,9 @@ pub(crate) fn run(root: &Path, a: BuildArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let compression = a.compression.parse().map_err(anyhow::Error::msg)?;
+    let cache = std::sync::Mutex::new(builder::cache::Cache::open(root));
     let builder = Builder {
+        cache: (!a.no_cache).then_some(&cache),
         compression,
         root_mode: snapshotter::snapshot::RootMode::detect(),
         store: &store,

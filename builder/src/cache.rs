@@ -1,0 +1,280 @@
+//! The build cache: each layer-making step (RUN, COPY) has a content-addressed key, and a
+//! miss can say why.
+//!
+//! A step's key is the sha256 of its [`StepInputs`] in canonical JSON: the chain ID of the
+//! layers below it, the instruction as it will run (expanded), the environment, working
+//! directory, user and network it runs with, and for COPY the content of its sources (path
+//! relative to the context, mode and sha256 of each file; never mtimes, owners or where the
+//! context lives). Keys are machine-independent.
+//!
+//! ```text
+//! ROOT/cache/keys/KEYHEX        the layer a key made (descriptor, diffID)
+//! ROOT/cache/last/SLOTHEX       the inputs a step had in the last build (for miss reasons)
+//! ROOT/cache/files.json         stat -> content digest of context files (skips re-hashing)
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use oci_spec::image::Descriptor;
+use serde::{Deserialize, Serialize};
+use snapshotter::Digest;
+
+/// Everything a layer-making step depends on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepInputs {
+    /// Chain ID of the layers below (or `scratch`).
+    pub parent: String,
+    /// The instruction as it runs (RUN: the argv; COPY: sources, destination and flags).
+    pub instruction: String,
+    /// Environment the step sees (RUN), including build args.
+    pub env: Vec<String>,
+    /// Working directory, user, network.
+    pub context: Vec<String>,
+    /// COPY: `relative/path` -> `mode:sha256` (or `dir:mode`, `link:target`).
+    pub files: BTreeMap<String, String>,
+}
+
+impl StepInputs {
+    /// The cache key.
+    pub fn key(&self) -> Digest {
+        Digest::of(&serde_json::to_vec(self).expect("inputs serialize"))
+    }
+}
+
+/// Why a step missed, compared with what it had in the previous build.
+pub fn explain_miss(prev: Option<&StepInputs>, now: &StepInputs) -> String {
+    let Some(prev) = prev else {
+        return "not built before".into();
+    };
+    if prev.parent != now.parent {
+        return "a step before it changed".into();
+    }
+    if prev.instruction != now.instruction {
+        return "the instruction changed".into();
+    }
+    let pairs = |v: &[String]| -> BTreeMap<String, String> {
+        v.iter()
+            .map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .unwrap_or((kv.clone(), String::new()))
+            })
+            .collect()
+    };
+    let (a, b) = (pairs(&prev.env), pairs(&now.env));
+    for k in a.keys().chain(b.keys()) {
+        if a.get(k) != b.get(k) {
+            return format!("{k} changed");
+        }
+    }
+    if prev.context != now.context {
+        return "its working directory, user or network changed".into();
+    }
+    for (path, digest) in &now.files {
+        match prev.files.get(path) {
+            None => return format!("{path} was added"),
+            Some(d) if d != digest => return format!("{path} changed"),
+            _ => {}
+        }
+    }
+    if let Some(path) = prev.files.keys().find(|p| !now.files.contains_key(*p)) {
+        return format!("{path} was removed");
+    }
+    "its layer is no longer in the store".into()
+}
+
+/// A cached result.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CacheEntry {
+    /// The layer blob.
+    pub layer: Descriptor,
+    /// Its diffID.
+    pub diff_id: String,
+}
+
+/// The cache directory of a store.
+pub struct Cache {
+    dir: PathBuf,
+    files: BTreeMap<String, FileStamp>,
+    files_dirty: bool,
+}
+
+/// What a context file looked like when it was last hashed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+    digest: String,
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().expect("cache paths have a parent");
+    fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut tmp, bytes)?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+impl Cache {
+    /// Opens the cache under a store root.
+    pub fn open(root: &Path) -> Cache {
+        let dir = root.join("cache");
+        let files = fs::read(dir.join("files.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        Cache {
+            dir,
+            files,
+            files_dirty: false,
+        }
+    }
+
+    /// The entry for a key, if any.
+    pub fn get(&self, key: &Digest) -> Option<CacheEntry> {
+        let bytes = fs::read(self.dir.join("keys").join(key.hex())).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Records what a key made.
+    pub fn put(&self, key: &Digest, entry: &CacheEntry) -> std::io::Result<()> {
+        write_atomic(
+            &self.dir.join("keys").join(key.hex()),
+            &serde_json::to_vec(entry).expect("entry serializes"),
+        )
+    }
+
+    /// The inputs the step in `slot` had last time.
+    pub fn last_inputs(&self, slot: &Digest) -> Option<StepInputs> {
+        serde_json::from_slice(&fs::read(self.dir.join("last").join(slot.hex())).ok()?).ok()
+    }
+
+    /// Remembers a step's inputs for the next build's explanations.
+    pub fn save_inputs(&self, slot: &Digest, inputs: &StepInputs) -> std::io::Result<()> {
+        write_atomic(
+            &self.dir.join("last").join(slot.hex()),
+            &serde_json::to_vec(inputs).expect("inputs serialize"),
+        )
+    }
+
+    /// Content digest of a file, re-hashed only when its stat changed.
+    pub fn file_digest(&mut self, path: &Path) -> std::io::Result<String> {
+        let md = fs::symlink_metadata(path)?;
+        let stamp = |digest: String| FileStamp {
+            dev: md.dev(),
+            ino: md.ino(),
+            size: md.size(),
+            mtime_ns: md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128,
+            ctime_ns: md.ctime() as i128 * 1_000_000_000 + md.ctime_nsec() as i128,
+            digest,
+        };
+        let key = path.to_string_lossy().into_owned();
+        if let Some(s) = self.files.get(&key)
+            && *s == stamp(s.digest.clone())
+        {
+            return Ok(s.digest.clone());
+        }
+        let mut f = fs::File::open(path)?;
+        let mut h = snapshotter::HashingReader::new(&mut f);
+        std::io::copy(&mut h, &mut std::io::sink())?;
+        let (d, _, _) = h.finish();
+        let digest = d.to_string();
+        self.files.insert(key, stamp(digest.clone()));
+        self.files_dirty = true;
+        Ok(digest)
+    }
+
+    /// Hashes a COPY source (a file or a whole directory) into `out`, keyed by paths relative
+    /// to `base` (the context root).
+    pub fn hash_source(
+        &mut self,
+        base: &Path,
+        src: &Path,
+        out: &mut BTreeMap<String, String>,
+    ) -> std::io::Result<()> {
+        let md = fs::symlink_metadata(src)?;
+        let rel = src
+            .strip_prefix(base)
+            .unwrap_or(src)
+            .to_string_lossy()
+            .into_owned();
+        let mode = md.permissions().mode() & 0o7777;
+        if md.file_type().is_symlink() {
+            out.insert(rel, format!("link:{}", fs::read_link(src)?.display()));
+        } else if md.is_dir() {
+            out.insert(rel, format!("dir:{mode:o}"));
+            let mut names: Vec<_> = fs::read_dir(src)?.collect::<Result<Vec<_>, _>>()?;
+            names.sort_by_key(|e| e.file_name());
+            for e in names {
+                self.hash_source(base, &e.path(), out)?;
+            }
+        } else {
+            let d = self.file_digest(src)?;
+            out.insert(rel, format!("{mode:o}:{d}"));
+        }
+        Ok(())
+    }
+
+    /// Saves the file-hash cache (at the end of a build).
+    pub fn flush(&self) {
+        if self.files_dirty {
+            let _ = write_atomic(
+                &self.dir.join("files.json"),
+                &serde_json::to_vec(&self.files).expect("stamps serialize"),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_ignore_location_and_mtime_but_not_content_or_mode() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        for d in [a.path(), b.path()] {
+            fs::create_dir_all(d.join("src")).unwrap();
+            fs::write(d.join("src/main.rs"), "fn main() {}").unwrap();
+        }
+        filetime::set_file_mtime(
+            b.path().join("src/main.rs"),
+            filetime::FileTime::from_unix_time(1, 0),
+        )
+        .unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let mut cache = Cache::open(root.path());
+        let inputs = |cache: &mut Cache, d: &Path| {
+            let mut files = BTreeMap::new();
+            cache.hash_source(d, &d.join("src"), &mut files).unwrap();
+            StepInputs {
+                parent: "p".into(),
+                instruction: "COPY src /app".into(),
+                files,
+                ..Default::default()
+            }
+        };
+        let ia = inputs(&mut cache, a.path());
+        assert_eq!(ia.key(), inputs(&mut cache, b.path()).key());
+        fs::write(b.path().join("src/main.rs"), "fn main() { changed }").unwrap();
+        let ib = inputs(&mut cache, b.path());
+        assert_ne!(ia.key(), ib.key());
+        assert_eq!(explain_miss(Some(&ia), &ib), "src/main.rs changed");
+        fs::set_permissions(
+            a.path().join("src/main.rs"),
+            fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        assert_ne!(inputs(&mut cache, a.path()).key(), ia.key(), "modes count");
+        let mut env = ia.clone();
+        env.env = vec!["VERSION=2".into()];
+        assert_eq!(explain_miss(Some(&ia), &env), "VERSION changed");
+    }
+}

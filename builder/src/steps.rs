@@ -1,0 +1,328 @@
+//! The layer-making steps (RUN, COPY) and the build cache around them.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use parser::{Lexer, Node};
+use snapshotter::Digest;
+use snapshotter::diff::{DiffOptions, write_layer};
+use snapshotter::layer::Layer;
+use snapshotter::snapshot::{Active, chain_id};
+use vm_sandbox::{Network, RootFs, RunIo, RunSpec};
+
+use crate::build::{BuildRequest, Builder, StageLayer, StageState, push_history};
+use crate::cache::{CacheEntry, StepInputs, explain_miss};
+use crate::copy::{CopyAttrs, context_path, copy_into, read_through_layers};
+
+/// The parent part of a cache key: the chain below the step.
+fn parent_of(state: &StageState) -> String {
+    state
+        .layers
+        .last()
+        .map_or_else(|| "scratch".to_string(), |l| l.chain.to_string())
+}
+
+impl Builder<'_> {
+    pub(crate) fn run_step(
+        &self,
+        state: &mut StageState,
+        node: &Node,
+        run: &parser::Run,
+        slot: &Digest,
+    ) -> Result<(), String> {
+        if !run.mounts.is_empty() {
+            return Err("RUN --mount is not supported yet".into());
+        }
+        if !run.heredocs.is_empty() {
+            return Err("heredocs in RUN are not supported yet".into());
+        }
+        if run.security == Some(parser::Security::Insecure) {
+            return Err("RUN --security=insecure is not allowed".into());
+        }
+        let network = match run.network {
+            Some(parser::NetworkMode::None) => Network::None,
+            _ => Network::Host,
+        };
+        let argv = state.cfg.argv(&run.command);
+        // Build args are in the environment of RUN, under ENV of the same name.
+        let mut env: Vec<String> = state
+            .cfg
+            .args
+            .iter()
+            .filter(|(k, _)| state.cfg.image.config.env_get(k).is_none())
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        env.extend(state.cfg.image.config.env.clone().unwrap_or_default());
+        let c = &state.cfg.image.config;
+        let spec = RunSpec {
+            argv: argv.clone(),
+            env,
+            cwd: c.working_dir.clone().unwrap_or_else(|| "/".into()),
+            user: c.user.clone().unwrap_or_default(),
+            network,
+            hostname: String::new(),
+        };
+        let inputs = StepInputs {
+            parent: parent_of(state),
+            instruction: serde_json::to_string(&argv).expect("argv serializes"),
+            env: spec.env.clone(),
+            context: vec![spec.cwd.clone(), spec.user.clone(), format!("{network:?}")],
+            files: BTreeMap::new(),
+        };
+        self.with_cache(state, node, slot, inputs, |this, state| {
+            let lower = state.lower_dirs();
+            let active = this
+                .snapshots
+                .prepare_root(&lower, this.root_mode)
+                .map_err(|e| e.to_string())?;
+            let rootfs = RootFs {
+                direct: active.direct_root.is_some(),
+                lower: lower.clone(),
+                upper: active
+                    .direct_root
+                    .clone()
+                    .unwrap_or_else(|| active.upper.clone()),
+                work: active.work.clone(),
+            };
+            let outcome = this
+                .sandbox
+                .run(&rootfs, &spec, RunIo::OutputToStderr)
+                .map_err(|e| e.to_string())?;
+            if !outcome.status.success() {
+                let how = match outcome.status {
+                    vm_sandbox::ExitStatus::Code(c) => format!("exit code: {c}"),
+                    vm_sandbox::ExitStatus::Signal(s) => format!("killed by signal {s}"),
+                };
+                return Err(format!(
+                    "process {:?} did not complete successfully: {how}",
+                    argv.join(" ")
+                ));
+            }
+            active.collect_changes(&lower).map_err(|e| e.to_string())?;
+            Ok(active)
+        })
+    }
+
+    pub(crate) fn copy_step(
+        &self,
+        state: &mut StageState,
+        node: &Node,
+        spec: &parser::CopySpec,
+        lexer: &Lexer,
+        req: &BuildRequest,
+        slot: &Digest,
+    ) -> Result<(), String> {
+        let mut attrs = CopyAttrs::default();
+        let env = state.cfg.expansion_env();
+        let expand = |w: &str| lexer.expand_word(w, &env).map_err(|e| e.to_string());
+        if spec.from.is_some()
+            || spec.parents
+            || !spec.exclude.is_empty()
+            || !spec.heredocs.is_empty()
+        {
+            return Err(
+                "COPY --from, --parents, --exclude and heredoc sources are not supported yet"
+                    .into(),
+            );
+        }
+        if let Some(c) = &spec.chown {
+            attrs.owner = Some(self.resolve_owner(state, &expand(c)?)?);
+        }
+        if let Some(c) = &spec.chmod {
+            attrs.mode = match parser::flags::parse_chmod(&expand(c)?)? {
+                parser::Chmod::Octal(m) => Some(m),
+                parser::Chmod::Symbolic(s) => {
+                    return Err(format!("symbolic --chmod={s} is not supported yet"));
+                }
+            };
+        }
+        let dest = expand(&spec.dest)?;
+        let workdir = state
+            .cfg
+            .image
+            .config
+            .working_dir
+            .clone()
+            .unwrap_or_else(|| "/".into());
+        let dest_abs = if dest.starts_with('/') {
+            dest.clone()
+        } else {
+            format!("{}/{dest}", workdir.trim_end_matches('/'))
+        };
+        let into_dir = dest.ends_with('/') || dest == "." || spec.sources.len() > 1;
+        let mut plan: Vec<(PathBuf, String)> = Vec::new();
+        for src in &spec.sources {
+            let src = expand(src)?;
+            if src.contains(['*', '?', '[']) {
+                return Err(format!(
+                    "wildcards in COPY sources are not supported yet: {src}"
+                ));
+            }
+            let path = context_path(&req.context, &src)?;
+            let md = std::fs::symlink_metadata(&path).map_err(|_| {
+                format!("failed to compute cache key: \"{src}\" not found in the build context")
+            })?;
+            let target = if into_dir && !md.is_dir() {
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                format!("{}/{name}", dest_abs.trim_end_matches('/'))
+            } else {
+                dest_abs.clone()
+            };
+            plan.push((path, target));
+        }
+        let mut files = BTreeMap::new();
+        if let Some(c) = self.cache {
+            let mut c = c.lock().unwrap_or_else(|p| p.into_inner());
+            for (path, _) in &plan {
+                c.hash_source(&req.context, path, &mut files)
+                    .map_err(|e| format!("read {}: {e}", path.display()))?;
+            }
+        }
+        let targets: Vec<String> = plan
+            .iter()
+            .map(|(p, t)| {
+                format!(
+                    "{}->{t}",
+                    p.strip_prefix(&req.context).unwrap_or(p).display()
+                )
+            })
+            .collect();
+        let inputs = StepInputs {
+            parent: parent_of(state),
+            instruction: format!(
+                "COPY {targets:?} owner={:?} mode={:?}",
+                attrs.owner, attrs.mode
+            ),
+            files,
+            ..Default::default()
+        };
+        self.with_cache(state, node, slot, inputs, |this, _| {
+            let active = this.snapshots.prepare().map_err(|e| e.to_string())?;
+            for (path, target) in &plan {
+                copy_into(&active.upper, path, target, attrs)?;
+            }
+            Ok(active)
+        })
+    }
+
+    /// `--chown` user and group, by number or by name in the stage's /etc/passwd and /etc/group.
+    fn resolve_owner(&self, state: &StageState, spec: &str) -> Result<(u32, u32), String> {
+        let lowers = state.lower_dirs();
+        let (u, g) = spec.split_once(':').unwrap_or((spec, spec));
+        let lookup = |file: &str, name: &str, field: usize| -> Result<u32, String> {
+            if let Ok(n) = name.parse() {
+                return Ok(n);
+            }
+            let text = read_through_layers(&lowers, file).unwrap_or_default();
+            text.lines()
+                .map(|l| l.split(':').collect::<Vec<_>>())
+                .find(|f| f.first() == Some(&name))
+                .and_then(|f| f.get(field).and_then(|v| v.parse().ok()))
+                .ok_or_else(|| {
+                    format!(
+                        "unable to find {} {name} in /{file}",
+                        if file.ends_with("passwd") {
+                            "user"
+                        } else {
+                            "group"
+                        }
+                    )
+                })
+        };
+        let uid = lookup("etc/passwd", u, 2)?;
+        let gid = if spec.contains(':') {
+            lookup("etc/group", g, 2)?
+        } else {
+            lookup("etc/passwd", u, 3).unwrap_or(uid)
+        };
+        Ok((uid, gid))
+    }
+
+    /// Reuses the layer the cache has for `inputs`, or makes it with `make` and records it.
+    fn with_cache(
+        &self,
+        state: &mut StageState,
+        node: &Node,
+        slot: &Digest,
+        inputs: StepInputs,
+        make: impl FnOnce(&Self, &mut StageState) -> Result<Active, String>,
+    ) -> Result<(), String> {
+        let key = inputs.key();
+        if let Some(cache) = self.cache {
+            let c = cache.lock().unwrap_or_else(|p| p.into_inner());
+            let prev = c.last_inputs(slot);
+            if let Some(entry) = c.get(&key)
+                && self.use_cached(state, node, &entry).is_ok()
+            {
+                (self.progress)("  CACHED");
+                let _ = c.save_inputs(slot, &inputs);
+                return Ok(());
+            }
+            if prev.is_some() {
+                (self.progress)(&format!(
+                    "  cache miss: {}",
+                    explain_miss(prev.as_ref(), &inputs)
+                ));
+            }
+        }
+        let active = make(self, state)?;
+        self.commit(state, node, active)?;
+        if let Some(cache) = self.cache {
+            let c = cache.lock().unwrap_or_else(|p| p.into_inner());
+            let last = state.layers.last().expect("commit pushed a layer");
+            let entry = CacheEntry {
+                layer: last.layer.descriptor.clone(),
+                diff_id: last.layer.diff_id.to_string(),
+            };
+            c.put(&key, &entry)
+                .map_err(|e| format!("write the build cache: {e}"))?;
+            let _ = c.save_inputs(slot, &inputs);
+        }
+        Ok(())
+    }
+
+    /// Puts a cached layer on the stage (its blob must still be in the store).
+    fn use_cached(
+        &self,
+        state: &mut StageState,
+        node: &Node,
+        entry: &CacheEntry,
+    ) -> Result<(), String> {
+        let diff_id: Digest = entry.diff_id.parse().map_err(|e| format!("{e}"))?;
+        let chain = chain_id(state.layers.last().map(|l| &l.chain), &diff_id);
+        let dir = self
+            .snapshots
+            .ensure_layer(self.store, &chain, &entry.layer)
+            .map_err(|e| e.to_string())?;
+        state.layers.push(StageLayer {
+            layer: Layer {
+                descriptor: entry.layer.clone(),
+                diff_id,
+            },
+            chain,
+            dir,
+        });
+        push_history(state, node, false);
+        Ok(())
+    }
+
+    /// Turns an active snapshot into the stage's next layer.
+    fn commit(&self, state: &mut StageState, node: &Node, active: Active) -> Result<(), String> {
+        let opts = DiffOptions {
+            compression: self.compression,
+            ..DiffOptions::from_env()
+        };
+        let layer = write_layer(self.store, &active.upper, &opts).map_err(|e| e.to_string())?;
+        let chain = chain_id(state.layers.last().map(|l| &l.chain), &layer.diff_id);
+        let dir = self
+            .snapshots
+            .commit(active, &chain)
+            .map_err(|e| e.to_string())?;
+        state.layers.push(StageLayer { layer, chain, dir });
+        push_history(state, node, false);
+        Ok(())
+    }
+}

@@ -1,0 +1,125 @@
+//! The build cache: unchanged rebuilds run nothing, touching is not changing, a changed file
+//! re-runs exactly the steps after it, misses say why, and keys do not depend on where the
+//! context lives.
+
+use std::process::Command;
+
+use tests::{TestContext, require};
+
+fn sandbox_available() -> bool {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout == b"0\n");
+    require("container sandbox", root, "these tests build as root")
+}
+
+fn context(ctx: &TestContext, name: &str) -> std::path::PathBuf {
+    let dir = ctx.work().join(name);
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::write(dir.join("src/main.txt"), "v1\n").unwrap();
+    std::fs::write(dir.join("notes.txt"), "n\n").unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM busybox\nARG VERSION=1\nRUN echo base-$VERSION > /base && date +%s%N > /stamp1\nCOPY src/ /app/\nRUN cat /app/main.txt > /out && date +%s%N > /stamp2\nCOPY notes.txt /\n",
+    )
+    .unwrap();
+    dir
+}
+
+fn marks(stderr: &str) -> Vec<String> {
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("  "))
+        .map(|l| l.trim().to_string())
+        .collect()
+}
+
+#[test]
+fn rebuilds_hit_and_misses_explain_themselves() {
+    if !sandbox_available() {
+        return;
+    }
+    let ctx = TestContext::new();
+    ctx.base_image();
+    let dir = context(&ctx, "ctx");
+    let build = |args: &[&str]| {
+        ctx.kiln()
+            .args(["build", "-t", "t"])
+            .args(args)
+            .arg(&dir)
+            .run()
+    };
+    let first = build(&[]);
+    first.ok();
+    assert!(marks(&first.stderr).is_empty(), "{}", first.stderr);
+    let stamp = |c: &TestContext| {
+        c.kiln()
+            .args(["run", "t", "cat", "/stamp1", "/stamp2"])
+            .run()
+            .ok()
+            .to_string()
+    };
+    let before = stamp(&ctx);
+
+    // Unchanged: every layer step is a hit, and nothing ran.
+    let again = build(&[]);
+    assert_eq!(marks(&again.stderr), ["CACHED"; 4], "{}", again.stderr);
+    assert_eq!(stamp(&ctx), before);
+
+    // Touching without changing is still a hit.
+    filetime::set_file_mtime(dir.join("src/main.txt"), filetime::FileTime::now()).unwrap();
+    assert_eq!(marks(&build(&[]).stderr), ["CACHED"; 4]);
+
+    // Changing one file re-runs the COPY of it and what follows, and says why.
+    std::fs::write(dir.join("src/main.txt"), "v2\n").unwrap();
+    let changed = build(&[]);
+    assert_eq!(
+        marks(&changed.stderr),
+        [
+            "CACHED",
+            "cache miss: src/main.txt changed",
+            "cache miss: a step before it changed",
+            "cache miss: a step before it changed"
+        ],
+        "{}",
+        changed.stderr
+    );
+    assert_eq!(
+        ctx.kiln().args(["run", "t", "cat", "/out"]).run().ok(),
+        "v2\n"
+    );
+
+    // A build arg the first RUN uses.
+    let arg = build(&["--build-arg", "VERSION=2"]);
+    assert_eq!(
+        marks(&arg.stderr)[0],
+        "cache miss: VERSION changed",
+        "{}",
+        arg.stderr
+    );
+
+    // --no-cache runs everything.
+    let none = build(&["--no-cache", "--build-arg", "VERSION=2"]);
+    assert!(marks(&none.stderr).is_empty(), "{}", none.stderr);
+}
+
+#[test]
+fn keys_do_not_depend_on_the_checkout() {
+    if !sandbox_available() {
+        return;
+    }
+    let ctx = TestContext::new();
+    ctx.base_image();
+    let a = context(&ctx, "checkout-a");
+    ctx.kiln().args(["build", "-t", "a"]).arg(&a).run().ok();
+    // Another path, other mtimes: same content, so every step is a hit.
+    let b = context(&ctx, "elsewhere/checkout-b");
+    filetime::set_file_mtime(
+        b.join("src/main.txt"),
+        filetime::FileTime::from_unix_time(1_000_000, 0),
+    )
+    .unwrap();
+    let out = ctx.kiln().args(["build", "-t", "b"]).arg(&b).run();
+    assert_eq!(marks(&out.stderr), ["CACHED"; 4], "{}", out.stderr);
+}
