@@ -293,10 +293,7 @@ impl Builder<'_> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-
-    /// Turns an active snapshot into the stage's next layer.
-
+    /// Writes the image of the target stage and names it.
     fn finish(&self, state: StageState, req: &BuildRequest) -> Result<StoredImage> {
         let mut image = state.cfg.image;
         let created = creation_time().map_err(BuildError::Other)?;
