@@ -36,6 +36,8 @@ pub struct BuildRequest {
     pub tags: Vec<Reference>,
     /// The platform recorded for `FROM scratch` stages.
     pub platform: Platform,
+    /// The context's `.dockerignore` (or `<Dockerfile>.dockerignore`), if any.
+    pub ignore: Option<parser::dockerignore::Matcher>,
 }
 
 /// The pieces a build runs with.
@@ -386,6 +388,7 @@ mod tests {
             target: None,
             tags: vec!["out".parse().unwrap()],
             platform: Platform::host(),
+            ignore: None,
         })
     }
 

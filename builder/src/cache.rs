@@ -198,6 +198,7 @@ impl Cache {
         base: &Path,
         src: &Path,
         out: &mut BTreeMap<String, String>,
+        excluded: &dyn Fn(&Path, bool) -> bool,
     ) -> std::io::Result<()> {
         let md = fs::symlink_metadata(src)?;
         let rel = src
@@ -213,7 +214,11 @@ impl Cache {
             let mut names: Vec<_> = fs::read_dir(src)?.collect::<Result<Vec<_>, _>>()?;
             names.sort_by_key(|e| e.file_name());
             for e in names {
-                self.hash_source(base, &e.path(), out)?;
+                let p = e.path();
+                if excluded(&p, e.file_type()?.is_dir()) {
+                    continue;
+                }
+                self.hash_source(base, &p, out, excluded)?;
             }
         } else {
             let d = self.file_digest(src)?;
@@ -253,7 +258,9 @@ mod tests {
         let mut cache = Cache::open(root.path());
         let inputs = |cache: &mut Cache, d: &Path| {
             let mut files = BTreeMap::new();
-            cache.hash_source(d, &d.join("src"), &mut files).unwrap();
+            cache
+                .hash_source(d, &d.join("src"), &mut files, &|_, _| false)
+                .unwrap();
             StepInputs {
                 parent: "p".into(),
                 instruction: "COPY src /app".into(),

@@ -37,12 +37,17 @@ pub(crate) fn context_path(context: &Path, src: &str) -> Result<PathBuf, String>
     Ok(out)
 }
 
+/// Decides whether a context path is left out (`.dockerignore`): true for a file that is
+/// excluded, or a directory that is excluded with nothing below it re-included.
+pub(crate) type Excluded<'a> = &'a dyn Fn(&Path, bool) -> bool;
+
 /// Copies `src` (file, symlink or directory contents) to `dest` under `upper`, creating parents.
 pub(crate) fn copy_into(
     upper: &Path,
     src: &Path,
     dest: &str,
     attrs: CopyAttrs,
+    excluded: Excluded<'_>,
 ) -> Result<(), String> {
     let target = upper.join(dest.trim_start_matches('/'));
     if let Some(parent) = target.parent() {
@@ -51,7 +56,7 @@ pub(crate) fn copy_into(
     let md = fs::symlink_metadata(src).map_err(|e| format!("{}: {e}", src.display()))?;
     if md.is_dir() {
         make_dir(&target, &md, attrs)?;
-        copy_dir_contents(src, &target, attrs)
+        copy_dir_contents(src, &target, attrs, excluded)
     } else {
         copy_entry(src, &target, attrs)
     }
@@ -75,7 +80,12 @@ fn make_dir(target: &Path, md: &fs::Metadata, attrs: CopyAttrs) -> Result<(), St
     apply_attrs(target, md, attrs, true)
 }
 
-fn copy_dir_contents(src: &Path, dest: &Path, attrs: CopyAttrs) -> Result<(), String> {
+fn copy_dir_contents(
+    src: &Path,
+    dest: &Path,
+    attrs: CopyAttrs,
+    excluded: Excluded<'_>,
+) -> Result<(), String> {
     let mut entries: Vec<_> = fs::read_dir(src)
         .map_err(|e| format!("read {}: {e}", src.display()))?
         .collect::<Result<_, _>>()
@@ -85,9 +95,12 @@ fn copy_dir_contents(src: &Path, dest: &Path, attrs: CopyAttrs) -> Result<(), St
         let from = e.path();
         let to = dest.join(e.file_name());
         let md = fs::symlink_metadata(&from).map_err(|e| format!("{}: {e}", from.display()))?;
+        if excluded(&from, md.is_dir()) {
+            continue;
+        }
         if md.is_dir() {
             make_dir(&to, &md, attrs)?;
-            copy_dir_contents(&from, &to, attrs)?;
+            copy_dir_contents(&from, &to, attrs, excluded)?;
         } else {
             copy_entry(&from, &to, attrs)?;
         }
@@ -189,8 +202,16 @@ mod tests {
             owner: None,
             mode: Some(0o600),
         };
-        copy_into(upper.path(), &src.path().join("d"), "/app/", attrs).unwrap();
-        copy_into(upper.path(), &src.path().join("top"), "/app/renamed", attrs).unwrap();
+        let none = |_: &Path, _: bool| false;
+        copy_into(upper.path(), &src.path().join("d"), "/app/", attrs, &none).unwrap();
+        copy_into(
+            upper.path(),
+            &src.path().join("top"),
+            "/app/renamed",
+            attrs,
+            &none,
+        )
+        .unwrap();
         assert_eq!(fs::read(upper.path().join("app/e/f")).unwrap(), b"x");
         assert_eq!(fs::read(upper.path().join("app/renamed")).unwrap(), b"t");
         let mode = fs::metadata(upper.path().join("app/e/f"))

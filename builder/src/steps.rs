@@ -150,6 +150,18 @@ impl Builder<'_> {
             format!("{}/{dest}", workdir.trim_end_matches('/'))
         };
         let into_dir = dest.ends_with('/') || dest == "." || spec.sources.len() > 1;
+        // `.dockerignore`: paths relative to the context root.
+        let rel = |p: &std::path::Path| {
+            p.strip_prefix(&req.context)
+                .unwrap_or(p)
+                .to_string_lossy()
+                .into_owned()
+        };
+        let excluded = |p: &std::path::Path, is_dir: bool| -> bool {
+            let Some(m) = &req.ignore else { return false };
+            let r = rel(p);
+            m.matches(&r) && !(is_dir && m.may_reinclude_below(&r))
+        };
         let mut plan: Vec<(PathBuf, String)> = Vec::new();
         for src in &spec.sources {
             let src = expand(src)?;
@@ -159,9 +171,13 @@ impl Builder<'_> {
                 ));
             }
             let path = context_path(&req.context, &src)?;
-            let md = std::fs::symlink_metadata(&path).map_err(|_| {
-                format!("failed to compute cache key: \"{src}\" not found in the build context")
-            })?;
+            let missing =
+                || format!("failed to compute cache key: \"{src}\" not found in the build context");
+            let md = std::fs::symlink_metadata(&path).map_err(|_| missing())?;
+            if path != req.context && excluded(&path, md.is_dir()) {
+                // Excluded by .dockerignore: as far as the build can see, it is not there.
+                return Err(missing() + " (it is excluded by .dockerignore)");
+            }
             let target = if into_dir && !md.is_dir() {
                 let name = path
                     .file_name()
@@ -177,7 +193,7 @@ impl Builder<'_> {
         if let Some(c) = self.cache {
             let mut c = c.lock().unwrap_or_else(|p| p.into_inner());
             for (path, _) in &plan {
-                c.hash_source(&req.context, path, &mut files)
+                c.hash_source(&req.context, path, &mut files, &excluded)
                     .map_err(|e| format!("read {}: {e}", path.display()))?;
             }
         }
@@ -202,7 +218,7 @@ impl Builder<'_> {
         self.with_cache(state, node, slot, inputs, |this, _| {
             let active = this.snapshots.prepare().map_err(|e| e.to_string())?;
             for (path, target) in &plan {
-                copy_into(&active.upper, path, target, attrs)?;
+                copy_into(&active.upper, path, target, attrs, &excluded)?;
             }
             Ok(active)
         })

@@ -123,3 +123,59 @@ fn keys_do_not_depend_on_the_checkout() {
     let out = ctx.kiln().args(["build", "-t", "b"]).arg(&b).run();
     assert_eq!(marks(&out.stderr), ["CACHED"; 4], "{}", out.stderr);
 }
+
+#[test]
+fn dockerignore_shapes_copies_and_cache_keys() {
+    if !sandbox_available() {
+        return;
+    }
+    let ctx = TestContext::new();
+    ctx.base_image();
+    let dir = ctx.work().join("ignore");
+    std::fs::create_dir_all(dir.join("secret")).unwrap();
+    std::fs::write(dir.join("a.txt"), "a").unwrap();
+    std::fs::write(dir.join("debug.log"), "noise").unwrap();
+    std::fs::write(dir.join("secret/key"), "k").unwrap();
+    std::fs::write(dir.join("secret/keep.txt"), "keep").unwrap();
+    std::fs::write(
+        dir.join(".dockerignore"),
+        "*.log\nsecret\n!secret/keep.txt\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM busybox\nCOPY . /app/\nCMD [\"find\", \"/app\", \"-type\", \"f\"]\n",
+    )
+    .unwrap();
+    let build = || ctx.kiln().args(["build", "-t", "ig"]).arg(&dir).run();
+    build().ok();
+    let files = ctx.kiln().args(["run", "ig"]).run();
+    let mut got: Vec<&str> = files.ok().lines().collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "/app/.dockerignore",
+            "/app/Dockerfile",
+            "/app/a.txt",
+            "/app/secret/keep.txt"
+        ]
+    );
+    // An ignored file does not count for the cache.
+    std::fs::write(dir.join("debug.log"), "more noise").unwrap();
+    assert_eq!(marks(&build().stderr), ["CACHED"]);
+    // Copying an ignored file by name: it is not in the context.
+    std::fs::write(dir.join("Dockerfile"), "FROM busybox\nCOPY debug.log /\n").unwrap();
+    let err = build();
+    assert!(
+        err.fails().contains(
+            "\"debug.log\" not found in the build context (it is excluded by .dockerignore)"
+        ),
+        "{}",
+        err.stderr
+    );
+    // <Dockerfile>.dockerignore beside the Dockerfile wins.
+    std::fs::write(dir.join("Dockerfile"), "FROM busybox\nCOPY debug.log /\n").unwrap();
+    std::fs::write(dir.join("Dockerfile.dockerignore"), "secret\n").unwrap();
+    build().ok();
+}

@@ -71,7 +71,17 @@ pub(crate) fn run(root: &Path, a: BuildArgs) -> anyhow::Result<ExitCode> {
         sandbox: &sandbox,
         progress: &progress,
     };
+    // `<Dockerfile>.dockerignore` beside the Dockerfile wins over the context's `.dockerignore`.
+    let ignore_path = parser::dockerignore::ignore_file(&dockerfile_path, &context);
+    let ignore = match std::fs::read_to_string(&ignore_path) {
+        Ok(text) => Some(
+            parser::dockerignore::Matcher::parse(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", ignore_path.display()))?,
+        ),
+        Err(_) => None,
+    };
     let req = BuildRequest {
+        ignore,
         dockerfile,
         dockerfile_name: dockerfile_path
             .file_name()
