@@ -66,6 +66,12 @@ pub(crate) struct StageLayer {
     pub(crate) dir: PathBuf,
 }
 
+/// The stages before the current one, for `COPY --from`.
+pub(crate) struct Earlier<'s> {
+    pub(crate) names: &'s [Option<String>],
+    pub(crate) done: &'s [Option<StageState>],
+}
+
 #[derive(Clone, Debug)]
 pub(crate) struct StageState {
     name: Option<String>,
@@ -126,7 +132,23 @@ impl Builder<'_> {
                     .map_err(|e| fail(s.from_node, e.to_string()))
             })
             .collect::<Result<_>>()?;
-        let needed = needed_stages(&names, &bases, target);
+        let copy_froms: Vec<Vec<String>> = stages
+            .iter()
+            .map(|s| {
+                s.instructions
+                    .iter()
+                    .filter_map(|(_, ins)| match ins {
+                        Instruction::Copy(c) => c.from.as_ref().map(|f| {
+                            lexer
+                                .expand_word(f, &meta_args)
+                                .unwrap_or_else(|_| f.clone())
+                        }),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .collect();
+        let needed = needed_stages(&names, &bases, &copy_froms, target);
         let total: usize = needed
             .iter()
             .map(|&i| stages[i].instructions.len() + 1)
@@ -154,7 +176,11 @@ impl Builder<'_> {
                 // Where this step stands, to explain a cache miss against the last build.
                 let slot =
                     Digest::of(format!("{}\0{file}\0{i}\0{n}", req.context.display()).as_bytes());
-                self.step(&mut state, node, ins, &lexer, req, &slot)
+                let earlier = Earlier {
+                    names: &names[..i],
+                    done: &done[..i],
+                };
+                self.step(&mut state, node, ins, &lexer, req, &slot, &earlier)
                     .map_err(|m| fail(node, m))?;
             }
             done[i] = Some(state);
@@ -255,6 +281,7 @@ impl Builder<'_> {
         Ok(state)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn step(
         &self,
         state: &mut StageState,
@@ -263,6 +290,7 @@ impl Builder<'_> {
         lexer: &Lexer,
         req: &BuildRequest,
         slot: &Digest,
+        earlier: &Earlier<'_>,
     ) -> Result<(), String> {
         match ins {
             Instruction::Arg(args) => {
@@ -282,7 +310,7 @@ impl Builder<'_> {
                 Ok(())
             }
             Instruction::Run(run) => self.run_step(state, node, run, slot),
-            Instruction::Copy(spec) => self.copy_step(state, node, spec, lexer, req, slot),
+            Instruction::Copy(spec) => self.copy_step(state, node, spec, lexer, req, slot, earlier),
             Instruction::Add(_) => Err("ADD is not supported yet; use COPY (archives and URLs come with the builder issue)".into()),
             ins => {
                 if apply_config(&mut state.cfg, ins, lexer)? {
@@ -336,7 +364,12 @@ fn lookup(args: &[(String, String)], k: &str) -> Option<String> {
 }
 
 /// The target and every stage it builds on (`FROM <stage>`), in file order.
-fn needed_stages(names: &[Option<String>], bases: &[String], target: usize) -> Vec<usize> {
+fn needed_stages(
+    names: &[Option<String>],
+    bases: &[String],
+    copy_froms: &[Vec<String>],
+    target: usize,
+) -> Vec<usize> {
     let mut needed = vec![false; names.len()];
     let mut todo = vec![target];
     while let Some(i) = todo.pop() {
@@ -346,8 +379,21 @@ fn needed_stages(names: &[Option<String>], bases: &[String], target: usize) -> V
         if let Some(j) = stage_index(&names[..i], &bases[i]) {
             todo.push(j);
         }
+        for f in &copy_froms[i] {
+            if let Some(j) = stage_ref(&names[..i], f) {
+                todo.push(j);
+            }
+        }
     }
     (0..names.len()).filter(|&i| needed[i]).collect()
+}
+
+/// A `--from` value naming an earlier stage: its name or its index.
+pub(crate) fn stage_ref(earlier: &[Option<String>], from: &str) -> Option<usize> {
+    match from.parse::<usize>() {
+        Ok(n) => (n < earlier.len()).then_some(n),
+        Err(_) => stage_index(earlier, from),
+    }
 }
 
 /// The earlier stage a name refers to, if any (stage names are case-insensitive).

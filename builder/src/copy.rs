@@ -1,7 +1,7 @@
 //! COPY from the build context into a new snapshot's upper directory.
 
 use std::fs;
-use std::os::unix::fs::{PermissionsExt, symlink};
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Component, Path, PathBuf};
 
 /// Ownership and mode applied to copied files.
@@ -59,6 +59,51 @@ pub(crate) fn copy_into(
         copy_dir_contents(src, &target, attrs, excluded)
     } else {
         copy_entry(src, &target, attrs)
+    }
+}
+
+/// Copies `src` (a path inside a stage or image, given by its layer directories, top-most
+/// first) to `dest` under `upper`. Files keep their owners unless `--chown` says otherwise.
+pub(crate) fn copy_from_layers(
+    layers: &[PathBuf],
+    src: &Path,
+    upper: &Path,
+    dest: &str,
+    attrs: CopyAttrs,
+) -> Result<(), String> {
+    let target = upper.join(dest.trim_start_matches('/'));
+    if let Some(parent) = target.parent() {
+        make_parents(upper, parent)?;
+    }
+    copy_layered(layers, src, &target, attrs)
+}
+
+fn copy_layered(
+    layers: &[PathBuf],
+    rel: &Path,
+    target: &Path,
+    attrs: CopyAttrs,
+) -> Result<(), String> {
+    let (path, md) = snapshotter::copyfs::merged_lookup(layers, rel)
+        .ok_or_else(|| format!("/{} not found", rel.display()))?;
+    // Owners come along (rootless: the files are all "root" already, as the user's own).
+    let owner = attrs.owner.or_else(|| {
+        nix::unistd::geteuid()
+            .is_root()
+            .then(|| (md.uid(), md.gid()))
+    });
+    let keep_owner = CopyAttrs {
+        owner,
+        mode: attrs.mode,
+    };
+    if md.is_dir() {
+        make_dir(target, &md, keep_owner)?;
+        for name in snapshotter::copyfs::merged_names(layers, rel) {
+            copy_layered(layers, &rel.join(&name), &target.join(&name), attrs)?;
+        }
+        Ok(())
+    } else {
+        copy_entry(&path, target, keep_owner)
     }
 }
 

@@ -10,9 +10,33 @@ use snapshotter::layer::Layer;
 use snapshotter::snapshot::{Active, chain_id};
 use vm_sandbox::{Network, RootFs, RunIo, RunSpec};
 
-use crate::build::{BuildRequest, Builder, StageLayer, StageState, push_history};
+use crate::build::{
+    BuildRequest, Builder, Earlier, StageLayer, StageState, push_history, stage_ref,
+};
 use crate::cache::{CacheEntry, StepInputs, explain_miss};
-use crate::copy::{CopyAttrs, context_path, copy_into, read_through_layers};
+use crate::copy::{CopyAttrs, context_path, copy_from_layers, copy_into, read_through_layers};
+
+/// `--chown` and `--chmod` of a COPY, resolved.
+fn attrs_of(
+    b: &Builder<'_>,
+    state: &StageState,
+    spec: &parser::CopySpec,
+    expand: &dyn Fn(&str) -> Result<String, String>,
+) -> Result<CopyAttrs, String> {
+    let mut attrs = CopyAttrs::default();
+    if let Some(c) = &spec.chown {
+        attrs.owner = Some(b.resolve_owner(state, &expand(c)?)?);
+    }
+    if let Some(c) = &spec.chmod {
+        attrs.mode = match parser::flags::parse_chmod(&expand(c)?)? {
+            parser::Chmod::Octal(m) => Some(m),
+            parser::Chmod::Symbolic(s) => {
+                return Err(format!("symbolic --chmod={s} is not supported yet"));
+            }
+        };
+    }
+    Ok(attrs)
+}
 
 /// The parent part of a cache key: the chain below the step.
 fn parent_of(state: &StageState) -> String {
@@ -103,6 +127,7 @@ impl Builder<'_> {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn copy_step(
         &self,
         state: &mut StageState,
@@ -111,18 +136,27 @@ impl Builder<'_> {
         lexer: &Lexer,
         req: &BuildRequest,
         slot: &Digest,
+        earlier: &Earlier<'_>,
     ) -> Result<(), String> {
         let mut attrs = CopyAttrs::default();
         let env = state.cfg.expansion_env();
         let expand = |w: &str| lexer.expand_word(w, &env).map_err(|e| e.to_string());
-        if spec.from.is_some()
-            || spec.parents
-            || !spec.exclude.is_empty()
-            || !spec.heredocs.is_empty()
-        {
+        if spec.parents || !spec.exclude.is_empty() || !spec.heredocs.is_empty() {
             return Err(
-                "COPY --from, --parents, --exclude and heredoc sources are not supported yet"
-                    .into(),
+                "COPY --parents, --exclude and heredoc sources are not supported yet".into(),
+            );
+        }
+        if let Some(from) = &spec.from {
+            let from = expand(from)?;
+            return self.copy_from_step(
+                state,
+                node,
+                spec,
+                &from,
+                &expand,
+                attrs_of(self, state, spec, &expand)?,
+                slot,
+                earlier,
             );
         }
         if let Some(c) = &spec.chown {
@@ -219,6 +253,107 @@ impl Builder<'_> {
             let active = this.snapshots.prepare().map_err(|e| e.to_string())?;
             for (path, target) in &plan {
                 copy_into(&active.upper, path, target, attrs, &excluded)?;
+            }
+            Ok(active)
+        })
+    }
+
+    /// `COPY --from=STAGE|INDEX|IMAGE`: files from another stage's (or an image's) root.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_from_step(
+        &self,
+        state: &mut StageState,
+        node: &Node,
+        spec: &parser::CopySpec,
+        from: &str,
+        expand: &dyn Fn(&str) -> Result<String, String>,
+        attrs: CopyAttrs,
+        slot: &Digest,
+        earlier: &Earlier<'_>,
+    ) -> Result<(), String> {
+        let (layers, top): (Vec<PathBuf>, String) = match stage_ref(earlier.names, from) {
+            Some(j) => {
+                let s = earlier.done[j]
+                    .as_ref()
+                    .ok_or_else(|| format!("stage {from} did not run"))?;
+                (s.lower_dirs(), parent_of(s))
+            }
+            None if from.parse::<usize>().is_ok() => {
+                return Err(format!(
+                    "COPY --from={from}: there is no earlier stage with that index"
+                ));
+            }
+            None => {
+                let r: snapshotter::Reference = from
+                    .parse()
+                    .map_err(|e| format!("COPY --from={from}: {e}"))?;
+                let d = self
+                    .store
+                    .resolve(&r)
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| {
+                        format!("COPY --from={from}: no stage or local image by that name")
+                    })?;
+                let img =
+                    snapshotter::image::read_image(self.store, &d).map_err(|e| e.to_string())?;
+                let chain = self
+                    .snapshots
+                    .ensure_image(self.store, &img)
+                    .map_err(|e| e.to_string())?;
+                let top = chain
+                    .last()
+                    .map_or_else(|| "scratch".to_string(), |(c, _)| c.to_string());
+                (chain.into_iter().rev().map(|(_, d)| d).collect(), top)
+            }
+        };
+        let dest = expand(&spec.dest)?;
+        let workdir = state
+            .cfg
+            .image
+            .config
+            .working_dir
+            .clone()
+            .unwrap_or_else(|| "/".into());
+        let dest_abs = if dest.starts_with('/') {
+            dest.clone()
+        } else {
+            format!("{}/{dest}", workdir.trim_end_matches('/'))
+        };
+        let into_dir = dest.ends_with('/') || dest == "." || spec.sources.len() > 1;
+        let mut plan: Vec<(PathBuf, String)> = Vec::new();
+        for src in &spec.sources {
+            let src = expand(src)?;
+            let rel = context_path(std::path::Path::new(""), &src)?;
+            let (_, md) = snapshotter::copyfs::merged_lookup(&layers, &rel).ok_or_else(|| {
+                format!("failed to compute cache key: \"{src}\" not found in {from}")
+            })?;
+            let target = match rel.file_name() {
+                Some(name) if into_dir && !md.is_dir() => format!(
+                    "{}/{}",
+                    dest_abs.trim_end_matches('/'),
+                    name.to_string_lossy()
+                ),
+                _ => dest_abs.clone(),
+            };
+            plan.push((rel, target));
+        }
+        // The source is content-addressed by its chain ID already.
+        let targets: Vec<String> = plan
+            .iter()
+            .map(|(p, t)| format!("/{}->{t}", p.display()))
+            .collect();
+        let inputs = StepInputs {
+            parent: parent_of(state),
+            instruction: format!(
+                "COPY --from={top} {targets:?} owner={:?} mode={:?}",
+                attrs.owner, attrs.mode
+            ),
+            ..Default::default()
+        };
+        self.with_cache(state, node, slot, inputs, |this, _| {
+            let active = this.snapshots.prepare().map_err(|e| e.to_string())?;
+            for (rel, target) in &plan {
+                copy_from_layers(&layers, rel, &active.upper, target, attrs)?;
             }
             Ok(active)
         })

@@ -145,7 +145,7 @@ fn apply_dir(
 
 /// What the layers show at `rel`: the entry of the top-most layer that has it, unless a
 /// whiteout or an opaque directory above hides it.
-fn lower_lookup(layers_top_first: &[PathBuf], rel: &Path) -> Option<(PathBuf, fs::Metadata)> {
+pub fn merged_lookup(layers_top_first: &[PathBuf], rel: &Path) -> Option<(PathBuf, fs::Metadata)> {
     for layer in layers_top_first {
         // An opaque or whited-out ancestor in this layer hides the lower layers.
         let mut hidden = false;
@@ -173,7 +173,7 @@ fn lower_lookup(layers_top_first: &[PathBuf], rel: &Path) -> Option<(PathBuf, fs
 }
 
 /// The names in the merged lower directory `rel`.
-fn lower_names(layers_top_first: &[PathBuf], rel: &Path) -> Vec<OsString> {
+pub fn merged_names(layers_top_first: &[PathBuf], rel: &Path) -> Vec<OsString> {
     let mut seen: BTreeMap<OsString, bool> = BTreeMap::new();
     for layer in layers_top_first {
         let dir = layer.join(rel);
@@ -243,7 +243,7 @@ fn diff_rec(
         let r = rel.join(name);
         let p = new_root.join(&r);
         let md = fs::symlink_metadata(&p).at("stat", &p)?;
-        let lower = lower_lookup(layers, &r);
+        let lower = merged_lookup(layers, &r);
         let unchanged = lower
             .as_ref()
             .is_some_and(|(lp, lmd)| same(&md, lmd, &p, lp));
@@ -263,7 +263,7 @@ fn diff_rec(
         }
     }
     // Deleted: in the layers, not in the new tree.
-    for name in lower_names(layers, rel) {
+    for name in merged_names(layers, rel) {
         if !names.contains(&name) {
             ensure_parents(new_root, upper, rel)?;
             let target = upper.join(rel).join(&name);

@@ -325,3 +325,58 @@ fn copy_snapshots_give_the_same_image_as_overlay() {
         "overlay and copy snapshots must give the same image"
     );
 }
+
+#[test]
+fn copy_from_stages_by_name_index_and_image() {
+    if !sandbox_available() {
+        return;
+    }
+    let ctx = TestContext::new();
+    ctx.base_image();
+    let dir = ctx.work().join("multi");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM busybox AS build\nRUN mkdir -p /out/sub && echo bin > /out/app && echo s > /out/sub/f && chown 1:1 /out/app && rm -rf /home\n\
+         FROM busybox AS unused\nRUN exit 1\n\
+         FROM scratch\nCOPY --from=build /out/ /app/\nCOPY --from=0 /out/app /single\nCOPY --from=busybox /bin/busybox /bin/busybox\nCOPY --from=build --chown=2:3 /out/sub /owned/\n",
+    )
+    .unwrap();
+    let out = ctx.kiln().args(["build", "-t", "m"]).arg(&dir).run();
+    out.ok();
+    assert!(!out.stderr.contains("RUN exit 1"), "{}", out.stderr);
+    let q = |args: &[&str]| {
+        ctx.kiln()
+            .args(["run", "m"])
+            .args(args)
+            .run()
+            .ok()
+            .to_string()
+    };
+    assert_eq!(
+        q(&["/bin/busybox", "cat", "/app/app", "/app/sub/f", "/single"]),
+        "bin\ns\nbin\n"
+    );
+    assert_eq!(
+        q(&[
+            "/bin/busybox",
+            "stat",
+            "-c",
+            "%u:%g",
+            "/app/app",
+            "/owned/f"
+        ]),
+        "1:1\n2:3\n"
+    );
+    // An unknown stage is an error naming the line.
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM busybox\nCOPY --from=nope /x /y\n",
+    )
+    .unwrap();
+    let err = ctx.kiln().args(["build", "-q"]).arg(&dir).run();
+    assert_eq!(
+        err.fails().trim_end(),
+        "kiln: error: Dockerfile:2:1: COPY --from=nope: no stage or local image by that name"
+    );
+}
