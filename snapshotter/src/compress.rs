@@ -123,6 +123,26 @@ impl<W: Write + Send> FinishWrite for ZstdWriter<'_, W> {
 
 const GZIP_BLOCK: usize = 1 << 20;
 
+/// Whether a block looks like data that deflate cannot shrink (already compressed or random):
+/// its first 64 KiB compressed quickly save less than 2%. Such blocks are stored instead of
+/// searched for matches, which costs deflate most of its time and gains nothing. The choice
+/// depends only on the bytes, so the output stays deterministic.
+fn incompressible(block: &[u8]) -> bool {
+    let probe = &block[..block.len().min(64 << 10)];
+    if probe.len() < 4096 {
+        return false;
+    }
+    let mut z = flate2::write::DeflateEncoder::new(
+        Vec::with_capacity(probe.len()),
+        flate2::Compression::fast(),
+    );
+    if z.write_all(probe).is_err() {
+        return false;
+    }
+    z.finish()
+        .is_ok_and(|out| out.len() * 100 > probe.len() * 98)
+}
+
 type Job = (u64, Vec<u8>);
 
 /// gzip in independent 1 MiB members, compressed on worker threads, written in order.
@@ -151,6 +171,7 @@ impl<W: Write> ParallelGzip<W> {
                     loop {
                         let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
                         let Ok((seq, data)) = job else { return };
+                        let level = if incompressible(&data) { 0 } else { level };
                         let mut gz = flate2::write::GzEncoder::new(
                             Vec::with_capacity(data.len() / 2),
                             flate2::Compression::new(level),
@@ -311,6 +332,34 @@ mod tests {
             .read_to_string(&mut s)
             .unwrap();
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn incompressible_blocks_are_stored_and_still_valid() {
+        let mut x: u64 = 7;
+        let random: Vec<u8> = (0..3 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        assert!(incompressible(&random[..1 << 20]));
+        assert!(!incompressible(&data()[..1 << 20]));
+        let mut out = Vec::new();
+        let mut e = encoder(LayerCompression::Gzip(6), &mut out).unwrap();
+        e.write_all(&random).unwrap();
+        e.finish().unwrap();
+        let mut back = Vec::new();
+        flate2::read::MultiGzDecoder::new(&out[..])
+            .read_to_end(&mut back)
+            .unwrap();
+        assert_eq!(back, random);
+        assert!(
+            out.len() < random.len() + random.len() / 100,
+            "stored blocks add little"
+        );
     }
 
     #[test]

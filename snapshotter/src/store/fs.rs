@@ -133,6 +133,9 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8], tmp_dir: &Path) -> Res
     let mut tmp =
         tempfile::NamedTempFile::new_in(tmp_dir).at("create temporary file in", tmp_dir)?;
     tmp.write_all(bytes).at("write", tmp.path())?;
+    tmp.as_file()
+        .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .at("chmod", tmp.path())?;
     tmp.as_file().sync_all().at("sync", tmp.path())?;
     tmp.persist(path)
         .map_err(|e| e.error)
@@ -183,6 +186,10 @@ impl BlobWriter for FsBlobWriter {
             // Same digest, same content: the copy already there is as good as ours.
             return Ok((actual, size));
         }
+        // Readable by everyone, as in other OCI layouts (temporary files start as 0600).
+        tmp.as_file()
+            .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .at("chmod", &tmp_path)?;
         tmp.as_file().sync_all().at("sync", &tmp_path)?;
         tmp.persist(&dest)
             .map_err(|e| e.error)
