@@ -53,6 +53,24 @@ fn expand(lexer: &Lexer, word: &str, env: &dyn parser::Env) -> Result<String, St
     lexer.expand_word(word, env).map_err(|e| e.to_string())
 }
 
+/// Expands `KEY=value` pairs; every pair on one line sees the variables from before the line.
+fn expand_pairs(
+    state: &ConfigState,
+    pairs: &[parser::KeyValue],
+    lexer: &Lexer,
+) -> Result<Vec<(String, String)>, String> {
+    let env = state.expansion_env();
+    pairs
+        .iter()
+        .map(|kv| {
+            Ok((
+                expand(lexer, &kv.key, &env)?,
+                expand(lexer, &kv.value, &env)?,
+            ))
+        })
+        .collect()
+}
+
 /// Applies a config-only instruction. Returns `Ok(false)` if the instruction is not one.
 pub fn apply_config(
     state: &mut ConfigState,
@@ -62,27 +80,13 @@ pub fn apply_config(
     match ins {
         Instruction::Env(pairs) => {
             // Every pair on one line sees the environment from before the line.
-            let env = state.expansion_env();
-            let mut expanded = Vec::new();
-            for kv in pairs {
-                expanded.push((
-                    expand(lexer, &kv.key, &env)?,
-                    expand(lexer, &kv.value, &env)?,
-                ));
-            }
+            let expanded = expand_pairs(state, pairs, lexer)?;
             for (k, v) in expanded {
                 state.image.config.env_set(&k, &v);
             }
         }
         Instruction::Label(pairs) => {
-            let env = state.expansion_env();
-            let mut expanded = Vec::new();
-            for kv in pairs {
-                expanded.push((
-                    expand(lexer, &kv.key, &env)?,
-                    expand(lexer, &kv.value, &env)?,
-                ));
-            }
+            let expanded = expand_pairs(state, pairs, lexer)?;
             let labels = state
                 .image
                 .config

@@ -38,6 +38,30 @@ fn attrs_of(
     Ok(attrs)
 }
 
+/// A COPY's destination made absolute (relative to WORKDIR), and whether sources go into it
+/// as a directory (a trailing `/`, `.`, or several sources).
+fn copy_destination(
+    state: &StageState,
+    spec: &parser::CopySpec,
+    expand: &dyn Fn(&str) -> Result<String, String>,
+) -> Result<(String, bool), String> {
+    let dest = expand(&spec.dest)?;
+    let workdir = state
+        .cfg
+        .image
+        .config
+        .working_dir
+        .clone()
+        .unwrap_or_else(|| "/".into());
+    let dest_abs = if dest.starts_with('/') {
+        dest.clone()
+    } else {
+        format!("{}/{dest}", workdir.trim_end_matches('/'))
+    };
+    let into_dir = dest.ends_with('/') || dest == "." || spec.sources.len() > 1;
+    Ok((dest_abs, into_dir))
+}
+
 /// The parent part of a cache key: the chain below the step.
 fn parent_of(state: &StageState) -> String {
     state
@@ -170,20 +194,7 @@ impl Builder<'_> {
                 }
             };
         }
-        let dest = expand(&spec.dest)?;
-        let workdir = state
-            .cfg
-            .image
-            .config
-            .working_dir
-            .clone()
-            .unwrap_or_else(|| "/".into());
-        let dest_abs = if dest.starts_with('/') {
-            dest.clone()
-        } else {
-            format!("{}/{dest}", workdir.trim_end_matches('/'))
-        };
-        let into_dir = dest.ends_with('/') || dest == "." || spec.sources.len() > 1;
+        let (dest_abs, into_dir) = copy_destination(state, spec, &expand)?;
         // `.dockerignore`: paths relative to the context root.
         let rel = |p: &std::path::Path| {
             p.strip_prefix(&req.context)
@@ -306,20 +317,7 @@ impl Builder<'_> {
                 (chain.into_iter().rev().map(|(_, d)| d).collect(), top)
             }
         };
-        let dest = expand(&spec.dest)?;
-        let workdir = state
-            .cfg
-            .image
-            .config
-            .working_dir
-            .clone()
-            .unwrap_or_else(|| "/".into());
-        let dest_abs = if dest.starts_with('/') {
-            dest.clone()
-        } else {
-            format!("{}/{dest}", workdir.trim_end_matches('/'))
-        };
-        let into_dir = dest.ends_with('/') || dest == "." || spec.sources.len() > 1;
+        let (dest_abs, into_dir) = copy_destination(state, spec, expand)?;
         let mut plan: Vec<(PathBuf, String)> = Vec::new();
         for src in &spec.sources {
             let src = expand(src)?;
