@@ -102,7 +102,8 @@ impl Builder<'_> {
         };
 
         // Global ARGs: a --build-arg wins over the default; defaults may use earlier globals.
-        let mut meta_args: Vec<(String, String)> = Vec::new();
+        // The predefined platform args are global: usable in FROM, and in a stage once declared.
+        let mut meta_args: Vec<(String, String)> = predefined_args(&req.platform);
         for a in &globals {
             let v = match lookup(&req.build_args, &a.name) {
                 Some(v) => Some(v),
@@ -394,6 +395,56 @@ pub(crate) fn stage_ref(earlier: &[Option<String>], from: &str) -> Option<usize>
         Ok(n) => (n < earlier.len()).then_some(n),
         Err(_) => stage_index(earlier, from),
     }
+}
+
+/// BuildKit's predefined platform build args.
+fn predefined_args(target: &Platform) -> Vec<(String, String)> {
+    let build = Platform::host();
+    let mut v = Vec::new();
+    for (prefix, p) in [("TARGET", target), ("BUILD", &build)] {
+        v.push((format!("{prefix}PLATFORM"), p.to_string()));
+        v.push((format!("{prefix}OS"), p.os.clone()));
+        v.push((format!("{prefix}ARCH"), p.architecture.clone()));
+        v.push((
+            format!("{prefix}VARIANT"),
+            p.variant.clone().unwrap_or_default(),
+        ));
+    }
+    v
+}
+
+/// Build args given but never declared by an ARG that the build reached (Docker warns).
+pub fn unused_build_args(dockerfile: &str, given: &[(String, String)]) -> Vec<String> {
+    let Ok(doc) = parser::parse(dockerfile) else {
+        return Vec::new();
+    };
+    let Ok((globals, stages)) = parser::stages(&doc) else {
+        return Vec::new();
+    };
+    let mut declared: std::collections::BTreeSet<String> =
+        globals.into_iter().map(|a| a.name).collect();
+    for s in &stages {
+        for (_, ins) in &s.instructions {
+            if let Instruction::Arg(args) = ins {
+                declared.extend(args.iter().map(|a| a.name.clone()));
+            }
+        }
+    }
+    const PROXY: &[&str] = &[
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "FTP_PROXY",
+        "NO_PROXY",
+        "ALL_PROXY",
+    ];
+    let mut out: Vec<String> = given
+        .iter()
+        .map(|(k, _)| k.clone())
+        .filter(|k| !declared.contains(k) && !PROXY.contains(&k.to_ascii_uppercase().as_str()))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// The earlier stage a name refers to, if any (stage names are case-insensitive).

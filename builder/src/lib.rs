@@ -19,7 +19,7 @@ pub mod import;
 pub mod platform;
 mod steps;
 
-pub use build::{BuildRequest, Builder};
+pub use build::{BuildRequest, Builder, unused_build_args};
 pub use dispatch::{ConfigState, apply_config};
 pub use error::{BuildError, Result};
 pub use import::{ImportOptions, import};

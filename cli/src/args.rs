@@ -112,6 +112,12 @@ pub(crate) struct BuildArgs {
     /// Run every step: do not use the build cache
     #[arg(long)]
     pub(crate) no_cache: bool,
+    /// Also export the result: type=docker|oci|tar,dest=FILE or type=local,dest=DIR
+    #[arg(short = 'o', long = "output", value_name = "SPEC")]
+    pub(crate) outputs: Vec<String>,
+    /// Write the image ID to this file
+    #[arg(long, value_name = "FILE")]
+    pub(crate) iidfile: Option<PathBuf>,
     /// The build context directory
     pub(crate) context: PathBuf,
 }

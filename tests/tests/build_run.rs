@@ -380,3 +380,89 @@ fn copy_from_stages_by_name_index_and_image() {
         "kiln: error: Dockerfile:2:1: COPY --from=nope: no stage or local image by that name"
     );
 }
+
+#[test]
+fn outputs_iidfile_platform_args_and_unused_build_args() {
+    if !sandbox_available() {
+        return;
+    }
+    let ctx = TestContext::new();
+    ctx.base_image();
+    let dir = ctx.work().join("out");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM busybox\nARG TARGETARCH\nARG TARGETPLATFORM\nRUN echo \"$TARGETARCH $TARGETPLATFORM\" > /platform\n",
+    )
+    .unwrap();
+    let w = ctx.work();
+    let out = ctx
+        .kiln()
+        .args([
+            "build",
+            "-t",
+            "o",
+            "--build-arg",
+            "NOT_DECLARED=1",
+            "--iidfile",
+        ])
+        .arg(w.join("iid"))
+        .arg("--output")
+        .arg(format!("type=local,dest={}", w.join("rootfs").display()))
+        .arg("-o")
+        .arg(format!("type=docker,dest={}", w.join("img.tar").display()))
+        .arg("-o")
+        .arg(format!("type=oci,dest={}", w.join("img.oci.tar").display()))
+        .arg("-o")
+        .arg(format!("type=tar,dest={}", w.join("rootfs.tar").display()))
+        .arg(&dir)
+        .run();
+    let id = out.ok().trim().to_string();
+    assert!(
+        out.stderr
+            .contains("[Warning] One or more build-args [\"NOT_DECLARED\"] were not consumed"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(std::fs::read_to_string(w.join("iid")).unwrap(), id);
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    assert_eq!(
+        std::fs::read_to_string(w.join("rootfs/platform")).unwrap(),
+        format!("{arch} linux/{arch}\n")
+    );
+    assert!(w.join("rootfs/bin/busybox").is_file());
+    let listing = Command::new("tar")
+        .arg("-tf")
+        .arg(w.join("rootfs.tar"))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&listing.stdout)
+            .lines()
+            .any(|l| l.trim_start_matches("./") == "platform")
+    );
+    for archive in ["img.tar", "img.oci.tar"] {
+        let other = TestContext::new();
+        other
+            .kiln()
+            .args(["load", "-i"])
+            .arg(w.join(archive))
+            .run()
+            .ok();
+        let loaded: serde_json::Value =
+            serde_json::from_str(other.kiln().args(["inspect", "o"]).run().ok()).unwrap();
+        assert_eq!(loaded[0]["Id"], id.as_str(), "{archive}");
+    }
+    assert!(
+        ctx.kiln()
+            .args(["build", "-o", "type=zip,dest=x"])
+            .arg(&dir)
+            .run()
+            .fails()
+            .contains("unknown output type")
+    );
+}

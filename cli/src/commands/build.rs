@@ -103,7 +103,80 @@ pub(crate) fn run(root: &Path, a: BuildArgs) -> anyhow::Result<ExitCode> {
         for t in &req.tags {
             eprintln!("naming to {t}");
         }
+        let unused = builder::unused_build_args(&req.dockerfile, &req.build_args);
+        if !unused.is_empty() {
+            eprintln!("[Warning] One or more build-args {unused:?} were not consumed");
+        }
+    }
+    for spec in &a.outputs {
+        export(&store, &snapshots, &image, &req.tags, spec)
+            .with_context(|| format!("--output {spec}"))?;
+    }
+    if let Some(f) = &a.iidfile {
+        std::fs::write(f, image.id().to_string())
+            .with_context(|| format!("write {}", f.display()))?;
     }
     println!("{}", image.id());
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the built image somewhere else too (`--output type=...,dest=...`).
+fn export(
+    store: &snapshotter::FsStore,
+    snapshots: &Snapshots,
+    image: &snapshotter::image::StoredImage,
+    tags: &[Reference],
+    spec: &str,
+) -> anyhow::Result<()> {
+    use snapshotter::archive::{ArchiveFormat, save};
+    let mut kind = None;
+    let mut dest = None;
+    for part in spec.split(',') {
+        match part.split_once('=') {
+            Some(("type", v)) => kind = Some(v.to_string()),
+            Some(("dest", v)) => dest = Some(PathBuf::from(v)),
+            _ => anyhow::bail!("unknown field {part:?} (type=...,dest=...)"),
+        }
+    }
+    let (Some(kind), Some(dest)) = (kind, dest) else {
+        anyhow::bail!("needs type= and dest=")
+    };
+    let name = tags
+        .first()
+        .cloned()
+        .map_or_else(|| format!("kiln-build:{}", image.id().short()).parse(), Ok)?;
+    let archive = |format| -> anyhow::Result<()> {
+        let file =
+            std::fs::File::create(&dest).with_context(|| format!("create {}", dest.display()))?;
+        save(
+            store,
+            &[(name.clone(), image.clone())],
+            format,
+            std::io::BufWriter::new(file),
+        )?;
+        Ok(())
+    };
+    match kind.as_str() {
+        "docker" => archive(ArchiveFormat::DockerArchive),
+        "oci" => archive(ArchiveFormat::OciArchive),
+        "local" | "tar" => {
+            let layers = snapshots.ensure_image(store, image)?;
+            let bottom_first: Vec<PathBuf> = layers.into_iter().map(|(_, d)| d).collect();
+            if kind == "local" {
+                std::fs::create_dir_all(&dest)?;
+                snapshotter::copyfs::materialize(&bottom_first, &dest)?;
+                return Ok(());
+            }
+            let tmp = tempfile::tempdir()?;
+            snapshotter::copyfs::materialize(&bottom_first, tmp.path())?;
+            let file = std::fs::File::create(&dest)
+                .with_context(|| format!("create {}", dest.display()))?;
+            let mut tar = tar::Builder::new(std::io::BufWriter::new(file));
+            tar.follow_symlinks(false);
+            tar.append_dir_all(".", tmp.path())?;
+            tar.into_inner()?.into_inner().map_err(|e| e.into_error())?;
+            Ok(())
+        }
+        other => anyhow::bail!("unknown output type {other:?} (docker, oci, tar, local)"),
+    }
 }
