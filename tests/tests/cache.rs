@@ -179,3 +179,52 @@ fn dockerignore_shapes_copies_and_cache_keys() {
     std::fs::write(dir.join("Dockerfile.dockerignore"), "secret\n").unwrap();
     build().ok();
 }
+
+#[test]
+fn two_checkouts_give_byte_identical_manifests() {
+    if !sandbox_available() {
+        return;
+    }
+    let make = |ctx: &TestContext, name: &str, age_secs: i64, owner: u32| {
+        let dir = context(ctx, name);
+        let t = filetime::FileTime::from_unix_time(
+            filetime::FileTime::now().unix_seconds() - age_secs,
+            0,
+        );
+        for f in ["src/main.txt", "notes.txt", "Dockerfile", "src"] {
+            filetime::set_file_mtime(dir.join(f), t).unwrap();
+            std::os::unix::fs::chown(dir.join(f), Some(owner), Some(owner)).unwrap();
+        }
+        // No step may print the time: the Dockerfile's RUNs write dates into files.
+        std::fs::write(
+            dir.join("Dockerfile"),
+            "FROM busybox\nARG VERSION=1\nRUN echo base-$VERSION > /base && mkdir -p /var/made\nCOPY src/ /app/\nRUN cat /app/main.txt > /out\nCOPY notes.txt /\n",
+        )
+        .unwrap();
+        dir
+    };
+    let digest = |age: i64, owner: u32, name: &str| {
+        let ctx = TestContext::new();
+        let dir = make(&ctx, name, age, owner);
+        let epoch = "1700000000";
+        ctx.kiln()
+            .env("SOURCE_DATE_EPOCH", epoch)
+            .arg("import")
+            .arg(tests::busybox_rootfs_tar())
+            .arg("busybox")
+            .run()
+            .ok();
+        ctx.kiln()
+            .env("SOURCE_DATE_EPOCH", epoch)
+            .args(["build", "-q", "-t", "r"])
+            .arg(&dir)
+            .run()
+            .ok();
+        let v: serde_json::Value =
+            serde_json::from_str(ctx.kiln().args(["inspect", "r"]).run().ok()).unwrap();
+        v[0]["Descriptor"]["digest"].as_str().unwrap().to_string()
+    };
+    let a = digest(10, 0, "one/checkout");
+    let b = digest(5000, 1234, "another/place/checkout");
+    assert_eq!(a, b, "same inputs, same manifest");
+}
