@@ -161,15 +161,7 @@ impl Builder<'_> {
             step += 1;
             (self.progress)(&format!("[{step}/{total}] {}", stage.from_node.original));
             let mut state = self
-                .from(
-                    &bases[i],
-                    &names[..i],
-                    &done,
-                    stage,
-                    &globals,
-                    &meta_args,
-                    req,
-                )
+                .from(&bases[i], &names[..i], &done, stage, &meta_args, req)
                 .map_err(|m| fail(stage.from_node, m))?;
             for (n, (node, ins)) in stage.instructions.iter().enumerate() {
                 step += 1;
@@ -200,7 +192,6 @@ impl Builder<'_> {
         earlier: &[Option<String>],
         done: &[Option<StageState>],
         stage: &parser::Stage,
-        globals: &[parser::ArgDecl],
         meta: &[(String, String)],
         req: &BuildRequest,
     ) -> Result<StageState, String> {
@@ -208,7 +199,6 @@ impl Builder<'_> {
             return Err("FROM requires an image name (it expanded to nothing)".into());
         }
         let name = stage.name.clone();
-        let _ = globals;
         let fresh_cfg = |image: ImageConfig| ConfigState {
             image,
             ..Default::default()

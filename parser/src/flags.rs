@@ -171,7 +171,6 @@ pub fn parse_mount(spec: &str) -> Result<Mount, String> {
     if m.kind == MountKind::Cache || m.kind == MountKind::Tmpfs {
         m.read_write = true;
     }
-    let mut ro_set = false;
     for f in fields {
         let (k, v) = match f.split_once('=') {
             Some((k, v)) => (k.trim().to_ascii_lowercase(), v.trim()),
@@ -188,11 +187,9 @@ pub fn parse_mount(spec: &str) -> Result<Mount, String> {
             "from" => m.from = Some(v.to_string()),
             "readonly" | "ro" => {
                 m.read_write = !parse_bool(&k, v)?;
-                ro_set = true;
             }
             "readwrite" | "rw" => {
                 m.read_write = parse_bool(&k, v)?;
-                ro_set = true;
             }
             "id" => m.id = Some(v.to_string()),
             "sharing" => {
@@ -218,7 +215,6 @@ pub fn parse_mount(spec: &str) -> Result<Mount, String> {
             other => return Err(format!("unexpected key '{other}' in '{f}'")),
         }
     }
-    let _ = ro_set;
     match m.kind {
         MountKind::Secret | MountKind::Ssh => {}
         _ if m.target.is_none() => return Err("mount destination not specified".into()),
