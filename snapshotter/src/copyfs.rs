@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{IoContext, Result};
 use crate::gc::remove_tree;
-use crate::snapshot::{is_opaque, mark_opaque};
+use crate::snapshot::{is_opaque, make_whiteout, mark_opaque};
 
 fn is_whiteout(md: &fs::Metadata) -> bool {
     md.file_type().is_char_device() && md.rdev() == 0
@@ -266,15 +266,7 @@ fn diff_rec(
     for name in merged_names(layers, rel) {
         if !names.contains(&name) {
             ensure_parents(new_root, upper, rel)?;
-            let target = upper.join(rel).join(&name);
-            nix::sys::stat::mknod(
-                &target,
-                nix::sys::stat::SFlag::S_IFCHR,
-                nix::sys::stat::Mode::empty(),
-                0,
-            )
-            .map_err(std::io::Error::from)
-            .at("create whiteout", &target)?;
+            make_whiteout(&upper.join(rel).join(&name))?;
         }
     }
     Ok(())

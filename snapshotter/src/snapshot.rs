@@ -286,14 +286,7 @@ pub fn unpack_layer(input: impl Read, dest: &Path) -> Result<()> {
                     fs::remove_file(&target).at("remove", &target)?;
                 }
             }
-            nix::sys::stat::mknod(
-                &target,
-                nix::sys::stat::SFlag::S_IFCHR,
-                nix::sys::stat::Mode::empty(),
-                0,
-            )
-            .map_err(std::io::Error::from)
-            .at("create whiteout", &target)?;
+            make_whiteout(&target)?;
             continue;
         }
         if entry.header().entry_type().is_hard_link() {
@@ -419,6 +412,19 @@ fn make_special<R: Read>(
     let mtime = filetime::FileTime::from_unix_time(h.mtime().unwrap_or(0) as i64, 0);
     filetime::set_symlink_file_times(target, mtime, mtime).map_err(|e| e.to_string())?;
     Ok(())
+}
+
+/// Creates an overlay whiteout (a 0:0 character device; unprivileged users may make these on
+/// Linux 5.8 and later).
+pub(crate) fn make_whiteout(target: &Path) -> Result<()> {
+    nix::sys::stat::mknod(
+        target,
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::empty(),
+        0,
+    )
+    .map_err(std::io::Error::from)
+    .at("create whiteout", target)
 }
 
 /// `path` relative to the root: leading `/` and `.` dropped; `None` if it climbs with `..`.
