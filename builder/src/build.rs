@@ -56,6 +56,56 @@ pub struct Builder<'a> {
     pub root_mode: snapshotter::snapshot::RootMode,
     /// The build cache (`None` with `--no-cache`).
     pub cache: Option<&'a std::sync::Mutex<crate::cache::Cache>>,
+    /// Where `FROM` and `COPY --from` get images the store lacks (`None`: local images only).
+    pub source: Option<&'a dyn ImageSource>,
+    /// Pull every base image even when the store has it (`--pull`).
+    pub always_pull: bool,
+}
+
+/// Where images named in a Dockerfile come from when the store lacks them: a registry.
+pub trait ImageSource: Sync {
+    /// The full reference for a name as written (short names may resolve against a
+    /// configured default registry).
+    fn qualify(&self, name: &str) -> std::result::Result<Reference, String>;
+    /// Pulls the image for `platform` into the store; returns the stored descriptor.
+    fn pull(
+        &self,
+        reference: &Reference,
+        platform: &Platform,
+    ) -> std::result::Result<oci_spec::image::Descriptor, String>;
+}
+
+impl Builder<'_> {
+    /// The stored image `name` refers to, pulled first when the store lacks it (or always,
+    /// with `always_pull`).
+    pub(crate) fn find_or_pull(
+        &self,
+        name: &str,
+        platform: &Platform,
+    ) -> std::result::Result<oci_spec::image::Descriptor, String> {
+        let plain: std::result::Result<Reference, String> =
+            name.parse().map_err(|e| format!("{e}"));
+        let qualified = match self.source {
+            Some(src) => src.qualify(name)?,
+            None => plain.clone()?,
+        };
+        if !self.always_pull {
+            for r in [plain.as_ref().ok(), Some(&qualified)]
+                .into_iter()
+                .flatten()
+            {
+                if let Some(d) = self.store.resolve(r).map_err(|e| e.to_string())? {
+                    return Ok(d);
+                }
+            }
+        }
+        match self.source {
+            Some(src) => src
+                .pull(&qualified, platform)
+                .map_err(|e| format!("pull {name}: {e}")),
+            None => Err(format!("image {name} not found in the local store")),
+        }
+    }
 }
 
 /// A layer of a stage, with its chain ID and unpacked directory.
@@ -70,6 +120,8 @@ pub(crate) struct StageLayer {
 pub(crate) struct Earlier<'s> {
     pub(crate) names: &'s [Option<String>],
     pub(crate) done: &'s [Option<StageState>],
+    /// The build's target platform (for images `COPY --from` pulls).
+    pub(crate) platform: &'s Platform,
 }
 
 #[derive(Clone, Debug)]
@@ -172,6 +224,7 @@ impl Builder<'_> {
                 let earlier = Earlier {
                     names: &names[..i],
                     done: &done[..i],
+                    platform: &req.platform,
                 };
                 self.step(&mut state, node, ins, &lexer, req, &slot, &earlier)
                     .map_err(|m| fail(node, m))?;
@@ -222,12 +275,7 @@ impl Builder<'_> {
                 cfg: fresh_cfg(cfg),
             }
         } else {
-            let reference: Reference = image.parse().map_err(|e| format!("{e}"))?;
-            let desc = self
-                .store
-                .resolve(&reference)
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("image {image} not found in the local store (pulling from registries is not supported yet; use kiln import)"))?;
+            let desc = self.find_or_pull(image, &req.platform)?;
             let base = read_image(self.store, &desc).map_err(|e| e.to_string())?;
             if base
                 .config
@@ -462,6 +510,8 @@ mod tests {
             compression: Default::default(),
             root_mode: snapshotter::snapshot::RootMode::Overlay,
             cache: None,
+            source: None,
+            always_pull: false,
             store,
             snapshots: &snapshots,
             sandbox,

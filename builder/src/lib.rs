@@ -8,6 +8,7 @@
 //! - [`dispatch`]: what config-only instructions (ENV, CMD, WORKDIR, ...) do to an image
 //!   config ([`ConfigState`], [`apply_config`]).
 //! - [`Platform`] and [`creation_time`] (which honours `SOURCE_DATE_EPOCH`).
+//! - [`registry`]: pull and push through the `Registry` seam (HTTP client and test double).
 //! - Errors are [`BuildError`]s; Dockerfile errors carry `file:line:col`.
 
 pub mod build;
@@ -17,6 +18,7 @@ pub mod dispatch;
 pub mod error;
 pub mod import;
 pub mod platform;
+pub mod registry;
 mod steps;
 
 pub use build::{BuildRequest, Builder, unused_build_args};

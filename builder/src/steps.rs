@@ -295,16 +295,9 @@ impl Builder<'_> {
                 ));
             }
             None => {
-                let r: snapshotter::Reference = from
-                    .parse()
-                    .map_err(|e| format!("COPY --from={from}: {e}"))?;
                 let d = self
-                    .store
-                    .resolve(&r)
-                    .map_err(|e| e.to_string())?
-                    .ok_or_else(|| {
-                        format!("COPY --from={from}: no stage or local image by that name")
-                    })?;
+                    .find_or_pull(from, earlier.platform)
+                    .map_err(|e| format!("COPY --from={from}: {e}"))?;
                 let img =
                     snapshotter::image::read_image(self.store, &d).map_err(|e| e.to_string())?;
                 let chain = self

@@ -26,6 +26,19 @@ pub(crate) struct Cli {
     #[arg(short = 'D', long, global = true)]
     pub(crate) debug: bool,
 
+    /// Reach this registry over plain HTTP (loopback always is); repeatable
+    #[arg(long = "insecure-registry", global = true, value_name = "HOST[:PORT]")]
+    pub(crate) insecure_registries: Vec<String>,
+
+    /// Registry for short names such as `busybox` [default: docker.io]
+    #[arg(
+        long,
+        global = true,
+        env = "KILN_DEFAULT_REGISTRY",
+        value_name = "HOST[:PORT]"
+    )]
+    pub(crate) default_registry: Option<String>,
+
     #[command(subcommand)]
     pub(crate) command: Command,
 }
@@ -62,6 +75,84 @@ pub(crate) enum Command {
     Parse(ParseArgs),
     /// Run BuildKit's build checks on a Dockerfile
     Lint(LintArgs),
+    /// Download an image from a registry
+    Pull(PullArgs),
+    /// Upload an image to a registry
+    Push(PushArgs),
+    /// Log in to a registry (credentials go to the Docker config.json)
+    Login(LoginArgs),
+    /// Log out from a registry
+    Logout(LogoutArgs),
+    /// Search a registry for repositories
+    Search(SearchArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct PullArgs {
+    /// Platform to pick from a multi-platform image (os/arch[/variant]) [default: the host's]
+    #[arg(long)]
+    pub(crate) platform: Option<String>,
+    /// Print only the image name
+    #[arg(short, long)]
+    pub(crate) quiet: bool,
+    /// Layers downloaded at once
+    #[arg(long, default_value_t = 3)]
+    pub(crate) max_concurrent: usize,
+    /// NAME[:TAG|@DIGEST]
+    pub(crate) image: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct PushArgs {
+    /// Print only the pushed digest
+    #[arg(short, long)]
+    pub(crate) quiet: bool,
+    /// Layers uploaded at once
+    #[arg(long, default_value_t = 3)]
+    pub(crate) max_concurrent: usize,
+    /// Write the pushed manifest's digest to this file
+    #[arg(long, value_name = "PATH")]
+    pub(crate) digestfile: Option<PathBuf>,
+    /// Local image (name or ID)
+    pub(crate) image: String,
+    /// Where to push it [default: the image's own name]
+    pub(crate) dest: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct LoginArgs {
+    /// User name
+    #[arg(short, long)]
+    pub(crate) username: Option<String>,
+    /// Password (prefer --password-stdin)
+    #[arg(short, long)]
+    pub(crate) password: Option<String>,
+    /// Read the password from stdin
+    #[arg(long)]
+    pub(crate) password_stdin: bool,
+    /// Registry [default: the default registry]
+    pub(crate) server: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct LogoutArgs {
+    /// Registry [default: the default registry]
+    pub(crate) server: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct SearchArgs {
+    /// Most results shown
+    #[arg(long, default_value_t = 25)]
+    pub(crate) limit: usize,
+    /// Output format: json
+    #[arg(long, value_parser = ["json", "table"])]
+    pub(crate) format: Option<String>,
+    /// Also list each repository's tags (catalog search)
+    #[arg(long)]
+    pub(crate) list_tags: bool,
+    /// [REGISTRY/]TERM
+    pub(crate) term: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -118,6 +209,12 @@ pub(crate) struct BuildArgs {
     /// Write the image ID to this file
     #[arg(long, value_name = "FILE")]
     pub(crate) iidfile: Option<PathBuf>,
+    /// Pull base images even when the store has them
+    #[arg(long)]
+    pub(crate) pull: bool,
+    /// Push every tag (-t) to its registry after the build
+    #[arg(long)]
+    pub(crate) push: bool,
     /// The build context directory
     pub(crate) context: PathBuf,
 }

@@ -9,6 +9,7 @@
 
 mod args;
 mod commands;
+mod progress;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -77,6 +78,11 @@ fn store_root(cli: &Cli) -> anyhow::Result<PathBuf> {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let root = store_root(&cli)?;
+    let reg = commands::registry::options(
+        &root,
+        &cli.insecure_registries,
+        cli.default_registry.as_deref(),
+    )?;
     tracing::debug!(root = %root.display(), "store");
     match cli.command {
         Command::Import(a) => commands::import::run(&root, a),
@@ -90,10 +96,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::System(args::SystemCommand::Df) => commands::system::df(&root),
         Command::System(args::SystemCommand::Prune(a)) => commands::system::prune(&root, a),
         Command::System(args::SystemCommand::Check(a)) => commands::system::check_cmd(&root, a),
-        Command::Build(a) => commands::build::run(&root, a),
-        Command::Run(a) => commands::run::run(&root, a),
+        Command::Build(a) => commands::build::run(&root, &reg, a),
+        Command::Run(a) => commands::run::run(&root, &reg, a),
         Command::Parse(a) => commands::parse::parse(a),
         Command::Layer(args::LayerCommand::Create(a)) => commands::system::layer_create(&root, a),
         Command::Lint(a) => commands::parse::lint_cmd(&root, a),
+        Command::Pull(a) => commands::registry::pull_cmd(&root, &reg, a),
+        Command::Push(a) => commands::registry::push_cmd(&root, &reg, a),
+        Command::Login(a) => commands::registry::login(&reg, a),
+        Command::Logout(a) => commands::registry::logout(&reg, a),
+        Command::Search(a) => commands::registry::search(&reg, a),
     }
 }

@@ -4,13 +4,37 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
+use builder::registry::RegistryOptions;
 use builder::{BuildRequest, Builder, Platform};
 use snapshotter::Reference;
 use snapshotter::snapshot::Snapshots;
 
 use crate::args::BuildArgs;
 
-pub(crate) fn run(root: &Path, a: BuildArgs) -> anyhow::Result<ExitCode> {
+/// Pulls what `FROM` and `COPY --from` name when the store lacks it.
+struct RegistrySource<'a> {
+    store: &'a snapshotter::FsStore,
+    options: &'a RegistryOptions,
+    quiet: bool,
+}
+
+impl builder::build::ImageSource for RegistrySource<'_> {
+    fn qualify(&self, name: &str) -> Result<Reference, String> {
+        self.options.qualify(name).map_err(|e| e.to_string())
+    }
+
+    fn pull(
+        &self,
+        reference: &Reference,
+        platform: &Platform,
+    ) -> Result<oci_spec::image::Descriptor, String> {
+        super::registry::pull_into(self.store, self.options, reference, platform, 3, self.quiet)
+            .map(|p| p.image.descriptor)
+            .map_err(|e| format!("{e:#}"))
+    }
+}
+
+pub(crate) fn run(root: &Path, reg: &RegistryOptions, a: BuildArgs) -> anyhow::Result<ExitCode> {
     let context = a.context.clone();
     if !context.is_dir() {
         anyhow::bail!("build context {} is not a directory", context.display());
@@ -62,6 +86,11 @@ pub(crate) fn run(root: &Path, a: BuildArgs) -> anyhow::Result<ExitCode> {
     };
     let compression = a.compression.parse().map_err(anyhow::Error::msg)?;
     let cache = std::sync::Mutex::new(builder::cache::Cache::open(root));
+    let source = RegistrySource {
+        store: &store,
+        options: reg,
+        quiet,
+    };
     let builder = Builder {
         cache: (!a.no_cache).then_some(&cache),
         compression,
@@ -70,6 +99,8 @@ pub(crate) fn run(root: &Path, a: BuildArgs) -> anyhow::Result<ExitCode> {
         snapshots: &snapshots,
         sandbox: &sandbox,
         progress: &progress,
+        source: Some(&source),
+        always_pull: a.pull,
     };
     // `<Dockerfile>.dockerignore` beside the Dockerfile wins over the context's `.dockerignore`.
     let ignore_path = parser::dockerignore::ignore_file(&dockerfile_path, &context);
@@ -111,6 +142,15 @@ pub(crate) fn run(root: &Path, a: BuildArgs) -> anyhow::Result<ExitCode> {
     for spec in &a.outputs {
         export(&store, &snapshots, &image, &req.tags, spec)
             .with_context(|| format!("--output {spec}"))?;
+    }
+    if a.push {
+        if req.tags.is_empty() {
+            anyhow::bail!("--push needs at least one -t name");
+        }
+        for t in &req.tags {
+            super::registry::push_image(&store, reg, &t.to_string(), t, 3, quiet)
+                .with_context(|| format!("push {t}"))?;
+        }
     }
     if let Some(f) = &a.iidfile {
         std::fs::write(f, image.id().to_string())

@@ -43,6 +43,34 @@ pub(crate) fn find_image(
     bail!("no such image: {what}")
 }
 
+/// `RepoDigests`: the registry digests recorded on the image's names by pull and push.
+fn repo_digests(store: &FsStore, img: &StoredImage) -> anyhow::Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for (_, d) in store.images()? {
+        if d.digest() != img.descriptor.digest() {
+            continue;
+        }
+        let Some(rd) = d
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(builder::registry::REPO_DIGEST_ANNOTATION))
+        else {
+            continue;
+        };
+        let shown = match rd
+            .split_once('@')
+            .and_then(|(n, dg)| Some((n.parse::<Reference>().ok()?, dg)))
+        {
+            Some((r, dg)) => format!("{}@{dg}", r.familiar_name()),
+            None => rd.clone(),
+        };
+        if !out.contains(&shown) {
+            out.push(shown);
+        }
+    }
+    Ok(out)
+}
+
 fn names_of(
     all: &[(Reference, oci_spec::image::Descriptor)],
     d: &oci_spec::image::Descriptor,
@@ -115,7 +143,7 @@ pub(crate) fn inspect(root: &Path, a: InspectArgs) -> anyhow::Result<ExitCode> {
         out.push(json!({
             "Id": img.id().to_string(),
             "RepoTags": names.iter().map(|n| format!("{}:{}", n.familiar_name(), n.tag().unwrap_or("latest"))).collect::<Vec<_>>(),
-            "RepoDigests": names.iter().map(|n| format!("{}@{}", n.familiar_name(), img.descriptor.digest())).collect::<Vec<_>>(),
+            "RepoDigests": repo_digests(&store, &img)?,
             "Parent": "",
             "Comment": c.history.last().and_then(|h| h.comment.clone()).unwrap_or_default(),
             "Created": c.created,

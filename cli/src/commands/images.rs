@@ -32,14 +32,14 @@ pub(crate) fn run(root: &Path, a: ImagesArgs) -> anyhow::Result<ExitCode> {
             "Repository": name.familiar_name(),
             "Tag": tag,
             "ID": shown_id,
-            "Digest": desc.digest().to_string(),
+            "Digest": repo_digest(&desc).unwrap_or_else(|| "<none>".into()),
             "CreatedAt": img.config.created,
             "CreatedSince": created,
             "Size": human_size(size),
         }));
         let mut row = vec![name.familiar_name(), tag];
         if a.digests {
-            row.push(desc.digest().to_string());
+            row.push(repo_digest(&desc).unwrap_or_else(|| "<none>".into()));
         }
         row.extend([shown_id, created, human_size(size)]);
         rows.push(row);
@@ -65,6 +65,16 @@ pub(crate) fn run(root: &Path, a: ImagesArgs) -> anyhow::Result<ExitCode> {
     let header: Vec<String> = header.into_iter().map(String::from).collect();
     print_table(&header, &rows);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The digest the registry knows this name by (after a pull or push), as Docker's DIGEST
+/// column shows it.
+pub(crate) fn repo_digest(desc: &oci_spec::image::Descriptor) -> Option<String> {
+    let ann = desc.annotations().as_ref()?;
+    let (_, digest) = ann
+        .get(builder::registry::REPO_DIGEST_ANNOTATION)?
+        .split_once('@')?;
+    Some(digest.to_string())
 }
 
 /// Prints rows in columns separated by three spaces, as Docker does.

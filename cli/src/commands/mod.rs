@@ -5,6 +5,7 @@ pub(crate) mod image;
 pub(crate) mod images;
 pub(crate) mod import;
 pub(crate) mod parse;
+pub(crate) mod registry;
 pub(crate) mod run;
 pub(crate) mod system;
 

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::Context;
+use anyhow::Context as _;
 use snapshotter::image::read_image;
 use snapshotter::snapshot::Snapshots;
 use snapshotter::{Reference, Store};
@@ -11,16 +11,32 @@ use vm_sandbox::{Network, RootFs, RunIo, RunSpec, Sandbox};
 
 use crate::args::RunArgs;
 
-pub(crate) fn run(root: &Path, a: RunArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(
+    root: &Path,
+    reg: &builder::registry::RegistryOptions,
+    a: RunArgs,
+) -> anyhow::Result<ExitCode> {
     let name: Reference = a.image.parse()?;
     let store = super::open_store(root)?;
     let _gc = snapshotter::gc::GcLock::shared(root)?;
-    let desc = store.resolve(&name)?.with_context(|| {
-        format!(
-            "unable to find image {} locally (pulling is not supported yet)",
-            a.image
-        )
-    })?;
+    let qualified = reg.qualify(&a.image)?;
+    let desc = match (store.resolve(&name)?, store.resolve(&qualified)?) {
+        (Some(d), _) | (None, Some(d)) => d,
+        (None, None) => {
+            eprintln!("Unable to find image '{}' locally", a.image);
+            super::registry::pull_into(
+                &store,
+                reg,
+                &qualified,
+                &builder::Platform::host(),
+                3,
+                false,
+            )
+            .with_context(|| format!("pull {}", a.image))?
+            .image
+            .descriptor
+        }
+    };
     let image = read_image(&store, &desc)?;
     let snapshots = Snapshots::open(root)?;
     let layers = snapshots.ensure_image(&store, &image)?;

@@ -1,0 +1,747 @@
+//! [`HttpRegistry`]: the distribution API over HTTP(S) with `ureq`, with anonymous, basic and
+//! bearer-token authentication (tokens cached per scope).
+
+use std::io::Read;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use snapshotter::Digest;
+use ureq::http::{self, Response};
+
+use super::auth::{Credentials, TokenCache, TokenResponse, parse_challenge};
+use super::{
+    BlobStream, FetchedManifest, MANIFEST_TYPES, Registry, RegistryError, RegistryOptions, Result,
+};
+
+/// Blobs up to this size go up in one PUT; larger ones in PATCH chunks of this size.
+const CHUNK: usize = 32 << 20;
+/// The most a manifest, token or listing may weigh.
+const DOCUMENT_LIMIT: u64 = 8 << 20;
+
+/// A registry reached over HTTP(S).
+pub struct HttpRegistry {
+    host: String,
+    base: String,
+    agent: ureq::Agent,
+    credentials: Option<Credentials>,
+    tokens: Mutex<TokenCache>,
+}
+
+impl std::fmt::Debug for HttpRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpRegistry")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Payload<'a> {
+    Empty,
+    Bytes(&'a [u8]),
+}
+
+/// One page of a listing plus the `Link` to the next.
+#[derive(serde::Deserialize)]
+struct TagList {
+    #[serde(default)]
+    tags: Option<Vec<String>>,
+}
+
+#[derive(serde::Deserialize)]
+struct Catalog {
+    #[serde(default)]
+    repositories: Option<Vec<String>>,
+}
+
+/// One hit of Docker Hub's `/v1/search`.
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
+pub struct SearchHit {
+    /// Repository name.
+    pub name: String,
+    /// Its description.
+    #[serde(default)]
+    pub description: String,
+    /// Stars.
+    #[serde(default)]
+    pub star_count: u64,
+    /// Whether it is an official image.
+    #[serde(default)]
+    pub is_official: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct SearchPage {
+    #[serde(default)]
+    results: Vec<SearchHit>,
+}
+
+impl HttpRegistry {
+    /// A client for `host`, with credentials from the Docker config when it has some.
+    pub fn new(host: &str, options: &RegistryOptions) -> Result<HttpRegistry> {
+        let dir = options
+            .docker_config
+            .clone()
+            .unwrap_or_else(super::credentials::default_dir);
+        let creds = super::credentials::DockerConfig::load(&dir)?.get(host)?;
+        Ok(Self::with_credentials(host, options, creds))
+    }
+
+    /// A client for `host` with the given credentials (or none).
+    pub fn with_credentials(
+        host: &str,
+        options: &RegistryOptions,
+        credentials: Option<Credentials>,
+    ) -> HttpRegistry {
+        let scheme = if options.is_insecure(host) {
+            "http"
+        } else {
+            "https"
+        };
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(15)))
+            .timeout_recv_response(Some(Duration::from_secs(120)))
+            .timeout_per_read(Some(Duration::from_secs(60)))
+            .timeout_per_write(Some(Duration::from_secs(60)))
+            .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
+            .accept_encoding("identity")
+            .max_idle_connections_per_host(16)
+            .build();
+        HttpRegistry {
+            host: host.to_string(),
+            base: format!("{scheme}://{}", super::api_host(host)),
+            agent: ureq::Agent::new_with_config(config),
+            credentials,
+            tokens: Mutex::new(TokenCache::default()),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        if path.starts_with("http://") || path.starts_with("https://") {
+            path.to_string()
+        } else {
+            format!("{}{path}", self.base)
+        }
+    }
+
+    fn unreachable(&self, e: impl std::fmt::Display) -> RegistryError {
+        RegistryError::Unreachable {
+            host: self.host.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    fn send(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, String)],
+        auth: Option<&str>,
+        body: &Payload<'_>,
+    ) -> Result<Response<ureq::Body>> {
+        let mut req = http::Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let result = match body {
+            Payload::Empty if method == "GET" || method == "HEAD" || method == "DELETE" => self
+                .agent
+                .run(req.body(()).map_err(|e| self.unreachable(e))?),
+            Payload::Empty => self
+                .agent
+                .run(req.body(&[][..]).map_err(|e| self.unreachable(e))?),
+            Payload::Bytes(b) => self
+                .agent
+                .run(req.body(*b).map_err(|e| self.unreachable(e))?),
+        };
+        result.map_err(|e| {
+            let text = e.to_string();
+            if matches!(e, ureq::Error::HostNotFound) || text.contains("failed to lookup address") {
+                RegistryError::UnknownHost {
+                    host: self.host.clone(),
+                    reason: text.trim_start_matches("io: ").to_string(),
+                }
+            } else {
+                self.unreachable(e)
+            }
+        })
+    }
+
+    /// Sends a request with the authorization cached for `scope`; on a 401, answers the
+    /// challenge (basic, or a token from the realm) and sends it once more.
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        scope: &str,
+        headers: &[(&str, String)],
+        body: Payload<'_>,
+    ) -> Result<Response<ureq::Body>> {
+        let url = self.url(path);
+        let cached = self.tokens.lock().expect("token cache lock").get(scope);
+        let resp = self.send(method, &url, headers, cached.as_deref(), &body)?;
+        if resp.status() != 401 {
+            return Ok(resp);
+        }
+        self.tokens.lock().expect("token cache lock").forget(scope);
+        let challenge = resp
+            .headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_challenge);
+        let Some(challenge) = challenge else {
+            return Err(self.refused(resp, "the registry sent no WWW-Authenticate challenge"));
+        };
+        let (authorization, keep) = self.authorize(&challenge, scope)?;
+        self.tokens
+            .lock()
+            .expect("token cache lock")
+            .put(scope, authorization.clone(), keep);
+        let resp = self.send(method, &url, headers, Some(&authorization), &body)?;
+        if resp.status() == 401 {
+            return Err(self.refused(resp, "credentials rejected"));
+        }
+        Ok(resp)
+    }
+
+    fn refused(&self, mut resp: Response<ureq::Body>, fallback: &str) -> RegistryError {
+        let detail = error_text(&mut resp);
+        RegistryError::Unauthorized {
+            host: self.host.clone(),
+            detail: if detail.is_empty() {
+                fallback.to_string()
+            } else {
+                detail
+            },
+        }
+    }
+
+    fn authorize(
+        &self,
+        challenge: &super::auth::Challenge,
+        scope: &str,
+    ) -> Result<(String, Duration)> {
+        match challenge.scheme.as_str() {
+            "basic" => {
+                let creds =
+                    self.credentials
+                        .as_ref()
+                        .ok_or_else(|| RegistryError::Unauthorized {
+                            host: self.host.clone(),
+                            detail: format!("no credentials; run kiln login {}", self.host),
+                        })?;
+                Ok((creds.basic_header(), Duration::from_secs(3600)))
+            }
+            "bearer" => {
+                let realm = challenge.params.get("realm").ok_or_else(|| {
+                    RegistryError::Malformed(format!(
+                        "{}: bearer challenge without a realm",
+                        self.host
+                    ))
+                })?;
+                let mut query: Vec<(&str, &str)> = Vec::new();
+                if let Some(s) = challenge.params.get("service") {
+                    query.push(("service", s));
+                }
+                let scopes: Vec<&str> = if scope.is_empty() {
+                    challenge
+                        .params
+                        .get("scope")
+                        .map(|s| vec![s.as_str()])
+                        .unwrap_or_default()
+                } else {
+                    scope.split(' ').collect()
+                };
+                for s in &scopes {
+                    query.push(("scope", s));
+                }
+                if let Some(c) = &self.credentials {
+                    query.push(("account", &c.username));
+                }
+                let mut url = realm.clone();
+                for (i, (k, v)) in query.iter().enumerate() {
+                    url.push(if i == 0 && !realm.contains('?') {
+                        '?'
+                    } else {
+                        '&'
+                    });
+                    url.push_str(k);
+                    url.push('=');
+                    url.push_str(&percent_encode(v));
+                }
+                let basic = self.credentials.as_ref().map(Credentials::basic_header);
+                let mut resp = self.send("GET", &url, &[], basic.as_deref(), &Payload::Empty)?;
+                match resp.status().as_u16() {
+                    200 => {}
+                    401 | 403 => {
+                        return Err(self.refused(resp, "the token server refused the credentials"));
+                    }
+                    s => {
+                        return Err(RegistryError::Status {
+                            host: self.host.clone(),
+                            op: "get token".into(),
+                            status: s,
+                            detail: error_text(&mut resp),
+                        });
+                    }
+                }
+                let body = read_document(&mut resp).map_err(|e| self.unreachable(e))?;
+                let token: TokenResponse = serde_json::from_slice(&body).map_err(|_| {
+                    RegistryError::Malformed(format!("{}: token answer is not JSON", self.host))
+                })?;
+                let value = token.value().ok_or_else(|| {
+                    RegistryError::Malformed(format!("{}: token answer has no token", self.host))
+                })?;
+                Ok((format!("Bearer {value}"), token.keep_for()))
+            }
+            other => Err(RegistryError::Unauthorized {
+                host: self.host.clone(),
+                detail: format!("unsupported authentication scheme {other:?}"),
+            }),
+        }
+    }
+
+    fn status_error(&self, op: &str, what: &str, mut resp: Response<ureq::Body>) -> RegistryError {
+        let status = resp.status().as_u16();
+        let detail = error_text(&mut resp);
+        match status {
+            404 => RegistryError::NotFound {
+                what: what.to_string(),
+            },
+            401 | 403 => RegistryError::Unauthorized {
+                host: self.host.clone(),
+                detail: if detail.is_empty() {
+                    "access denied".into()
+                } else {
+                    detail
+                },
+            },
+            _ => RegistryError::Status {
+                host: self.host.clone(),
+                op: op.to_string(),
+                status,
+                detail,
+            },
+        }
+    }
+
+    /// Docker Hub's `/v1/search`, where the registry serves it (`None` when it does not).
+    pub fn search_v1(&self, term: &str, limit: usize) -> Result<Option<Vec<SearchHit>>> {
+        let path = format!("/v1/search?q={}&n={limit}", percent_encode(term));
+        let mut resp = self.call("GET", &path, "", &[], Payload::Empty)?;
+        if resp.status() != 200 {
+            return Ok(None);
+        }
+        let body = read_document(&mut resp).map_err(|e| self.unreachable(e))?;
+        Ok(serde_json::from_slice::<SearchPage>(&body)
+            .ok()
+            .map(|p| p.results))
+    }
+
+    fn list_pages<T: serde::de::DeserializeOwned>(
+        &self,
+        first: String,
+        scope: &str,
+        what: &str,
+        limit: usize,
+        mut items: impl FnMut(T) -> Vec<String>,
+    ) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let mut next = Some(first);
+        while let Some(path) = next.take() {
+            let mut resp = self.call("GET", &path, scope, &[], Payload::Empty)?;
+            if resp.status() != 200 {
+                return Err(self.status_error("list", what, resp));
+            }
+            next = resp
+                .headers()
+                .get("link")
+                .and_then(|l| l.to_str().ok())
+                .and_then(|l| l.split_once('<'))
+                .and_then(|(_, r)| r.split_once('>'))
+                .map(|(u, _)| u.to_string());
+            let body = read_document(&mut resp).map_err(|e| self.unreachable(e))?;
+            let page: T = serde_json::from_slice(&body).map_err(|_| {
+                RegistryError::Malformed(format!("{}: {what}: listing is not JSON", self.host))
+            })?;
+            out.extend(items(page));
+            if out.len() >= limit {
+                out.truncate(limit);
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn pull_scope(repo: &str) -> String {
+    format!("repository:{repo}:pull")
+}
+
+fn push_scope(repo: &str) -> String {
+    format!("repository:{repo}:pull,push")
+}
+
+impl Registry for HttpRegistry {
+    fn host(&self) -> &str {
+        &self.host
+    }
+
+    fn ping(&self) -> Result<()> {
+        let resp = self.call("GET", "/v2/", "", &[], Payload::Empty)?;
+        match resp.status().as_u16() {
+            200..=299 => Ok(()),
+            _ => Err(self.status_error("ping", &format!("{}/v2/", self.host), resp)),
+        }
+    }
+
+    fn fetch_manifest(&self, repo: &str, reference: &str) -> Result<FetchedManifest> {
+        let path = format!("/v2/{repo}/manifests/{reference}");
+        let accept = MANIFEST_TYPES.join(", ");
+        let sep = if reference.starts_with("sha256:") {
+            "@"
+        } else {
+            ":"
+        };
+        let what = format!("{}/{repo}{sep}{reference}", self.host);
+        let mut resp = self.call(
+            "GET",
+            &path,
+            &pull_scope(repo),
+            &[("accept", accept)],
+            Payload::Empty,
+        )?;
+        if resp.status() != 200 {
+            return Err(self.status_error("get manifest", &format!("manifest {what}"), resp));
+        }
+        let header_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or_default().trim().to_string());
+        let bytes = read_document(&mut resp).map_err(|e| self.unreachable(e))?;
+        let digest = Digest::of(&bytes);
+        let own_type = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| {
+                v.get("mediaType")
+                    .and_then(|m| m.as_str())
+                    .map(str::to_string)
+            });
+        let media_type = own_type
+            .or(header_type)
+            .unwrap_or_else(|| super::OCI_MANIFEST.to_string());
+        Ok(FetchedManifest {
+            bytes,
+            media_type,
+            digest,
+        })
+    }
+
+    fn blob_size(&self, repo: &str, digest: &Digest) -> Result<Option<u64>> {
+        let path = format!("/v2/{repo}/blobs/{digest}");
+        let resp = self.call("HEAD", &path, &pull_scope(repo), &[], Payload::Empty)?;
+        match resp.status().as_u16() {
+            200 => Ok(Some(content_length(&resp).unwrap_or(0))),
+            404 => Ok(None),
+            _ => Err(self.status_error("check blob", &format!("blob {digest}"), resp)),
+        }
+    }
+
+    fn fetch_blob(&self, repo: &str, digest: &Digest, offset: u64) -> Result<(BlobStream, u64)> {
+        let path = format!("/v2/{repo}/blobs/{digest}");
+        let headers = if offset > 0 {
+            vec![("range", format!("bytes={offset}-"))]
+        } else {
+            Vec::new()
+        };
+        let resp = self.call("GET", &path, &pull_scope(repo), &headers, Payload::Empty)?;
+        let start = match resp.status().as_u16() {
+            200 => 0,
+            206 => resp
+                .headers()
+                .get("content-range")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| {
+                    v.trim_start_matches("bytes ")
+                        .split('-')
+                        .next()?
+                        .parse()
+                        .ok()
+                })
+                .unwrap_or(offset),
+            _ => {
+                return Err(self.status_error(
+                    "get blob",
+                    &format!("blob {digest} in {}/{repo}", self.host),
+                    resp,
+                ));
+            }
+        };
+        Ok((Box::new(resp.into_body().into_reader()), start))
+    }
+
+    fn mount_blob(&self, repo: &str, digest: &Digest, from: &str) -> Result<bool> {
+        let path = format!("/v2/{repo}/blobs/uploads/?mount={digest}&from={from}");
+        let scope = format!("{} {}", push_scope(repo), pull_scope(from));
+        let resp = self.call("POST", &path, &scope, &[], Payload::Empty)?;
+        match resp.status().as_u16() {
+            201 => Ok(true),
+            202 => {
+                // Not mounted: the registry opened an upload session instead; close it.
+                if let Some(loc) = location(&resp) {
+                    let _ = self.call("DELETE", &loc, &scope, &[], Payload::Empty);
+                }
+                Ok(false)
+            }
+            _ => Err(self.status_error("mount blob", &format!("blob {digest}"), resp)),
+        }
+    }
+
+    fn upload_blob(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        size: u64,
+        data: &mut dyn Read,
+        sent: &(dyn Fn(u64) + Sync),
+    ) -> Result<()> {
+        let scope = push_scope(repo);
+        let what = format!("blob {digest} to {}/{repo}", self.host);
+        let resp = self.call(
+            "POST",
+            &format!("/v2/{repo}/blobs/uploads/"),
+            &scope,
+            &[],
+            Payload::Empty,
+        )?;
+        if resp.status() != 202 {
+            return Err(self.status_error("start upload", &what, resp));
+        }
+        let mut loc = location(&resp).ok_or_else(|| {
+            RegistryError::Malformed(format!("{}: upload started without a Location", self.host))
+        })?;
+        let octets = || vec![("content-type", "application/octet-stream".to_string())];
+        let mut buf = Vec::with_capacity((size as usize).min(CHUNK));
+        let mut offset = 0u64;
+        loop {
+            buf.clear();
+            data.take(CHUNK as u64).read_to_end(&mut buf).map_err(|e| {
+                RegistryError::Store(snapshotter::StoreError::Stream("read blob", e))
+            })?;
+            let last = offset + buf.len() as u64 >= size || buf.len() < CHUNK;
+            if last && offset == 0 {
+                // Monolithic: the whole blob in the closing PUT.
+                let url = with_query(&loc, &format!("digest={digest}"));
+                let resp = self.call("PUT", &url, &scope, &octets(), Payload::Bytes(&buf))?;
+                if resp.status() != 201 {
+                    return Err(self.status_error("upload", &what, resp));
+                }
+                sent(buf.len() as u64);
+                return Ok(());
+            }
+            if !buf.is_empty() {
+                let mut headers = octets();
+                headers.push((
+                    "content-range",
+                    format!("{offset}-{}", offset + buf.len() as u64 - 1),
+                ));
+                let resp = self.call("PATCH", &loc, &scope, &headers, Payload::Bytes(&buf))?;
+                if resp.status() != 202 {
+                    return Err(self.status_error("upload chunk", &what, resp));
+                }
+                loc = location(&resp).unwrap_or(loc);
+                offset += buf.len() as u64;
+                sent(buf.len() as u64);
+            }
+            if last {
+                let url = with_query(&loc, &format!("digest={digest}"));
+                let resp = self.call("PUT", &url, &scope, &[], Payload::Empty)?;
+                if resp.status() != 201 {
+                    return Err(self.status_error("finish upload", &what, resp));
+                }
+                return Ok(());
+            }
+        }
+    }
+
+    fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        bytes: &[u8],
+    ) -> Result<Digest> {
+        let path = format!("/v2/{repo}/manifests/{reference}");
+        let resp = self.call(
+            "PUT",
+            &path,
+            &push_scope(repo),
+            &[("content-type", media_type.to_string())],
+            Payload::Bytes(bytes),
+        )?;
+        if resp.status() != 201 && resp.status() != 200 {
+            return Err(self.status_error(
+                "put manifest",
+                &format!("{}/{repo}:{reference}", self.host),
+                resp,
+            ));
+        }
+        let reported = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        Ok(reported.unwrap_or_else(|| Digest::of(bytes)))
+    }
+
+    fn tags(&self, repo: &str) -> Result<Vec<String>> {
+        let what = format!("repository {}/{repo}", self.host);
+        self.list_pages(
+            format!("/v2/{repo}/tags/list"),
+            &pull_scope(repo),
+            &what,
+            usize::MAX,
+            |p: TagList| p.tags.unwrap_or_default(),
+        )
+    }
+
+    fn catalog(&self, limit: usize) -> Result<Vec<String>> {
+        let what = format!("{}/v2/_catalog", self.host);
+        let page = limit.clamp(1, 1000);
+        self.list_pages(
+            format!("/v2/_catalog?n={page}"),
+            "registry:catalog:*",
+            &what,
+            limit,
+            |p: Catalog| p.repositories.unwrap_or_default(),
+        )
+    }
+}
+
+fn location(resp: &Response<ureq::Body>) -> Option<String> {
+    resp.headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+fn content_length(resp: &Response<ureq::Body>) -> Option<u64> {
+    resp.headers()
+        .get("content-length")?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn with_query(url: &str, q: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{q}")
+}
+
+fn read_document(resp: &mut Response<ureq::Body>) -> std::result::Result<Vec<u8>, ureq::Error> {
+    resp.body_mut()
+        .with_config()
+        .limit(DOCUMENT_LIMIT)
+        .read_to_vec()
+}
+
+/// The registry's error text: the `errors[].message` (and `detail`) of its JSON, else the
+/// body's first line, shortened.
+fn error_text(resp: &mut Response<ureq::Body>) -> String {
+    let body = resp
+        .body_mut()
+        .with_config()
+        .limit(64 << 10)
+        .read_to_vec()
+        .unwrap_or_default();
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body)
+        && let Some(errs) = v.get("errors").and_then(|e| e.as_array())
+    {
+        let msgs: Vec<String> = errs
+            .iter()
+            .filter_map(|e| {
+                let code = e.get("code").and_then(|c| c.as_str()).unwrap_or_default();
+                let msg = e.get("message").and_then(|c| c.as_str()).unwrap_or(code);
+                (!msg.is_empty()).then(|| msg.to_lowercase())
+            })
+            .collect();
+        if !msgs.is_empty() {
+            return msgs.join("; ");
+        }
+    }
+    let text = String::from_utf8_lossy(&body);
+    let line = text.lines().next().unwrap_or_default().trim();
+    line.chars().take(200).collect()
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_scopes_and_joins_queries() {
+        assert_eq!(
+            percent_encode("repository:a/b:pull,push"),
+            "repository%3Aa%2Fb%3Apull%2Cpush"
+        );
+        assert_eq!(
+            with_query("/v2/x/uploads/u?_state=s", "digest=d"),
+            "/v2/x/uploads/u?_state=s&digest=d"
+        );
+        assert_eq!(
+            with_query("/v2/x/uploads/u", "digest=d"),
+            "/v2/x/uploads/u?digest=d"
+        );
+    }
+
+    #[test]
+    fn loopback_is_plain_http_and_hub_uses_its_api_host() {
+        let o = RegistryOptions::default();
+        assert_eq!(
+            HttpRegistry::with_credentials("127.0.0.1:5000", &o, None).base,
+            "http://127.0.0.1:5000"
+        );
+        assert_eq!(
+            HttpRegistry::with_credentials("docker.io", &o, None).base,
+            "https://registry-1.docker.io"
+        );
+        assert_eq!(
+            HttpRegistry::with_credentials("quay.io", &o, None).base,
+            "https://quay.io"
+        );
+    }
+
+    #[test]
+    fn unknown_host_is_one_clear_error() {
+        let o = RegistryOptions {
+            insecure: vec!["no-such-host.invalid".into()],
+            ..Default::default()
+        };
+        let r = HttpRegistry::with_credentials("no-such-host.invalid", &o, None);
+        let e = r.ping().unwrap_err();
+        assert!(matches!(e, RegistryError::UnknownHost { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("unknown registry host no-such-host.invalid"),
+            "{e}"
+        );
+        assert!(!e.is_transient());
+    }
+}
