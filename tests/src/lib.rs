@@ -10,6 +10,8 @@
 //! - [`require`]: skips a test whose host capability is missing, printing why; under
 //!   `CI=true` a missing capability fails the test instead.
 
+pub mod proxy;
+
 use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -228,6 +230,11 @@ impl TestContext {
         self.dir.path().join("store")
     }
 
+    /// The Docker config directory `kiln login` writes for this test.
+    pub fn docker_config(&self) -> PathBuf {
+        self.dir.path().join("docker")
+    }
+
     /// A scratch directory for the test's own files.
     pub fn work(&self) -> PathBuf {
         self.dir.path().join("work")
@@ -238,7 +245,9 @@ impl TestContext {
         let mut cmd = Command::new(kiln_bin());
         cmd.env_remove("KILN_ROOT")
             .env_remove("KILN_LOG_LEVEL")
-            .env_remove("SOURCE_DATE_EPOCH");
+            .env_remove("SOURCE_DATE_EPOCH")
+            .env_remove("KILN_DEFAULT_REGISTRY")
+            .env("DOCKER_CONFIG", self.docker_config());
         cmd.arg("--root").arg(self.root());
         KilnCommand { cmd, stdin: None }
     }
@@ -317,4 +326,73 @@ pub fn registry_answers(addr: &str) -> bool {
     }
     let mut head = [0u8; 12];
     s.read_exact(&mut head).is_ok() && (head.ends_with(b"200") || head.ends_with(b"401"))
+}
+
+/// A `docker-registry` of a test's own (for configurations the shared one lacks, such as
+/// htpasswd auth), on a free loopback port; stopped when dropped.
+pub struct RegistryServer {
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl RegistryServer {
+    /// Starts one; `auth_yaml` is an `auth:` section (indented by two spaces) or empty.
+    /// `None` (with a printed reason) when `docker-registry` is not installed, outside CI.
+    pub fn start(auth_yaml: &str) -> Option<RegistryServer> {
+        if !require(
+            "docker-registry",
+            have_program("docker-registry"),
+            "apt-get install docker-registry",
+        ) {
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = format!(
+            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n  secret: kiln-test-throwaway\n{auth_yaml}",
+            dir.path().join("data").display()
+        );
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config_path)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start docker-registry");
+        let server = RegistryServer {
+            addr,
+            child,
+            _dir: dir,
+        };
+        for _ in 0..100 {
+            if registry_answers(&server.addr) {
+                return Some(server);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("docker-registry did not start on {}", server.addr);
+    }
+}
+
+impl Drop for RegistryServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes an htpasswd file (bcrypt, the only format the registry takes) with one user.
+pub fn write_htpasswd(path: &Path, user: &str, password: &str) {
+    let hash = bcrypt::hash(password, 5).expect("bcrypt");
+    std::fs::write(path, format!("{user}:{hash}\n")).unwrap();
 }

@@ -25,6 +25,7 @@ pub struct HttpRegistry {
     agent: ureq::Agent,
     credentials: Option<Credentials>,
     tokens: Mutex<TokenCache>,
+    answering: Mutex<()>,
 }
 
 impl std::fmt::Debug for HttpRegistry {
@@ -113,6 +114,7 @@ impl HttpRegistry {
             agent: ureq::Agent::new_with_config(config),
             credentials,
             tokens: Mutex::new(TokenCache::default()),
+            answering: Mutex::new(()),
         }
     }
 
@@ -181,10 +183,21 @@ impl HttpRegistry {
         body: Payload<'_>,
     ) -> Result<Response<ureq::Body>> {
         let url = self.url(path);
-        let cached = self.tokens.lock().expect("token cache lock").get(scope);
+        let cached = self.cached_authorization(scope);
         let resp = self.send(method, &url, headers, cached.as_deref(), &body)?;
         if resp.status() != 401 {
             return Ok(resp);
+        }
+        // One thread answers a challenge at a time; the others then find its token cached.
+        let _answering = self.answering.lock().expect("auth lock");
+        let fresh = self
+            .cached_authorization(scope)
+            .filter(|f| Some(f) != cached.as_ref());
+        if let Some(auth) = fresh {
+            let resp = self.send(method, &url, headers, Some(&auth), &body)?;
+            if resp.status() != 401 {
+                return Ok(resp);
+            }
         }
         self.tokens.lock().expect("token cache lock").forget(scope);
         let challenge = resp
@@ -205,6 +218,15 @@ impl HttpRegistry {
             return Err(self.refused(resp, "credentials rejected"));
         }
         Ok(resp)
+    }
+
+    /// The cached authorization for `scope`; a push token also serves pulls of its repository.
+    fn cached_authorization(&self, scope: &str) -> Option<String> {
+        let tokens = self.tokens.lock().expect("token cache lock");
+        tokens.get(scope).or_else(|| {
+            let repo = scope.strip_prefix("repository:")?.strip_suffix(":pull")?;
+            tokens.get(&push_scope(repo))
+        })
     }
 
     fn refused(&self, mut resp: Response<ureq::Body>, fallback: &str) -> RegistryError {
