@@ -13,6 +13,7 @@
 
 pub mod auth;
 pub mod credentials;
+mod distribution;
 mod http;
 mod mem;
 mod pull;
@@ -21,6 +22,7 @@ pub mod retry;
 
 use std::io::Read;
 
+pub use distribution::SearchHit;
 pub use http::HttpRegistry;
 pub use mem::MemRegistry;
 pub use pull::{PullOptions, Pulled, pull, select_platform, with_repo_digest};
