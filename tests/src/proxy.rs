@@ -69,8 +69,17 @@ pub struct Proxy {
     pub faults: Arc<Faults>,
     /// Its bearer auth, if any.
     pub auth: Option<Arc<BearerAuth>>,
-    /// Requests seen.
-    pub requests: Arc<AtomicU32>,
+    /// What it has seen.
+    pub stats: Arc<Stats>,
+}
+
+/// Counts of what a proxy has seen.
+#[derive(Default)]
+pub struct Stats {
+    /// Requests.
+    pub requests: AtomicU32,
+    /// `PATCH` requests (chunks of chunked uploads).
+    pub patches: AtomicU32,
 }
 
 struct Request {
@@ -154,11 +163,11 @@ impl Proxy {
         let addr = listener.local_addr().unwrap().to_string();
         let faults = Arc::new(Faults::default());
         let auth = auth.map(Arc::new);
-        let requests = Arc::new(AtomicU32::new(0));
+        let stats = Arc::new(Stats::default());
         let (f, a, n, up, me) = (
             faults.clone(),
             auth.clone(),
-            requests.clone(),
+            stats.clone(),
             upstream.to_string(),
             addr.clone(),
         );
@@ -172,7 +181,7 @@ impl Proxy {
             addr,
             faults,
             auth,
-            requests,
+            stats,
         }
     }
 }
@@ -196,7 +205,7 @@ fn serve(
     me: &str,
     faults: &Faults,
     auth: Option<&BearerAuth>,
-    count: &AtomicU32,
+    stats: &Stats,
 ) {
     let mut out = conn.try_clone().expect("clone stream");
     let mut input = BufReader::new(conn);
@@ -211,7 +220,10 @@ fn serve(
         headers,
         body,
     };
-    count.fetch_add(1, Ordering::SeqCst);
+    stats.requests.fetch_add(1, Ordering::SeqCst);
+    if req.method == "PATCH" {
+        stats.patches.fetch_add(1, Ordering::SeqCst);
+    }
     if let Some(auth) = auth {
         if req.path.starts_with("/token") {
             return token(&mut out, &req, auth);
