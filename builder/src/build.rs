@@ -215,6 +215,30 @@ impl Builder<'_> {
             let mut state = self
                 .from(&bases[i], &names[..i], &done, stage, &meta_args, req)
                 .map_err(|m| fail(stage.from_node, m))?;
+            // The base image's ONBUILD triggers run first, and are not passed on.
+            let triggers = state.cfg.image.config.on_build.take().unwrap_or_default();
+            for (k, trigger) in triggers.iter().enumerate() {
+                (self.progress)(&format!("[{step}/{total}] ONBUILD {trigger}"));
+                let on = |m: String| fail(stage.from_node, format!("ONBUILD {trigger}: {m}"));
+                let node = parser::parse_line(trigger).map_err(|e| on(e.to_string()))?;
+                let ins = parser::instruction(&node).map_err(|e| on(e.to_string()))?;
+                if matches!(ins, Instruction::From(_) | Instruction::Onbuild(_)) {
+                    return Err(on(format!(
+                        "{} is not allowed as an ONBUILD trigger",
+                        node.keyword
+                    )));
+                }
+                let slot = Digest::of(
+                    format!("{}\0{file}\0{i}\0onbuild{k}", req.context.display()).as_bytes(),
+                );
+                let earlier = Earlier {
+                    names: &names[..i],
+                    done: &done[..i],
+                    platform: &req.platform,
+                };
+                self.step(&mut state, &node, &ins, &lexer, req, &slot, &earlier)
+                    .map_err(on)?;
+            }
             for (n, (node, ins)) in stage.instructions.iter().enumerate() {
                 step += 1;
                 (self.progress)(&format!("[{step}/{total}] {}", node.original));
@@ -277,17 +301,6 @@ impl Builder<'_> {
         } else {
             let desc = self.find_or_pull(image, &req.platform)?;
             let base = read_image(self.store, &desc).map_err(|e| e.to_string())?;
-            if base
-                .config
-                .config
-                .on_build
-                .as_ref()
-                .is_some_and(|t| !t.is_empty())
-            {
-                return Err(format!(
-                    "image {image} has ONBUILD triggers, and running them is not supported yet"
-                ));
-            }
             let chain = self
                 .snapshots
                 .ensure_image(self.store, &base)
@@ -349,8 +362,12 @@ impl Builder<'_> {
                 Ok(())
             }
             Instruction::Run(run) => self.run_step(state, node, run, slot),
-            Instruction::Copy(spec) => self.copy_step(state, node, spec, lexer, req, slot, earlier),
-            Instruction::Add(_) => Err("ADD is not supported yet; use COPY (archives and URLs come with the builder issue)".into()),
+            Instruction::Copy(spec) => {
+                self.copy_step(state, node, spec, false, lexer, req, slot, earlier)
+            }
+            Instruction::Add(spec) => {
+                self.copy_step(state, node, spec, true, lexer, req, slot, earlier)
+            }
             ins => {
                 if apply_config(&mut state.cfg, ins, lexer)? {
                     push_history(state, node, true);

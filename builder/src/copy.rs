@@ -9,8 +9,8 @@ use std::path::{Component, Path, PathBuf};
 pub(crate) struct CopyAttrs {
     /// `--chown` (uid, gid); default root.
     pub(crate) owner: Option<(u32, u32)>,
-    /// `--chmod` (octal).
-    pub(crate) mode: Option<u32>,
+    /// `--chmod` (octal or symbolic).
+    pub(crate) mode: Option<crate::chmod::ModeSpec>,
 }
 
 /// Resolves a COPY source inside the context, refusing paths that climb out of it.
@@ -193,13 +193,28 @@ fn apply_attrs(
     if md.file_type().is_symlink() {
         return Ok(());
     }
-    let mode = attrs.mode.unwrap_or(md.permissions().mode() & 0o7777);
+    let old = md.permissions().mode() & 0o7777;
+    let mode = attrs.mode.map_or(old, |m| m.apply(old, is_dir));
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .map_err(|e| format!("chmod {}: {e}", path.display()))?;
     if !is_dir {
         let mtime = filetime::FileTime::from_last_modification_time(md);
         filetime::set_file_mtime(path, mtime)
             .map_err(|e| format!("set mtime of {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Applies `--chown`/`--chmod` to everything under `dir` (an unpacked archive), keeping
+/// mtimes.
+pub(crate) fn restamp_tree(dir: &Path, attrs: CopyAttrs) -> Result<(), String> {
+    let md = fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    apply_attrs(dir, &md, attrs, md.is_dir())?;
+    if md.is_dir() {
+        for e in fs::read_dir(dir).map_err(|e| format!("read {}: {e}", dir.display()))? {
+            let e = e.map_err(|e| e.to_string())?;
+            restamp_tree(&e.path(), attrs)?;
+        }
     }
     Ok(())
 }
@@ -245,7 +260,7 @@ mod tests {
         let upper = tempfile::tempdir().unwrap();
         let attrs = CopyAttrs {
             owner: None,
-            mode: Some(0o600),
+            mode: Some(crate::chmod::ModeSpec::Octal(0o600)),
         };
         let none = |_: &Path, _: bool| false;
         copy_into(upper.path(), &src.path().join("d"), "/app/", attrs, &none).unwrap();

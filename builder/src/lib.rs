@@ -13,12 +13,15 @@
 
 pub mod build;
 pub mod cache;
+mod chmod;
 mod copy;
 pub mod dispatch;
 pub mod error;
+mod fetch;
 pub mod import;
 pub mod platform;
 pub mod registry;
+mod sources;
 mod steps;
 
 pub use build::{BuildRequest, Builder, unused_build_args};

@@ -14,7 +14,9 @@ use crate::build::{
     BuildRequest, Builder, Earlier, StageLayer, StageState, push_history, stage_ref,
 };
 use crate::cache::{CacheEntry, StepInputs, explain_miss};
-use crate::copy::{CopyAttrs, context_path, copy_from_layers, copy_into, read_through_layers};
+use crate::chmod::ModeSpec;
+use crate::copy::{CopyAttrs, context_path, copy_from_layers, read_through_layers};
+use crate::sources::{self, Item, SourcePlan, SourceRequest};
 
 /// `--chown` and `--chmod` of a COPY, resolved.
 fn attrs_of(
@@ -28,12 +30,7 @@ fn attrs_of(
         attrs.owner = Some(b.resolve_owner(state, &expand(c)?)?);
     }
     if let Some(c) = &spec.chmod {
-        attrs.mode = match parser::flags::parse_chmod(&expand(c)?)? {
-            parser::Chmod::Octal(m) => Some(m),
-            parser::Chmod::Symbolic(s) => {
-                return Err(format!("symbolic --chmod={s} is not supported yet"));
-            }
-        };
+        attrs.mode = Some(ModeSpec::parse(&expand(c)?)?);
     }
     Ok(attrs)
 }
@@ -62,6 +59,90 @@ fn copy_destination(
     Ok((dest_abs, into_dir))
 }
 
+/// A RUN's argument vector, with BuildKit's heredoc rules: `RUN <<EOF` alone runs the body
+/// (through the shell, or as a script at `/dev/pipes/EOF` when it starts with `#!`); any other
+/// command with heredocs goes to the shell whole, bodies and delimiters put back.
+fn run_argv(
+    state: &StageState,
+    run: &parser::Run,
+) -> Result<(Vec<String>, Vec<vm_sandbox::InlineFile>), String> {
+    if run.heredocs.is_empty() {
+        return Ok((state.cfg.argv(&run.command), Vec::new()));
+    }
+    let parser::Command::Shell(text) = &run.command else {
+        return Err("heredocs need the shell form of RUN".into());
+    };
+    if is_lone_heredoc(text) {
+        let doc = &run.heredocs[0];
+        if doc.content.starts_with("#!") {
+            let file = vm_sandbox::InlineFile {
+                name: doc.name.clone(),
+                content: doc.content.clone(),
+            };
+            return Ok((vec![format!("/dev/pipes/{}", doc.name)], vec![file]));
+        }
+        let body = parser::Command::Shell(doc.content.clone());
+        return Ok((state.cfg.argv(&body), Vec::new()));
+    }
+    let mut full = text.clone();
+    for doc in &run.heredocs {
+        full.push('\n');
+        full.push_str(&doc.content);
+        full.push_str(&doc.name);
+    }
+    Ok((state.cfg.argv(&parser::Command::Shell(full)), Vec::new()))
+}
+
+/// Whether a command is nothing but one heredoc opener (`<<EOF`, `<<-"EOF"`, `3<<EOF`).
+fn is_lone_heredoc(text: &str) -> bool {
+    let t = text.trim();
+    let t = t.trim_start_matches(|c: char| c.is_ascii_digit());
+    let Some(t) = t.strip_prefix("<<") else {
+        return false;
+    };
+    let t = t.strip_prefix('-').unwrap_or(t).trim_start();
+    let t = t.trim_matches(['"', '\'']);
+    let mut chars = t.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Whether a COPY source word is the `<<NAME` opener of one of its heredocs.
+fn is_heredoc_marker(word: &str, names: &[&str]) -> bool {
+    let w = word.trim_start_matches(|c: char| c.is_ascii_digit());
+    w.strip_prefix("<<").is_some_and(|rest| {
+        let rest = rest
+            .strip_prefix('-')
+            .unwrap_or(rest)
+            .trim_matches(['"', '\'']);
+        names.contains(&rest)
+    })
+}
+
+/// Expands variables in a heredoc body the way BuildKit does for COPY sources: the body is
+/// one word, quotes and backslashes kept as text.
+fn expand_heredoc(lexer: &Lexer, env: &dyn parser::Env, body: &str) -> Result<String, String> {
+    // Quotes and escape characters become literal by escaping them, except that an escaped
+    // `$` stays escaped (no expansion), as in a shell heredoc.
+    let esc = lexer.escape();
+    let mut word = String::with_capacity(body.len() + 16);
+    let mut chars = body.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == esc && chars.peek() == Some(&'$') {
+            word.push(esc);
+            word.push(chars.next().expect("peeked"));
+        } else if c == esc || c == '\'' || c == '"' {
+            word.push(esc);
+            word.push(c);
+        } else {
+            word.push(c);
+        }
+    }
+    lexer.expand_word(&word, env).map_err(|e| e.to_string())
+}
+
 /// The parent part of a cache key: the chain below the step.
 fn parent_of(state: &StageState) -> String {
     state
@@ -81,9 +162,6 @@ impl Builder<'_> {
         if !run.mounts.is_empty() {
             return Err("RUN --mount is not supported yet".into());
         }
-        if !run.heredocs.is_empty() {
-            return Err("heredocs in RUN are not supported yet".into());
-        }
         if run.security == Some(parser::Security::Insecure) {
             return Err("RUN --security=insecure is not allowed".into());
         }
@@ -91,7 +169,7 @@ impl Builder<'_> {
             Some(parser::NetworkMode::None) => Network::None,
             _ => Network::Host,
         };
-        let argv = state.cfg.argv(&run.command);
+        let (argv, inline_files) = run_argv(state, run)?;
         // Build args are in the environment of RUN, under ENV of the same name.
         let mut env: Vec<String> = state
             .cfg
@@ -109,12 +187,20 @@ impl Builder<'_> {
             user: c.user.clone().unwrap_or_default(),
             network,
             hostname: String::new(),
+            inline_files,
         };
         let inputs = StepInputs {
             parent: parent_of(state),
             instruction: serde_json::to_string(&argv).expect("argv serializes"),
             env: spec.env.clone(),
-            context: vec![spec.cwd.clone(), spec.user.clone(), format!("{network:?}")],
+            context: [spec.cwd.clone(), spec.user.clone(), format!("{network:?}")]
+                .into_iter()
+                .chain(
+                    spec.inline_files
+                        .iter()
+                        .map(|f| format!("{}:{}", f.name, f.content)),
+                )
+                .collect(),
             files: BTreeMap::new(),
         };
         self.with_cache(state, node, slot, inputs, |this, state| {
@@ -151,50 +237,31 @@ impl Builder<'_> {
         })
     }
 
+    /// COPY or ADD from the build context (or, for ADD, URLs and git repositories).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn copy_step(
         &self,
         state: &mut StageState,
         node: &Node,
         spec: &parser::CopySpec,
+        is_add: bool,
         lexer: &Lexer,
         req: &BuildRequest,
         slot: &Digest,
         earlier: &Earlier<'_>,
     ) -> Result<(), String> {
-        let mut attrs = CopyAttrs::default();
         let env = state.cfg.expansion_env();
         let expand = |w: &str| lexer.expand_word(w, &env).map_err(|e| e.to_string());
-        if spec.parents || !spec.exclude.is_empty() || !spec.heredocs.is_empty() {
-            return Err(
-                "COPY --parents, --exclude and heredoc sources are not supported yet".into(),
-            );
-        }
+        let attrs = attrs_of(self, state, spec, &expand)?;
         if let Some(from) = &spec.from {
+            if is_add {
+                return Err("ADD does not take --from (use COPY --from)".into());
+            }
             let from = expand(from)?;
-            return self.copy_from_step(
-                state,
-                node,
-                spec,
-                &from,
-                &expand,
-                attrs_of(self, state, spec, &expand)?,
-                slot,
-                earlier,
-            );
+            return self.copy_from_step(state, node, spec, &from, &expand, attrs, slot, earlier);
         }
-        if let Some(c) = &spec.chown {
-            attrs.owner = Some(self.resolve_owner(state, &expand(c)?)?);
-        }
-        if let Some(c) = &spec.chmod {
-            attrs.mode = match parser::flags::parse_chmod(&expand(c)?)? {
-                parser::Chmod::Octal(m) => Some(m),
-                parser::Chmod::Symbolic(s) => {
-                    return Err(format!("symbolic --chmod={s} is not supported yet"));
-                }
-            };
-        }
-        let (dest_abs, into_dir) = copy_destination(state, spec, &expand)?;
+        let (dest_abs, _) = copy_destination(state, spec, &expand)?;
+        let dest = expand(&spec.dest)?;
         // `.dockerignore`: paths relative to the context root.
         let rel = |p: &std::path::Path| {
             p.strip_prefix(&req.context)
@@ -202,69 +269,108 @@ impl Builder<'_> {
                 .to_string_lossy()
                 .into_owned()
         };
-        let excluded = |p: &std::path::Path, is_dir: bool| -> bool {
+        let ignored = |p: &std::path::Path, is_dir: bool| -> bool {
             let Some(m) = &req.ignore else { return false };
             let r = rel(p);
             m.matches(&r) && !(is_dir && m.may_reinclude_below(&r))
         };
-        let mut plan: Vec<(PathBuf, String)> = Vec::new();
-        for src in &spec.sources {
-            let src = expand(src)?;
-            if src.contains(['*', '?', '[']) {
-                return Err(format!(
-                    "wildcards in COPY sources are not supported yet: {src}"
-                ));
-            }
-            let path = context_path(&req.context, &src)?;
-            let missing =
-                || format!("failed to compute cache key: \"{src}\" not found in the build context");
-            let md = std::fs::symlink_metadata(&path).map_err(|_| missing())?;
-            if path != req.context && excluded(&path, md.is_dir()) {
-                // Excluded by .dockerignore: as far as the build can see, it is not there.
-                return Err(missing() + " (it is excluded by .dockerignore)");
-            }
-            let target = if into_dir && !md.is_dir() {
-                let name = path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                format!("{}/{name}", dest_abs.trim_end_matches('/'))
-            } else {
-                dest_abs.clone()
-            };
-            plan.push((path, target));
-        }
-        let mut files = BTreeMap::new();
+        let exclude = if spec.exclude.is_empty() {
+            None
+        } else {
+            let patterns = spec
+                .exclude
+                .iter()
+                .map(|p| expand(p))
+                .collect::<Result<Vec<_>, _>>()?;
+            Some(
+                parser::dockerignore::Matcher::new(&patterns)
+                    .map_err(|e| format!("--exclude: {e}"))?,
+            )
+        };
+        let heredocs = spec
+            .heredocs
+            .iter()
+            .map(|h| {
+                let body = if h.expand {
+                    expand_heredoc(lexer, &env, &h.content)?
+                } else {
+                    h.content.clone()
+                };
+                Ok((h.name.clone(), body))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let heredoc_names: Vec<&str> = spec.heredocs.iter().map(|h| h.name.as_str()).collect();
+        let sources = spec
+            .sources
+            .iter()
+            .filter(|s| !is_heredoc_marker(s, &heredoc_names))
+            .map(|s| expand(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        let sreq = SourceRequest {
+            context: &req.context,
+            sources,
+            heredocs,
+            dest_abs,
+            dest_is_dir: dest.ends_with('/') || dest == "." || dest.is_empty(),
+            is_add,
+            parents: spec.parents,
+            exclude: exclude.as_ref(),
+            checksum: spec.checksum.as_deref().map(&expand).transpose()?,
+            keep_git_dir: spec.keep_git_dir,
+            unpack: spec.unpack,
+            ignored: &ignored,
+        };
+        let plan = sources::plan(&sreq)?;
+        let mut files = plan.identities.clone();
         if let Some(c) = self.cache {
             let mut c = c.lock().unwrap_or_else(|p| p.into_inner());
-            for (path, _) in &plan {
-                c.hash_source(&req.context, path, &mut files, &excluded)
+            for item in &plan.items {
+                if let Item::Context {
+                    path, exclude_root, ..
+                } = item
+                {
+                    c.hash_source(
+                        &req.context,
+                        path,
+                        &mut files,
+                        &SourcePlan::excluded(&sreq, exclude_root),
+                    )
                     .map_err(|e| format!("read {}: {e}", path.display()))?;
+                }
             }
         }
         let targets: Vec<String> = plan
+            .items
             .iter()
-            .map(|(p, t)| {
-                format!(
-                    "{}->{t}",
-                    p.strip_prefix(&req.context).unwrap_or(p).display()
-                )
+            .map(|item| match item {
+                Item::Context {
+                    path,
+                    target,
+                    unpack,
+                    ..
+                } => format!(
+                    "{}->{target}{}",
+                    path.strip_prefix(&req.context).unwrap_or(path).display(),
+                    if unpack.is_some() { " (unpack)" } else { "" }
+                ),
+                Item::File { target, mode, .. } => format!("file:{mode:o}->{target}"),
+                Item::Tree { target, .. } => format!("tree->{target}"),
             })
             .collect();
         let inputs = StepInputs {
             parent: parent_of(state),
             instruction: format!(
-                "COPY {targets:?} owner={:?} mode={:?}",
-                attrs.owner, attrs.mode
+                "{} {targets:?} owner={:?} mode={:?}",
+                if is_add { "ADD" } else { "COPY" },
+                attrs.owner,
+                attrs.mode
             ),
             files,
             ..Default::default()
         };
         self.with_cache(state, node, slot, inputs, |this, _| {
             let active = this.snapshots.prepare().map_err(|e| e.to_string())?;
-            for (path, target) in &plan {
-                copy_into(&active.upper, path, target, attrs, &excluded)?;
-            }
+            plan.apply(&sreq, &active.upper, attrs)?;
             Ok(active)
         })
     }

@@ -67,6 +67,19 @@ pub struct RunSpec {
     pub network: Network,
     /// Hostname inside the sandbox.
     pub hostname: String,
+    /// Files made for this run only, at `/dev/pipes/NAME` (mode 0755) on the sandbox's own
+    /// `/dev`, so they never reach a layer: heredoc scripts of `RUN <<EOF` with a `#!` line.
+    #[serde(default)]
+    pub inline_files: Vec<InlineFile>,
+}
+
+/// A file the sandbox creates under `/dev/pipes/` for one run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InlineFile {
+    /// The file name (no `/`).
+    pub name: String,
+    /// Its content.
+    pub content: String,
 }
 
 /// How the process ended.

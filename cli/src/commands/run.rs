@@ -90,6 +90,7 @@ pub(crate) fn run(
             .hostname
             .clone()
             .unwrap_or_else(|| image.id().short().to_string()),
+        inline_files: Vec::new(),
     };
     let sandbox = super::sandbox(root)?;
     // The container's writes go to a throwaway upper directory, removed when it ends.

@@ -220,6 +220,20 @@ fn container_init(spec: &InitSpec) -> Result<Infallible, String> {
         symlink(target, at("dev").join(link)).map_err(|e| format!("create /dev/{link}: {e}"))?;
     }
     let _ = fs::set_permissions(at("dev/shm"), fs::Permissions::from_mode(0o1777));
+    if !spec.run.inline_files.is_empty() {
+        let pipes = at("dev/pipes");
+        ensure_dir(&pipes)?;
+        for f in &spec.run.inline_files {
+            if f.name.is_empty() || f.name.contains('/') || f.name.starts_with('.') {
+                return Err(format!("bad inline file name {:?}", f.name));
+            }
+            let path = pipes.join(&f.name);
+            fs::write(&path, &f.content)
+                .map_err(|e| format!("create /dev/pipes/{}: {e}", f.name))?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
+                .map_err(|e| format!("chmod /dev/pipes/{}: {e}", f.name))?;
+        }
+    }
 
     ensure_dir(&at("sys"))?;
     let ro = nosuid | MsFlags::MS_RDONLY;
