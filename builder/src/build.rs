@@ -38,6 +38,19 @@ pub struct BuildRequest {
     pub platform: Platform,
     /// The context's `.dockerignore` (or `<Dockerfile>.dockerignore`), if any.
     pub ignore: Option<parser::dockerignore::Matcher>,
+    /// `--secret id=...`: what `RUN --mount=type=secret` can mount.
+    pub secrets: Vec<(String, SecretSource)>,
+    /// `--ssh ID=SOCKET`: agent sockets `RUN --mount=type=ssh` can mount.
+    pub ssh: Vec<(String, PathBuf)>,
+}
+
+/// Where a build secret's value comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretSource {
+    /// A file.
+    File(PathBuf),
+    /// An environment variable of kiln's.
+    Env(String),
 }
 
 /// The pieces a build runs with.
@@ -190,14 +203,15 @@ impl Builder<'_> {
             .map(|s| {
                 s.instructions
                     .iter()
-                    .filter_map(|(_, ins)| match ins {
-                        Instruction::Copy(c) => c.from.as_ref().map(|f| {
-                            lexer
-                                .expand_word(f, &meta_args)
-                                .unwrap_or_else(|_| f.clone())
-                        }),
-                        _ => None,
+                    .flat_map(|(_, ins)| match ins {
+                        Instruction::Copy(c) => c.from.iter().cloned().collect::<Vec<_>>(),
+                        // RUN --mount=from=STAGE needs that stage too.
+                        Instruction::Run(r) => {
+                            r.mounts.iter().filter_map(|m| m.from.clone()).collect()
+                        }
+                        _ => Vec::new(),
                     })
+                    .map(|f| lexer.expand_word(&f, &meta_args).unwrap_or(f))
                     .collect()
             })
             .collect();
@@ -361,7 +375,7 @@ impl Builder<'_> {
                 }
                 Ok(())
             }
-            Instruction::Run(run) => self.run_step(state, node, run, slot),
+            Instruction::Run(run) => self.run_step(state, node, run, lexer, req, slot, earlier),
             Instruction::Copy(spec) => {
                 self.copy_step(state, node, spec, false, lexer, req, slot, earlier)
             }
@@ -543,6 +557,8 @@ mod tests {
             tags: vec!["out".parse().unwrap()],
             platform: Platform::host(),
             ignore: None,
+            secrets: Vec::new(),
+            ssh: Vec::new(),
         })
     }
 

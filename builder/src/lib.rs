@@ -21,10 +21,11 @@ mod fetch;
 pub mod import;
 pub mod platform;
 pub mod registry;
+mod run_mounts;
 mod sources;
 mod steps;
 
-pub use build::{BuildRequest, Builder, unused_build_args};
+pub use build::{BuildRequest, Builder, SecretSource, unused_build_args};
 pub use dispatch::{ConfigState, apply_config};
 pub use error::{BuildError, Result};
 pub use import::{ImportOptions, import};

@@ -144,7 +144,7 @@ fn expand_heredoc(lexer: &Lexer, env: &dyn parser::Env, body: &str) -> Result<St
 }
 
 /// The parent part of a cache key: the chain below the step.
-fn parent_of(state: &StageState) -> String {
+pub(crate) fn parent_of(state: &StageState) -> String {
     state
         .layers
         .last()
@@ -152,16 +152,27 @@ fn parent_of(state: &StageState) -> String {
 }
 
 impl Builder<'_> {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn run_step(
         &self,
         state: &mut StageState,
         node: &Node,
         run: &parser::Run,
+        lexer: &Lexer,
+        req: &BuildRequest,
         slot: &Digest,
+        earlier: &Earlier<'_>,
     ) -> Result<(), String> {
-        if !run.mounts.is_empty() {
-            return Err("RUN --mount is not supported yet".into());
-        }
+        let workdir = state
+            .cfg
+            .image
+            .config
+            .working_dir
+            .clone()
+            .unwrap_or_else(|| "/".into());
+        let env_now = state.cfg.expansion_env();
+        let expand = |w: &str| lexer.expand_word(w, &env_now).map_err(|e| e.to_string());
+        let mounts = self.prepare_mounts(&run.mounts, &workdir, req, earlier, &expand)?;
         if run.security == Some(parser::Security::Insecure) {
             return Err("RUN --security=insecure is not allowed".into());
         }
@@ -179,6 +190,7 @@ impl Builder<'_> {
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         env.extend(state.cfg.image.config.env.clone().unwrap_or_default());
+        env.extend(mounts.env.iter().cloned());
         let c = &state.cfg.image.config;
         let spec = RunSpec {
             argv: argv.clone(),
@@ -188,11 +200,23 @@ impl Builder<'_> {
             network,
             hostname: String::new(),
             inline_files,
+            mounts: mounts.mounts.clone(),
         };
+        // Secret values reach the environment but not the cache key.
+        let secret_env: Vec<&String> = mounts
+            .env
+            .iter()
+            .filter(|e| !e.starts_with("SSH_AUTH_SOCK="))
+            .collect();
         let inputs = StepInputs {
             parent: parent_of(state),
             instruction: serde_json::to_string(&argv).expect("argv serializes"),
-            env: spec.env.clone(),
+            env: spec
+                .env
+                .iter()
+                .filter(|e| !secret_env.contains(e))
+                .cloned()
+                .collect(),
             context: [spec.cwd.clone(), spec.user.clone(), format!("{network:?}")]
                 .into_iter()
                 .chain(
@@ -200,6 +224,7 @@ impl Builder<'_> {
                         .iter()
                         .map(|f| format!("{}:{}", f.name, f.content)),
                 )
+                .chain(mounts.key.iter().cloned())
                 .collect(),
             files: BTreeMap::new(),
         };
@@ -232,6 +257,8 @@ impl Builder<'_> {
                     argv.join(" ")
                 ));
             }
+            let written = active.direct_root.as_ref().unwrap_or(&active.upper);
+            crate::run_mounts::remove_mount_stubs(written, &lower, &mounts.targets);
             active.collect_changes(&lower).map_err(|e| e.to_string())?;
             Ok(active)
         })
@@ -375,6 +402,39 @@ impl Builder<'_> {
         })
     }
 
+    /// The layer directories (top-most first) and top chain ID of an earlier stage (by name
+    /// or index) or an image (pulled when missing), for `--from`.
+    pub(crate) fn layers_of(
+        &self,
+        from: &str,
+        earlier: &Earlier<'_>,
+    ) -> Result<(Vec<PathBuf>, String), String> {
+        match stage_ref(earlier.names, from) {
+            Some(j) => {
+                let s = earlier.done[j]
+                    .as_ref()
+                    .ok_or_else(|| format!("stage {from} did not run"))?;
+                Ok((s.lower_dirs(), parent_of(s)))
+            }
+            None if from.parse::<usize>().is_ok() => {
+                Err("there is no earlier stage with that index".into())
+            }
+            None => {
+                let d = self.find_or_pull(from, earlier.platform)?;
+                let img =
+                    snapshotter::image::read_image(self.store, &d).map_err(|e| e.to_string())?;
+                let chain = self
+                    .snapshots
+                    .ensure_image(self.store, &img)
+                    .map_err(|e| e.to_string())?;
+                let top = chain
+                    .last()
+                    .map_or_else(|| "scratch".to_string(), |(c, _)| c.to_string());
+                Ok((chain.into_iter().rev().map(|(_, d)| d).collect(), top))
+            }
+        }
+    }
+
     /// `COPY --from=STAGE|INDEX|IMAGE`: files from another stage's (or an image's) root.
     #[allow(clippy::too_many_arguments)]
     fn copy_from_step(
@@ -388,34 +448,9 @@ impl Builder<'_> {
         slot: &Digest,
         earlier: &Earlier<'_>,
     ) -> Result<(), String> {
-        let (layers, top): (Vec<PathBuf>, String) = match stage_ref(earlier.names, from) {
-            Some(j) => {
-                let s = earlier.done[j]
-                    .as_ref()
-                    .ok_or_else(|| format!("stage {from} did not run"))?;
-                (s.lower_dirs(), parent_of(s))
-            }
-            None if from.parse::<usize>().is_ok() => {
-                return Err(format!(
-                    "COPY --from={from}: there is no earlier stage with that index"
-                ));
-            }
-            None => {
-                let d = self
-                    .find_or_pull(from, earlier.platform)
-                    .map_err(|e| format!("COPY --from={from}: {e}"))?;
-                let img =
-                    snapshotter::image::read_image(self.store, &d).map_err(|e| e.to_string())?;
-                let chain = self
-                    .snapshots
-                    .ensure_image(self.store, &img)
-                    .map_err(|e| e.to_string())?;
-                let top = chain
-                    .last()
-                    .map_or_else(|| "scratch".to_string(), |(c, _)| c.to_string());
-                (chain.into_iter().rev().map(|(_, d)| d).collect(), top)
-            }
-        };
+        let (layers, top) = self
+            .layers_of(from, earlier)
+            .map_err(|e| format!("COPY --from={from}: {e}"))?;
         let (dest_abs, into_dir) = copy_destination(state, spec, expand)?;
         let mut plan: Vec<(PathBuf, String)> = Vec::new();
         for src in &spec.sources {

@@ -209,6 +209,12 @@ pub(crate) struct BuildArgs {
     /// Write the image ID to this file
     #[arg(long, value_name = "FILE")]
     pub(crate) iidfile: Option<PathBuf>,
+    /// A secret for RUN --mount=type=secret: id=ID,src=FILE or id=ID,env=VAR (repeatable)
+    #[arg(long = "secret", value_name = "SPEC")]
+    pub(crate) secrets: Vec<String>,
+    /// An SSH agent for RUN --mount=type=ssh: default, or ID=SOCKET (repeatable)
+    #[arg(long = "ssh", value_name = "ID[=SOCKET]")]
+    pub(crate) ssh: Vec<String>,
     /// Pull base images even when the store has them
     #[arg(long)]
     pub(crate) pull: bool,

@@ -123,6 +123,15 @@ impl Snapshots {
         Ok(Snapshots { dir })
     }
 
+    /// The directory of a `RUN --mount=type=cache` with this id (kept between builds, next
+    /// to the snapshots under the store root).
+    pub fn cache_mount_dir(&self, id: &str) -> PathBuf {
+        let parent = self.dir.parent().unwrap_or(&self.dir);
+        parent
+            .join("cache-mounts")
+            .join(Digest::of(id.as_bytes()).hex())
+    }
+
     /// Where the layer with this chain ID is (or would be) unpacked.
     pub fn layer_dir(&self, chain: &Digest) -> PathBuf {
         self.dir.join(chain.hex())

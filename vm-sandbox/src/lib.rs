@@ -71,6 +71,36 @@ pub struct RunSpec {
     /// `/dev`, so they never reach a layer: heredoc scripts of `RUN <<EOF` with a `#!` line.
     #[serde(default)]
     pub inline_files: Vec<InlineFile>,
+    /// Extra mounts (RUN --mount, run -v), made after the root and before the process starts.
+    #[serde(default)]
+    pub mounts: Vec<SandboxMount>,
+}
+
+/// A mount inside the sandbox.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxMount {
+    /// Absolute path inside the root; created (as a directory, or an empty file for a file
+    /// source) when missing, resolved without leaving the root.
+    pub target: String,
+    /// What is mounted there.
+    pub kind: SandboxMountKind,
+}
+
+/// What a [`SandboxMount`] mounts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SandboxMountKind {
+    /// A host file or directory, bound (recursively), read-only unless `writable`.
+    Bind {
+        /// Host path.
+        source: std::path::PathBuf,
+        /// Writes allowed.
+        writable: bool,
+    },
+    /// A fresh tmpfs.
+    Tmpfs {
+        /// Size limit in bytes (the kernel's default when absent).
+        size: Option<u64>,
+    },
 }
 
 /// A file the sandbox creates under `/dev/pipes/` for one run.

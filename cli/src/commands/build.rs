@@ -123,6 +123,16 @@ pub(crate) fn run(root: &Path, reg: &RegistryOptions, a: BuildArgs) -> anyhow::R
         target: a.target,
         tags,
         platform,
+        secrets: a
+            .secrets
+            .iter()
+            .map(|s| parse_secret(s))
+            .collect::<anyhow::Result<_>>()?,
+        ssh: a
+            .ssh
+            .iter()
+            .map(|s| parse_ssh(s))
+            .collect::<anyhow::Result<_>>()?,
     };
     let image = builder.build(&req).map_err(|e| match e {
         builder::BuildError::Parse { file, error } => {
@@ -158,6 +168,40 @@ pub(crate) fn run(root: &Path, reg: &RegistryOptions, a: BuildArgs) -> anyhow::R
     }
     println!("{}", image.id());
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--secret id=ID,src=FILE` / `id=ID,env=VAR` / `id=ID` (the variable ID, as buildx reads it).
+fn parse_secret(spec: &str) -> anyhow::Result<(String, builder::SecretSource)> {
+    let (mut id, mut src, mut env) = (None, None, None);
+    for part in spec.split(',') {
+        match part.split_once('=') {
+            Some(("id", v)) => id = Some(v.to_string()),
+            Some(("src" | "source", v)) => src = Some(PathBuf::from(v)),
+            Some(("env", v)) => env = Some(v.to_string()),
+            Some(("type", "file" | "env")) => {}
+            _ => anyhow::bail!("--secret {spec}: unknown field {part:?} (id=, src=, env=)"),
+        }
+    }
+    let id = id.ok_or_else(|| anyhow::anyhow!("--secret {spec}: id= is required"))?;
+    let source = match (src, env) {
+        (Some(p), None) => builder::SecretSource::File(p),
+        (None, Some(v)) => builder::SecretSource::Env(v),
+        (None, None) => builder::SecretSource::Env(id.clone()),
+        (Some(_), Some(_)) => anyhow::bail!("--secret {spec}: give src= or env=, not both"),
+    };
+    Ok((id, source))
+}
+
+/// `--ssh default` (the agent at `$SSH_AUTH_SOCK`) or `--ssh ID=SOCKET`.
+fn parse_ssh(spec: &str) -> anyhow::Result<(String, PathBuf)> {
+    match spec.split_once('=') {
+        Some((id, path)) => Ok((id.to_string(), PathBuf::from(path))),
+        None => {
+            let sock = std::env::var_os("SSH_AUTH_SOCK")
+                .ok_or_else(|| anyhow::anyhow!("--ssh {spec}: SSH_AUTH_SOCK is not set"))?;
+            Ok((spec.to_string(), PathBuf::from(sock)))
+        }
+    }
 }
 
 /// Writes the built image somewhere else too (`--output type=...,dest=...`).

@@ -91,6 +91,7 @@ pub(crate) fn run(
             .clone()
             .unwrap_or_else(|| image.id().short().to_string()),
         inline_files: Vec::new(),
+        mounts: Vec::new(),
     };
     let sandbox = super::sandbox(root)?;
     // The container's writes go to a throwaway upper directory, removed when it ends.

@@ -5,7 +5,7 @@ use std::ffi::CString;
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::{PermissionsExt, symlink};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, unshare};
@@ -125,6 +125,106 @@ fn mnt(
 }
 
 /// Runs as PID 1 of the new namespaces: builds the root, drops to the user, execs.
+/// Resolves `path` inside `root` the way the process will see it after `pivot_root`:
+/// symlinks are followed relative to `root` (absolute targets restart at `root`) and `..`
+/// stops at `root`, so no mount lands outside the container's root.
+fn resolve_in(root: &Path, path: &str) -> Result<PathBuf, String> {
+    let mut parts: Vec<String> = path
+        .split('/')
+        .filter(|p| !p.is_empty())
+        .map(str::to_string)
+        .collect();
+    parts.reverse();
+    let mut cur = root.to_path_buf();
+    let mut hops = 0;
+    while let Some(part) = parts.pop() {
+        match part.as_str() {
+            "." => {}
+            ".." => {
+                if cur != root {
+                    cur.pop();
+                }
+            }
+            name => {
+                let next = cur.join(name);
+                match fs::read_link(&next) {
+                    Ok(link) => {
+                        hops += 1;
+                        if hops > 40 {
+                            return Err(format!("too many symlinks in {path}"));
+                        }
+                        let text = link.to_string_lossy().into_owned();
+                        if text.starts_with('/') {
+                            cur = root.to_path_buf();
+                        }
+                        parts.extend(
+                            text.split('/')
+                                .filter(|p| !p.is_empty())
+                                .rev()
+                                .map(str::to_string),
+                        );
+                    }
+                    Err(_) => cur = next,
+                }
+            }
+        }
+    }
+    Ok(cur)
+}
+
+/// One extra mount, inside the root before `pivot_root`.
+fn extra_mount(root: &Path, m: &crate::SandboxMount) -> Result<(), String> {
+    let target = resolve_in(root, &m.target)?;
+    match &m.kind {
+        crate::SandboxMountKind::Bind { source, writable } => {
+            let is_dir = fs::metadata(source)
+                .map_err(|e| format!("mount source {}: {e}", source.display()))?
+                .is_dir();
+            if is_dir {
+                fs::create_dir_all(&target).map_err(|e| format!("create {}: {e}", m.target))?;
+            } else if fs::symlink_metadata(&target).is_err() {
+                if let Some(parent) = target.parent() {
+                    fs::create_dir_all(parent).map_err(|e| format!("create {}: {e}", m.target))?;
+                }
+                fs::File::create(&target).map_err(|e| format!("create {}: {e}", m.target))?;
+            }
+            let src = source.display().to_string();
+            mnt(
+                Some(&src),
+                &target,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+            )?;
+            if !writable {
+                mnt(
+                    None,
+                    &target,
+                    None,
+                    MsFlags::MS_BIND
+                        | MsFlags::MS_REMOUNT
+                        | MsFlags::MS_RDONLY
+                        | MsFlags::MS_NOSUID
+                        | MsFlags::MS_NODEV,
+                    None,
+                )?;
+            }
+        }
+        crate::SandboxMountKind::Tmpfs { size } => {
+            fs::create_dir_all(&target).map_err(|e| format!("create {}: {e}", m.target))?;
+            let opts = size.map(|s| format!("size={s}"));
+            mnt(
+                Some("tmpfs"),
+                &target,
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                opts.as_deref(),
+            )?;
+        }
+    }
+    Ok(())
+}
+
 fn container_init(spec: &InitSpec) -> Result<Infallible, String> {
     let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
     if spec.run.network == Network::None {
@@ -271,6 +371,10 @@ fn container_init(spec: &InitSpec) -> Result<Infallible, String> {
             let src = spec.etc.join(name).display().to_string();
             mnt(Some(&src), &target, None, MsFlags::MS_BIND, None)?;
         }
+    }
+
+    for m in &spec.run.mounts {
+        extra_mount(root, m)?;
     }
 
     chdir(root).map_err(|e| format!("chdir {}: {e}", root.display()))?;
