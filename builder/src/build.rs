@@ -301,10 +301,18 @@ impl Builder<'_> {
             s.cfg.args.clear();
             s
         } else if image.eq_ignore_ascii_case("scratch") {
+            // As BuildKit's empty image: the default PATH and `/` as working directory.
             let cfg = ImageConfig {
                 architecture: req.platform.architecture.clone(),
                 os: req.platform.os.clone(),
                 variant: req.platform.variant.clone(),
+                config: snapshotter::config::RunConfig {
+                    env: Some(vec![
+                        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+                    ]),
+                    working_dir: Some("/".into()),
+                    ..Default::default()
+                },
                 ..Default::default()
             };
             StageState {

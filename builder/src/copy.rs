@@ -41,21 +41,39 @@ pub(crate) fn context_path(context: &Path, src: &str) -> Result<PathBuf, String>
 /// excluded, or a directory that is excluded with nothing below it re-included.
 pub(crate) type Excluded<'a> = &'a dyn Fn(&Path, bool) -> bool;
 
-/// Copies `src` (file, symlink or directory contents) to `dest` under `upper`, creating parents.
+/// Where copies go: the new layer's directory, over the layers below it (top-most first),
+/// whose directories keep their metadata when a copy passes through them.
+#[derive(Clone, Copy)]
+pub(crate) struct Dest<'a> {
+    pub(crate) upper: &'a Path,
+    pub(crate) lower: &'a [PathBuf],
+}
+
+impl<'a> Dest<'a> {
+    /// A destination with nothing below it.
+    pub(crate) fn bare(upper: &'a Path) -> Self {
+        Dest { upper, lower: &[] }
+    }
+}
+
+/// Copies `src` (file, symlink or directory contents) to `to` under the destination,
+/// creating parents as BuildKit does: a directory the layers below have keeps its mode and
+/// owner; a new one is 0755 and owned by the `--chown` user.
 pub(crate) fn copy_into(
-    upper: &Path,
+    dest: &Dest<'_>,
     src: &Path,
-    dest: &str,
+    to: &str,
     attrs: CopyAttrs,
     excluded: Excluded<'_>,
 ) -> Result<(), String> {
-    let target = upper.join(dest.trim_start_matches('/'));
+    let target = dest.upper.join(to.trim_start_matches('/'));
     if let Some(parent) = target.parent() {
-        make_parents(upper, parent)?;
+        ensure_dir(dest, parent, attrs.owner)?;
     }
     let md = fs::symlink_metadata(src).map_err(|e| format!("{}: {e}", src.display()))?;
     if md.is_dir() {
-        make_dir(&target, &md, attrs)?;
+        // The directory's contents go in; the target itself is made like a parent.
+        ensure_dir(dest, &target, attrs.owner)?;
         copy_dir_contents(src, &target, attrs, excluded)
     } else {
         copy_entry(src, &target, attrs)
@@ -67,13 +85,21 @@ pub(crate) fn copy_into(
 pub(crate) fn copy_from_layers(
     layers: &[PathBuf],
     src: &Path,
-    upper: &Path,
-    dest: &str,
+    dest: &Dest<'_>,
+    to: &str,
     attrs: CopyAttrs,
 ) -> Result<(), String> {
-    let target = upper.join(dest.trim_start_matches('/'));
+    let target = dest.upper.join(to.trim_start_matches('/'));
     if let Some(parent) = target.parent() {
-        make_parents(upper, parent)?;
+        ensure_dir(dest, parent, attrs.owner)?;
+    }
+    let is_dir = snapshotter::copyfs::merged_lookup(layers, src).is_some_and(|(_, md)| md.is_dir());
+    if is_dir {
+        ensure_dir(dest, &target, attrs.owner)?;
+        for name in snapshotter::copyfs::merged_names(layers, src) {
+            copy_layered(layers, &src.join(&name), &target.join(&name), attrs)?;
+        }
+        return Ok(());
     }
     copy_layered(layers, src, &target, attrs)
 }
@@ -107,15 +133,42 @@ fn copy_layered(
     }
 }
 
-fn make_parents(upper: &Path, dir: &Path) -> Result<(), String> {
-    if dir == upper || dir.is_dir() {
+/// Makes the directory `to` (and its parents) in the destination; returns its path.
+pub(crate) fn prepare_dir(
+    dest: &Dest<'_>,
+    to: &str,
+    owner: Option<(u32, u32)>,
+) -> Result<PathBuf, String> {
+    let dir = dest.upper.join(to.trim_start_matches('/'));
+    ensure_dir(dest, &dir, owner)?;
+    Ok(dir)
+}
+
+/// Makes `dir` (inside `dest.upper`) and its parents: like the layers below when they have
+/// it, else 0755 owned by `owner` (root by default).
+fn ensure_dir(dest: &Dest<'_>, dir: &Path, owner: Option<(u32, u32)>) -> Result<(), String> {
+    if dir == dest.upper || dir.is_dir() {
         return Ok(());
     }
     if let Some(p) = dir.parent() {
-        make_parents(upper, p)?;
+        ensure_dir(dest, p, owner)?;
     }
     fs::create_dir(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())
+    let rel = dir.strip_prefix(dest.upper).unwrap_or(dir);
+    let below = snapshotter::copyfs::merged_lookup(dest.lower, rel).filter(|(_, md)| md.is_dir());
+    let (mode, ids) = match &below {
+        Some((_, md)) => (md.permissions().mode() & 0o7777, (md.uid(), md.gid())),
+        None => (0o755, owner.unwrap_or((0, 0))),
+    };
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode)).map_err(|e| e.to_string())?;
+    if nix::unistd::geteuid().is_root() {
+        std::os::unix::fs::lchown(dir, Some(ids.0), Some(ids.1))
+            .map_err(|e| format!("chown {}: {e}", dir.display()))?;
+    }
+    if let Some((_, md)) = below {
+        let _ = filetime::set_file_mtime(dir, filetime::FileTime::from_last_modification_time(&md));
+    }
+    Ok(())
 }
 
 fn make_dir(target: &Path, md: &fs::Metadata, attrs: CopyAttrs) -> Result<(), String> {
@@ -263,15 +316,9 @@ mod tests {
             mode: Some(crate::chmod::ModeSpec::Octal(0o600)),
         };
         let none = |_: &Path, _: bool| false;
-        copy_into(upper.path(), &src.path().join("d"), "/app/", attrs, &none).unwrap();
-        copy_into(
-            upper.path(),
-            &src.path().join("top"),
-            "/app/renamed",
-            attrs,
-            &none,
-        )
-        .unwrap();
+        let dest = Dest::bare(upper.path());
+        copy_into(&dest, &src.path().join("d"), "/app/", attrs, &none).unwrap();
+        copy_into(&dest, &src.path().join("top"), "/app/renamed", attrs, &none).unwrap();
         assert_eq!(fs::read(upper.path().join("app/e/f")).unwrap(), b"x");
         assert_eq!(fs::read(upper.path().join("app/renamed")).unwrap(), b"t");
         let mode = fs::metadata(upper.path().join("app/e/f"))

@@ -111,7 +111,13 @@ impl Builder<'_> {
                             } else {
                                 // A filtered (or throwaway writable) copy.
                                 fs::create_dir_all(&scratch).map_err(|e| e.to_string())?;
-                                copy_into(&scratch, &path, "/src", CopyAttrs::default(), &ignored)?;
+                                copy_into(
+                                    &crate::copy::Dest::bare(&scratch),
+                                    &path,
+                                    "/src",
+                                    CopyAttrs::default(),
+                                    &ignored,
+                                )?;
                                 scratch.join("src")
                             }
                         }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use parser::dockerignore::Matcher;
 
-use crate::copy::{CopyAttrs, context_path, copy_into};
+use crate::copy::{CopyAttrs, Dest, context_path, copy_into};
 use crate::fetch::{Packing, archive_packing, checkout, download, git_source, unpack_archive};
 
 /// One thing to put into the new layer.
@@ -309,11 +309,11 @@ impl SourcePlan {
         }
     }
 
-    /// Puts every item into `upper` (the new layer's directory).
+    /// Puts every item into the destination (the new layer's directory over its lowers).
     pub(crate) fn apply(
         &self,
         req: &SourceRequest<'_>,
-        upper: &Path,
+        dest: &Dest<'_>,
         attrs: CopyAttrs,
     ) -> Result<(), String> {
         for item in &self.items {
@@ -325,14 +325,14 @@ impl SourcePlan {
                     unpack,
                 } => match unpack {
                     Some(p) => {
-                        let dest = upper.join(target.trim_start_matches('/'));
-                        unpack_archive(path, *p, &dest)?;
+                        let dir = crate::copy::prepare_dir(dest, target, attrs.owner)?;
+                        unpack_archive(path, *p, &dir)?;
                         if attrs.owner.is_some() || attrs.mode.is_some() {
-                            crate::copy::restamp_tree(&dest, attrs)?;
+                            crate::copy::restamp_tree(&dir, attrs)?;
                         }
                     }
                     None => copy_into(
-                        upper,
+                        dest,
                         path,
                         target,
                         attrs,
@@ -354,10 +354,10 @@ impl SourcePlan {
                             filetime::FileTime::from_unix_time(*t, 0),
                         );
                     }
-                    copy_into(upper, path, target, attrs, &|_: &Path, _: bool| false)?;
+                    copy_into(dest, path, target, attrs, &|_: &Path, _: bool| false)?;
                 }
                 Item::Tree { dir, target } => {
-                    copy_into(upper, dir, target, attrs, &|_: &Path, _: bool| false)?;
+                    copy_into(dest, dir, target, attrs, &|_: &Path, _: bool| false)?;
                 }
             }
         }

@@ -395,9 +395,14 @@ impl Builder<'_> {
             files,
             ..Default::default()
         };
-        self.with_cache(state, node, slot, inputs, |this, _| {
+        self.with_cache(state, node, slot, inputs, |this, state| {
             let active = this.snapshots.prepare().map_err(|e| e.to_string())?;
-            plan.apply(&sreq, &active.upper, attrs)?;
+            let lower = state.lower_dirs();
+            let dest = crate::copy::Dest {
+                upper: &active.upper,
+                lower: &lower,
+            };
+            plan.apply(&sreq, &dest, attrs)?;
             Ok(active)
         })
     }
@@ -482,10 +487,15 @@ impl Builder<'_> {
             ),
             ..Default::default()
         };
-        self.with_cache(state, node, slot, inputs, |this, _| {
+        self.with_cache(state, node, slot, inputs, |this, state| {
             let active = this.snapshots.prepare().map_err(|e| e.to_string())?;
+            let lower = state.lower_dirs();
+            let dest = crate::copy::Dest {
+                upper: &active.upper,
+                lower: &lower,
+            };
             for (rel, target) in &plan {
-                copy_from_layers(&layers, rel, &active.upper, target, attrs)?;
+                copy_from_layers(&layers, rel, &dest, target, attrs)?;
             }
             Ok(active)
         })

@@ -10,6 +10,7 @@
 //! - [`require`]: skips a test whose host capability is missing, printing why; under
 //!   `CI=true` a missing capability fails the test instead.
 
+pub mod docker;
 pub mod http_server;
 pub mod proxy;
 

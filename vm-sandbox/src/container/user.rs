@@ -59,8 +59,9 @@ pub(crate) fn resolve(spec: &str, passwd: &str, group: &str) -> Result<Identity,
             })?,
         };
     }
-    let mut groups = vec![gid];
-    // Supplementary groups only when the group was not given explicitly, as Docker does.
+    // Supplementary groups: those whose member list names the user (not the primary group),
+    // and only when the group was not given explicitly, as Docker (runc, containerd) does.
+    let mut groups = Vec::new();
     if grp.is_none()
         && let Some(name) = name
     {
@@ -103,7 +104,7 @@ mod tests {
             Identity {
                 uid: 0,
                 gid: 0,
-                groups: vec![0],
+                groups: vec![],
                 home: "/root".into()
             }
         );
@@ -112,7 +113,7 @@ mod tests {
             Identity {
                 uid: 1000,
                 gid: 1000,
-                groups: vec![1000, 50],
+                groups: vec![50],
                 home: "/home/web".into()
             }
         );
@@ -121,7 +122,7 @@ mod tests {
             Identity {
                 uid: 1000,
                 gid: 50,
-                groups: vec![50],
+                groups: vec![],
                 home: "/home/web".into()
             }
         );
@@ -130,7 +131,7 @@ mod tests {
             Identity {
                 uid: 4242,
                 gid: 0,
-                groups: vec![0],
+                groups: vec![],
                 home: "/".into()
             }
         );
