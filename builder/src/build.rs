@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use parser::{Instruction, Lexer, Node};
 use snapshotter::config::History;
-use snapshotter::image::{StoredImage, read_image, write_image};
+use snapshotter::image::{ImageFormat, StoredImage, read_image, write_image_as};
 use snapshotter::layer::Layer;
 use snapshotter::snapshot::Snapshots;
 use snapshotter::{Digest, ImageConfig, Reference, Store};
@@ -42,6 +42,9 @@ pub struct BuildRequest {
     pub secrets: Vec<(String, SecretSource)>,
     /// `--ssh ID=SOCKET`: agent sockets `RUN --mount=type=ssh` can mount.
     pub ssh: Vec<(String, PathBuf)>,
+    /// `--format`: the image's media types (`None`: Docker's when the config uses
+    /// HEALTHCHECK, ONBUILD or SHELL, else OCI).
+    pub format: Option<ImageFormat>,
 }
 
 /// Where a build secret's value comes from.
@@ -412,7 +415,31 @@ impl Builder<'_> {
             .map(|l| l.layer.diff_id.to_string())
             .collect();
         let layers: Vec<Layer> = state.layers.into_iter().map(|l| l.layer).collect();
-        let stored = write_image(self.store, &image, &layers)?;
+        // HEALTHCHECK, ONBUILD and SHELL exist only in Docker's config format: it is the
+        // default when they are used; asked for OCI, they are dropped with a warning (as
+        // buildah does).
+        let c = &mut image.config;
+        let docker_only = c.healthcheck.is_some()
+            || c.on_build.as_ref().is_some_and(|o| !o.is_empty())
+            || c.shell.is_some();
+        // (Docker's format has no zstd layers: a zstd build stays OCI.)
+        let zstd = layers
+            .iter()
+            .any(|l| l.descriptor.media_type().to_string().ends_with("+zstd"));
+        let format = match req.format {
+            Some(f) => f,
+            None if docker_only && !zstd => ImageFormat::Docker,
+            None => ImageFormat::Oci,
+        };
+        if format == ImageFormat::Oci && docker_only {
+            (self.progress)(
+                "[Warning] HEALTHCHECK, ONBUILD and SHELL are not part of the OCI image format and are left out (use --format docker to keep them)",
+            );
+            c.healthcheck = None;
+            c.on_build = None;
+            c.shell = None;
+        }
+        let stored = write_image_as(self.store, &image, &layers, format)?;
         for t in &req.tags {
             self.store.tag(t, &stored.descriptor)?;
         }
@@ -567,6 +594,7 @@ mod tests {
             ignore: None,
             secrets: Vec::new(),
             ssh: Vec::new(),
+            format: None,
         })
     }
 

@@ -215,6 +215,9 @@ pub(crate) struct BuildArgs {
     /// An SSH agent for RUN --mount=type=ssh: default, or ID=SOCKET (repeatable)
     #[arg(long = "ssh", value_name = "ID[=SOCKET]")]
     pub(crate) ssh: Vec<String>,
+    /// Image format: oci, or docker (needed to keep HEALTHCHECK, ONBUILD and SHELL) [default: docker when those are used, else oci]
+    #[arg(long, value_parser = ["oci", "docker"])]
+    pub(crate) format: Option<String>,
     /// Pull base images even when the store has them
     #[arg(long)]
     pub(crate) pull: bool,

@@ -7,6 +7,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use snapshotter::Store as _;
 use tests::http_server::StaticServer;
 use tests::{TestContext, have_program, require};
 
@@ -352,6 +353,39 @@ fn onbuild_triggers_run_in_the_child_and_stop_there() {
     assert_eq!(
         v[0]["Config"]["OnBuild"],
         serde_json::json!(["ENV FROM_TRIGGER=yes", "COPY trig.txt /trig/"])
+    );
+    // ONBUILD lives in Docker's config format, which the image then uses...
+    let desc = ctx
+        .store()
+        .resolve(&"onbuild-parent".parse().unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        desc.media_type().to_string(),
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    // ...unless OCI is asked for: then it is left out, with a warning.
+    let oci = ctx
+        .kiln()
+        .args(["build", "-t", "onbuild-oci", "--format", "oci"])
+        .arg(&parent)
+        .run();
+    assert!(
+        oci.stderr.contains("not part of the OCI image format"),
+        "{}",
+        oci.stderr
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(ctx.kiln().args(["inspect", "onbuild-oci"]).run().ok()).unwrap();
+    assert!(v[0]["Config"]["OnBuild"].is_null(), "{v}");
+    let desc = ctx
+        .store()
+        .resolve(&"onbuild-oci".parse().unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        desc.media_type().to_string(),
+        "application/vnd.oci.image.manifest.v1+json"
     );
 
     let root = build(

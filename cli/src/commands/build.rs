@@ -133,6 +133,10 @@ pub(crate) fn run(root: &Path, reg: &RegistryOptions, a: BuildArgs) -> anyhow::R
             .iter()
             .map(|s| parse_ssh(s))
             .collect::<anyhow::Result<_>>()?,
+        format: a.format.as_deref().map(|f| match f {
+            "docker" => snapshotter::image::ImageFormat::Docker,
+            _ => snapshotter::image::ImageFormat::Oci,
+        }),
     };
     let image = builder.build(&req).map_err(|e| match e {
         builder::BuildError::Parse { file, error } => {
