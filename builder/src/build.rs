@@ -42,6 +42,8 @@ pub struct BuildRequest {
     pub secrets: Vec<(String, SecretSource)>,
     /// `--ssh ID=SOCKET`: agent sockets `RUN --mount=type=ssh` can mount.
     pub ssh: Vec<(String, PathBuf)>,
+    /// `--no-cache-filter`: stages (names or indexes) whose steps run even when cached.
+    pub no_cache_filter: Vec<String>,
     /// `--format`: the image's media types (`None`: Docker's when the config uses
     /// HEALTHCHECK, ONBUILD or SHELL, else OCI).
     pub format: Option<ImageFormat>,
@@ -145,6 +147,8 @@ pub(crate) struct StageState {
     name: Option<String>,
     pub(crate) layers: Vec<StageLayer>,
     pub(crate) cfg: ConfigState,
+    /// `--no-cache-filter` names this stage: its steps run even when cached.
+    pub(crate) no_cache: bool,
 }
 
 impl StageState {
@@ -232,6 +236,13 @@ impl Builder<'_> {
             let mut state = self
                 .from(&bases[i], &names[..i], &done, stage, &meta_args, req)
                 .map_err(|m| fail(stage.from_node, m))?;
+            state.no_cache = req.no_cache_filter.iter().any(|f| {
+                f == &i.to_string()
+                    || stage
+                        .name
+                        .as_deref()
+                        .is_some_and(|n| n.eq_ignore_ascii_case(f))
+            });
             // The base image's ONBUILD triggers run first, and are not passed on.
             let triggers = state.cfg.image.config.on_build.take().unwrap_or_default();
             for (k, trigger) in triggers.iter().enumerate() {
@@ -322,6 +333,7 @@ impl Builder<'_> {
                 name,
                 layers: Vec::new(),
                 cfg: fresh_cfg(cfg),
+                no_cache: false,
             }
         } else {
             let desc = self.find_or_pull(image, &req.platform)?;
@@ -351,6 +363,7 @@ impl Builder<'_> {
                 name,
                 layers,
                 cfg: fresh_cfg(base.config),
+                no_cache: false,
             }
         };
         // Global ARGs are visible in a stage only once redeclared there; keep them at hand.
@@ -595,6 +608,7 @@ mod tests {
             secrets: Vec::new(),
             ssh: Vec::new(),
             format: None,
+            no_cache_filter: Vec::new(),
         })
     }
 
@@ -616,7 +630,15 @@ mod tests {
         let runs = sandbox.runs();
         assert_eq!(runs[0].argv, ["/bin/bash", "-c", "echo $A"]);
         assert_eq!(runs[1].argv, ["/prog", "arg"]);
-        assert_eq!(runs[0].env, ["A=from-cli", "E=1"]);
+        // FROM scratch starts with BuildKit's default PATH.
+        assert_eq!(
+            runs[0].env,
+            [
+                "A=from-cli",
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "E=1"
+            ]
+        );
         assert_eq!(runs[0].cwd, "/x");
         // Each RUN made a layer, and the second one sees the first one's files below it.
         assert_eq!(img.config.rootfs.diff_ids.len(), 2);

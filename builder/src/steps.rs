@@ -547,14 +547,17 @@ impl Builder<'_> {
         if let Some(cache) = self.cache {
             let c = cache.lock().unwrap_or_else(|p| p.into_inner());
             let prev = c.last_inputs(slot);
-            if let Some(entry) = c.get(&key)
+            if !state.no_cache
+                && let Some(entry) = c.get(&key)
                 && self.use_cached(state, node, &entry).is_ok()
             {
                 (self.progress)("  CACHED");
                 let _ = c.save_inputs(slot, &inputs);
                 return Ok(());
             }
-            if prev.is_some() {
+            if state.no_cache {
+                (self.progress)("  cache skipped: --no-cache-filter");
+            } else if prev.is_some() {
                 (self.progress)(&format!(
                     "  cache miss: {}",
                     explain_miss(prev.as_ref(), &inputs)

@@ -203,6 +203,9 @@ pub(crate) struct BuildArgs {
     /// Run every step: do not use the build cache
     #[arg(long)]
     pub(crate) no_cache: bool,
+    /// Run these stages (names or indexes, comma-separated or repeated) without the cache
+    #[arg(long, value_name = "STAGE", value_delimiter = ',')]
+    pub(crate) no_cache_filter: Vec<String>,
     /// Also export the result: type=docker|oci|tar,dest=FILE or type=local,dest=DIR
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     pub(crate) outputs: Vec<String>,

@@ -228,3 +228,104 @@ fn two_checkouts_give_byte_identical_manifests() {
     let b = digest(5000, 1234, "another/place/checkout");
     assert_eq!(a, b, "same inputs, same manifest");
 }
+
+#[test]
+fn no_cache_filter_runs_only_the_named_stages() {
+    if !sandbox_available() {
+        return;
+    }
+    let ctx = TestContext::new();
+    ctx.base_image();
+    let dir = ctx.work().join("stages");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM busybox AS deps\nRUN cat /proc/sys/kernel/random/uuid > /deps\nFROM busybox AS app\nCOPY --from=deps /deps /deps\nRUN cat /proc/sys/kernel/random/uuid > /app\n",
+    )
+    .unwrap();
+    let build = |args: &[&str]| {
+        ctx.kiln()
+            .args(["build", "-t", "t"])
+            .args(args)
+            .arg(&dir)
+            .run()
+    };
+    build(&[]).ok();
+    assert_eq!(marks(&build(&[]).stderr), ["CACHED"; 3]);
+    let filtered = build(&["--no-cache-filter", "app"]);
+    assert_eq!(
+        marks(&filtered.stderr),
+        [
+            "CACHED",
+            "cache skipped: --no-cache-filter",
+            "cache skipped: --no-cache-filter"
+        ],
+        "{}",
+        filtered.stderr
+    );
+    // By index, too; the skipped stage's new layer makes what depends on it miss.
+    let by_index = build(&["--no-cache-filter", "0"]);
+    assert_eq!(
+        marks(&by_index.stderr)[0],
+        "cache skipped: --no-cache-filter",
+        "{}",
+        by_index.stderr
+    );
+    assert!(
+        marks(&by_index.stderr)[1].starts_with("cache miss"),
+        "{}",
+        by_index.stderr
+    );
+}
+
+#[test]
+fn contexts_and_dockerfiles_come_from_stdin() {
+    if !sandbox_available() {
+        return;
+    }
+    let ctx = TestContext::new();
+    ctx.base_image();
+    // A context tarball (gzip) on stdin, with -f naming a Dockerfile inside it.
+    let mut tar = tar::Builder::new(Vec::new());
+    for (name, data) in [
+        ("sub/Dockerfile", &b"FROM busybox\nCOPY hello.txt /\n"[..]),
+        ("hello.txt", b"from the tarball\n"),
+    ] {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append_data(&mut h, name, data).unwrap();
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &tar.into_inner().unwrap()).unwrap();
+    ctx.kiln()
+        .args(["build", "-q", "-t", "from-tar", "-f", "sub/Dockerfile", "-"])
+        .stdin(gz.finish().unwrap())
+        .run()
+        .ok();
+    let out = ctx
+        .kiln()
+        .args(["run", "--rm", "from-tar", "cat", "/hello.txt"])
+        .run();
+    assert_eq!(out.ok(), "from the tarball\n");
+    // A Dockerfile on stdin: an empty context.
+    ctx.kiln()
+        .args(["build", "-q", "-t", "from-text", "-"])
+        .stdin("FROM busybox\nLABEL src=stdin\n")
+        .run()
+        .ok();
+    let v = ctx.kiln().args(["inspect", "from-text"]).run();
+    assert!(v.ok().contains("\"src\": \"stdin\""), "{}", v.stdout);
+    let e = ctx
+        .kiln()
+        .args(["build", "-q", "-"])
+        .stdin("FROM busybox\nCOPY missing /\n")
+        .run();
+    assert!(
+        e.fails()
+            .contains("\"missing\" not found in the build context"),
+        "{}",
+        e.stderr
+    );
+}

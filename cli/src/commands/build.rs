@@ -34,17 +34,62 @@ impl builder::build::ImageSource for RegistrySource<'_> {
     }
 }
 
+/// `kiln build -`: standard input is a context tarball (plain, gzip or zstd), or else a
+/// Dockerfile with an empty context, as with `docker build -`.
+fn stdin_context(scratch: &Path) -> anyhow::Result<(PathBuf, Option<String>)> {
+    let mut input = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::stdin(), &mut input)
+        .context("read the context from stdin")?;
+    let dir = scratch.join("context");
+    std::fs::create_dir_all(&dir)?;
+    let plain = snapshotter::layer::decompressed(&input[..])
+        .ok()
+        .and_then(|mut r| {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut r, &mut buf).ok()?;
+            Some(buf)
+        });
+    let is_tar = plain
+        .as_ref()
+        .is_some_and(|b| b.len() >= 512 && &b[257..262] == b"ustar");
+    if let (true, Some(tarball)) = (is_tar, plain) {
+        let mut ar = tar::Archive::new(&tarball[..]);
+        for entry in ar.entries().context("read the context tarball")? {
+            entry
+                .context("read the context tarball")?
+                .unpack_in(&dir)
+                .context("unpack the context tarball")?;
+        }
+        return Ok((dir, None));
+    }
+    let text =
+        String::from_utf8(input).context("stdin is neither a tar archive nor a Dockerfile")?;
+    Ok((dir, Some(text)))
+}
+
 pub(crate) fn run(root: &Path, reg: &RegistryOptions, a: BuildArgs) -> anyhow::Result<ExitCode> {
-    let context = a.context.clone();
+    let scratch = tempfile::tempdir().context("create a scratch directory")?;
+    let (context, stdin_dockerfile) = if a.context.as_os_str() == "-" {
+        if a.file.as_deref().is_some_and(|f| f.as_os_str() == "-") {
+            anyhow::bail!("the context and the Dockerfile cannot both come from stdin");
+        }
+        stdin_context(scratch.path())?
+    } else {
+        (a.context.clone(), None)
+    };
     if !context.is_dir() {
         anyhow::bail!("build context {} is not a directory", context.display());
     }
     let dockerfile_path = match &a.file {
         Some(f) if f.as_os_str() == "-" => PathBuf::from("-"),
+        // With a context tarball on stdin, -f names a file inside it.
+        Some(f) if a.context.as_os_str() == "-" && f.is_relative() => context.join(f),
         Some(f) => f.clone(),
         None => context.join("Dockerfile"),
     };
-    let dockerfile = if dockerfile_path.as_os_str() == "-" {
+    let dockerfile = if let Some(text) = stdin_dockerfile {
+        text
+    } else if dockerfile_path.as_os_str() == "-" {
         std::io::read_to_string(std::io::stdin()).context("read Dockerfile from stdin")?
     } else {
         std::fs::read_to_string(&dockerfile_path)
@@ -133,6 +178,7 @@ pub(crate) fn run(root: &Path, reg: &RegistryOptions, a: BuildArgs) -> anyhow::R
             .iter()
             .map(|s| parse_ssh(s))
             .collect::<anyhow::Result<_>>()?,
+        no_cache_filter: a.no_cache_filter.clone(),
         format: a.format.as_deref().map(|f| match f {
             "docker" => snapshotter::image::ImageFormat::Docker,
             _ => snapshotter::image::ImageFormat::Oci,
