@@ -66,8 +66,12 @@ pub struct Builder<'a> {
     pub snapshots: &'a Snapshots,
     /// Where RUN steps run.
     pub sandbox: &'a dyn Sandbox,
-    /// Progress lines (`[2/5] RUN make`).
-    pub progress: &'a dyn Fn(&str),
+    /// Where progress goes (steps, cache decisions, warnings, and RUN output when
+    /// `capture_output` is set).
+    pub progress: &'a (dyn Fn(BuildEvent<'_>) + Sync),
+    /// RUN steps' output goes to `progress` as [`BuildEvent::Output`] lines instead of
+    /// straight to stderr.
+    pub capture_output: bool,
     /// How new layers are compressed.
     pub compression: snapshotter::compress::LayerCompression,
     /// How RUN steps get their root filesystem (overlay, or copies where overlay is missing).
@@ -78,6 +82,30 @@ pub struct Builder<'a> {
     pub source: Option<&'a dyn ImageSource>,
     /// Pull every base image even when the store has it (`--pull`).
     pub always_pull: bool,
+}
+
+/// What a build reports as it goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BuildEvent<'a> {
+    /// A step starts (FROM counts as one): `number` of `total`, its instruction as written.
+    Step {
+        /// 1-based.
+        number: usize,
+        /// Steps in the build.
+        total: usize,
+        /// The instruction's text.
+        instruction: &'a str,
+    },
+    /// The step's result came from the cache.
+    Cached,
+    /// The step runs; why the cache could not serve it (compared with the last build).
+    CacheMiss(&'a str),
+    /// The step runs because `--no-cache-filter` names its stage.
+    CacheSkipped,
+    /// A line a RUN step printed (with `capture_output`).
+    Output(&'a str),
+    /// Something the user should know.
+    Warning(&'a str),
 }
 
 /// Where images named in a Dockerfile come from when the store lacks them: a registry.
@@ -232,7 +260,11 @@ impl Builder<'_> {
         for i in needed {
             let stage = &stages[i];
             step += 1;
-            (self.progress)(&format!("[{step}/{total}] {}", stage.from_node.original));
+            (self.progress)(BuildEvent::Step {
+                number: step,
+                total,
+                instruction: &stage.from_node.original,
+            });
             let mut state = self
                 .from(&bases[i], &names[..i], &done, stage, &meta_args, req)
                 .map_err(|m| fail(stage.from_node, m))?;
@@ -246,7 +278,12 @@ impl Builder<'_> {
             // The base image's ONBUILD triggers run first, and are not passed on.
             let triggers = state.cfg.image.config.on_build.take().unwrap_or_default();
             for (k, trigger) in triggers.iter().enumerate() {
-                (self.progress)(&format!("[{step}/{total}] ONBUILD {trigger}"));
+                let text = format!("ONBUILD {trigger}");
+                (self.progress)(BuildEvent::Step {
+                    number: step,
+                    total,
+                    instruction: &text,
+                });
                 let on = |m: String| fail(stage.from_node, format!("ONBUILD {trigger}: {m}"));
                 let node = parser::parse_line(trigger).map_err(|e| on(e.to_string()))?;
                 let ins = parser::instruction(&node).map_err(|e| on(e.to_string()))?;
@@ -269,7 +306,11 @@ impl Builder<'_> {
             }
             for (n, (node, ins)) in stage.instructions.iter().enumerate() {
                 step += 1;
-                (self.progress)(&format!("[{step}/{total}] {}", node.original));
+                (self.progress)(BuildEvent::Step {
+                    number: step,
+                    total,
+                    instruction: &node.original,
+                });
                 // Where this step stands, to explain a cache miss against the last build.
                 let slot =
                     Digest::of(format!("{}\0{file}\0{i}\0{n}", req.context.display()).as_bytes());
@@ -445,9 +486,9 @@ impl Builder<'_> {
             None => ImageFormat::Oci,
         };
         if format == ImageFormat::Oci && docker_only {
-            (self.progress)(
-                "[Warning] HEALTHCHECK, ONBUILD and SHELL are not part of the OCI image format and are left out (use --format docker to keep them)",
-            );
+            (self.progress)(BuildEvent::Warning(
+                "HEALTHCHECK, ONBUILD and SHELL are not part of the OCI image format and are left out (use --format docker to keep them)",
+            ));
             c.healthcheck = None;
             c.on_build = None;
             c.shell = None;
@@ -595,6 +636,7 @@ mod tests {
             snapshots: &snapshots,
             sandbox,
             progress: &|_| {},
+            capture_output: false,
         };
         b.build(&BuildRequest {
             dockerfile: dockerfile.into(),

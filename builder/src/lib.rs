@@ -25,7 +25,7 @@ mod run_mounts;
 mod sources;
 mod steps;
 
-pub use build::{BuildRequest, Builder, SecretSource, unused_build_args};
+pub use build::{BuildEvent, BuildRequest, Builder, SecretSource, unused_build_args};
 pub use dispatch::{ConfigState, apply_config};
 pub use error::{BuildError, Result};
 pub use import::{ImportOptions, import};

@@ -11,7 +11,7 @@ use snapshotter::snapshot::{Active, chain_id};
 use vm_sandbox::{Network, RootFs, RunIo, RunSpec};
 
 use crate::build::{
-    BuildRequest, Builder, Earlier, StageLayer, StageState, push_history, stage_ref,
+    BuildEvent, BuildRequest, Builder, Earlier, StageLayer, StageState, push_history, stage_ref,
 };
 use crate::cache::{CacheEntry, StepInputs, explain_miss};
 use crate::chmod::ModeSpec;
@@ -243,10 +243,7 @@ impl Builder<'_> {
                     .unwrap_or_else(|| active.upper.clone()),
                 work: active.work.clone(),
             };
-            let outcome = this
-                .sandbox
-                .run(&rootfs, &spec, RunIo::OutputToStderr)
-                .map_err(|e| e.to_string())?;
+            let outcome = this.run_sandboxed(&rootfs, &spec)?;
             if !outcome.status.success() {
                 let how = match outcome.status {
                     vm_sandbox::ExitStatus::Code(c) => format!("exit code: {c}"),
@@ -501,6 +498,40 @@ impl Builder<'_> {
         })
     }
 
+    /// Runs a RUN step's process; its output goes to stderr, or line by line to the
+    /// progress sink when the builder captures it.
+    fn run_sandboxed(
+        &self,
+        rootfs: &RootFs,
+        spec: &RunSpec,
+    ) -> Result<vm_sandbox::RunOutcome, String> {
+        if !self.capture_output {
+            return self
+                .sandbox
+                .run(rootfs, spec, RunIo::OutputToStderr)
+                .map_err(|e| e.to_string());
+        }
+        let (read, write) = nix::unistd::pipe().map_err(|e| format!("create a pipe: {e}"))?;
+        std::thread::scope(|s| {
+            let reader = s.spawn(move || {
+                use std::io::BufRead as _;
+                let lines = std::io::BufReader::new(std::fs::File::from(read));
+                for line in lines.split(b'\n').map_while(Result::ok) {
+                    (self.progress)(BuildEvent::Output(&String::from_utf8_lossy(&line)));
+                }
+            });
+            // The sandbox keeps its own copies; ours closes when `io` drops, so the reader
+            // ends when the process does.
+            let io = RunIo::OutputTo(std::sync::Arc::new(write));
+            let result = self
+                .sandbox
+                .run(rootfs, spec, io)
+                .map_err(|e| e.to_string());
+            let _ = reader.join();
+            result
+        })
+    }
+
     /// `--chown` user and group, by number or by name in the stage's /etc/passwd and /etc/group.
     fn resolve_owner(&self, state: &StageState, spec: &str) -> Result<(u32, u32), String> {
         let lowers = state.lower_dirs();
@@ -551,17 +582,15 @@ impl Builder<'_> {
                 && let Some(entry) = c.get(&key)
                 && self.use_cached(state, node, &entry).is_ok()
             {
-                (self.progress)("  CACHED");
+                (self.progress)(BuildEvent::Cached);
                 let _ = c.save_inputs(slot, &inputs);
                 return Ok(());
             }
             if state.no_cache {
-                (self.progress)("  cache skipped: --no-cache-filter");
+                (self.progress)(BuildEvent::CacheSkipped);
             } else if prev.is_some() {
-                (self.progress)(&format!(
-                    "  cache miss: {}",
-                    explain_miss(prev.as_ref(), &inputs)
-                ));
+                let why = explain_miss(prev.as_ref(), &inputs);
+                (self.progress)(BuildEvent::CacheMiss(&why));
             }
         }
         let active = make(self, state)?;

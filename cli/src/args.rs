@@ -221,6 +221,9 @@ pub(crate) struct BuildArgs {
     /// Image format: oci, or docker (needed to keep HEALTHCHECK, ONBUILD and SHELL) [default: docker when those are used, else oci]
     #[arg(long, value_parser = ["oci", "docker"])]
     pub(crate) format: Option<String>,
+    /// Progress output: auto (tty on a terminal, else plain), plain, tty or json (one event per line)
+    #[arg(long, default_value = "auto", value_name = "MODE")]
+    pub(crate) progress: String,
     /// Pull base images even when the store has them
     #[arg(long)]
     pub(crate) pull: bool,

@@ -8,6 +8,7 @@
 //! - Errors print as one line, `kiln: error: ...`, with a non-zero exit.
 
 mod args;
+mod build_progress;
 mod commands;
 mod progress;
 

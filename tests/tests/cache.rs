@@ -329,3 +329,74 @@ fn contexts_and_dockerfiles_come_from_stdin() {
         e.stderr
     );
 }
+
+#[test]
+fn progress_json_reports_steps_logs_cache_and_a_summary() {
+    if !sandbox_available() {
+        return;
+    }
+    let ctx = TestContext::new();
+    ctx.base_image();
+    let dir = ctx.work().join("json");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM busybox\nRUN echo hello from run\nENV A=1\n",
+    )
+    .unwrap();
+    let events = |out: &tests::Output| -> Vec<serde_json::Value> {
+        out.stderr
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+            .collect()
+    };
+    let first = ctx
+        .kiln()
+        .args(["build", "--progress=json", "-t", "j"])
+        .arg(&dir)
+        .run();
+    let id = first.ok().trim().to_string();
+    let ev = events(&first);
+    let kinds: Vec<&str> = ev.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "step").count(),
+        3,
+        "{kinds:?}"
+    );
+    assert!(
+        ev.iter()
+            .any(|e| e["type"] == "log" && e["line"] == "hello from run" && e["step"] == 2),
+        "{ev:?}"
+    );
+    let done = ev.last().unwrap();
+    assert_eq!(
+        (done["type"].as_str(), done["image"].as_str()),
+        (Some("done"), Some(id.as_str()))
+    );
+    assert_eq!(done["steps_run"], 2, "RUN and ENV ran");
+    let again = ctx
+        .kiln()
+        .args(["build", "--progress=json", "-t", "j"])
+        .arg(&dir)
+        .run();
+    let ev = events(&again);
+    assert!(
+        ev.iter().any(|e| e["type"] == "cached" && e["step"] == 2),
+        "{ev:?}"
+    );
+    assert_eq!(ev.last().unwrap()["steps_cached"], 1);
+    // Plain mode closes with a one-line summary.
+    let plain = ctx
+        .kiln()
+        .args(["build", "--progress=plain", "-t", "j"])
+        .arg(&dir)
+        .run();
+    assert!(
+        plain
+            .stderr
+            .lines()
+            .any(|l| l.starts_with("built in ") && l.contains("1 cached")),
+        "{}",
+        plain.stderr
+    );
+}

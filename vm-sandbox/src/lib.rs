@@ -144,7 +144,7 @@ pub struct RunOutcome {
 }
 
 /// Where the process's standard streams go.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub enum RunIo {
     /// The caller's stdin, stdout and stderr (`kiln run`).
     #[default]
@@ -152,6 +152,9 @@ pub enum RunIo {
     /// No stdin; stdout and stderr both to the caller's stderr (build steps, whose output is
     /// progress, not the command's result).
     OutputToStderr,
+    /// No stdin; stdout and stderr both into this file descriptor (a pipe the caller reads,
+    /// to show or log a build step's output).
+    OutputTo(std::sync::Arc<std::os::fd::OwnedFd>),
 }
 
 /// Which backend a sandbox is.

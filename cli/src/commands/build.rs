@@ -10,6 +10,7 @@ use snapshotter::Reference;
 use snapshotter::snapshot::Snapshots;
 
 use crate::args::BuildArgs;
+use crate::build_progress::{Mode, Renderer};
 
 /// Pulls what `FROM` and `COPY --from` name when the store lacks it.
 struct RegistrySource<'a> {
@@ -124,11 +125,9 @@ pub(crate) fn run(root: &Path, reg: &RegistryOptions, a: BuildArgs) -> anyhow::R
     let snapshots = Snapshots::open(root)?;
     let sandbox = super::sandbox(root)?;
     let quiet = a.quiet;
-    let progress = move |line: &str| {
-        if !quiet {
-            eprintln!("{line}");
-        }
-    };
+    let mode = Mode::choose(&a.progress, quiet).map_err(anyhow::Error::msg)?;
+    let renderer = Renderer::new(mode);
+    let progress = |e: builder::BuildEvent<'_>| renderer.event(e);
     let compression = a.compression.parse().map_err(anyhow::Error::msg)?;
     let cache = std::sync::Mutex::new(builder::cache::Cache::open(root));
     let source = RegistrySource {
@@ -144,6 +143,7 @@ pub(crate) fn run(root: &Path, reg: &RegistryOptions, a: BuildArgs) -> anyhow::R
         snapshots: &snapshots,
         sandbox: &sandbox,
         progress: &progress,
+        capture_output: mode.captures_output(),
         source: Some(&source),
         always_pull: a.pull,
     };
@@ -184,21 +184,29 @@ pub(crate) fn run(root: &Path, reg: &RegistryOptions, a: BuildArgs) -> anyhow::R
             _ => snapshotter::image::ImageFormat::Oci,
         }),
     };
-    let image = builder.build(&req).map_err(|e| match e {
+    let built = builder.build(&req);
+    if built.is_err() {
+        renderer.failed();
+    }
+    let image = built.map_err(|e| match e {
         builder::BuildError::Parse { file, error } => {
             anyhow::Error::new(parser::dockerfile_error(&file, &req.dockerfile, &error))
         }
         e => anyhow::Error::new(e),
     })?;
-    if !quiet {
+    let unused = builder::unused_build_args(&req.dockerfile, &req.build_args);
+    if !unused.is_empty() {
+        renderer.event(builder::BuildEvent::Warning(&format!(
+            "One or more build-args {unused:?} were not consumed"
+        )));
+    }
+    if matches!(mode, Mode::Plain | Mode::Tty) {
         for t in &req.tags {
             eprintln!("naming to {t}");
         }
-        let unused = builder::unused_build_args(&req.dockerfile, &req.build_args);
-        if !unused.is_empty() {
-            eprintln!("[Warning] One or more build-args {unused:?} were not consumed");
-        }
     }
+    let size: u64 = image.manifest.layers().iter().map(|l| l.size()).sum();
+    renderer.summary(&image.id().to_string(), size);
     for spec in &a.outputs {
         export(&store, &snapshots, &image, &req.tags, spec)
             .with_context(|| format!("--output {spec}"))?;

@@ -147,8 +147,16 @@ impl Sandbox for ContainerSandbox {
         tracing::debug!(argv = ?spec.argv, lower = rootfs.lower.len(), "container run");
         let mut cmd = Command::new(&self.helper);
         cmd.arg(INIT_ARG).arg(&spec_path);
-        if streams == RunIo::OutputToStderr {
-            cmd.stdin(Stdio::null()).stdout(std::io::stderr());
+        match &streams {
+            RunIo::Inherit => {}
+            RunIo::OutputToStderr => {
+                cmd.stdin(Stdio::null()).stdout(std::io::stderr());
+            }
+            RunIo::OutputTo(fd) => {
+                let out = fd.try_clone().map_err(io("duplicate the output pipe"))?;
+                let err = fd.try_clone().map_err(io("duplicate the output pipe"))?;
+                cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+            }
         }
         let status = cmd.status().map_err(io(format!(
             "start sandbox helper {}",
