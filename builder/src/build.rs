@@ -162,7 +162,7 @@ pub(crate) struct StageLayer {
     pub(crate) dir: PathBuf,
 }
 
-/// The stages before the current one, for `COPY --from`.
+/// The build's stages, for `COPY --from` and `--mount from=` (those already built have a state).
 pub(crate) struct Earlier<'s> {
     pub(crate) names: &'s [Option<String>],
     pub(crate) done: &'s [Option<StageState>],
@@ -250,7 +250,31 @@ impl Builder<'_> {
                     .collect()
             })
             .collect();
-        let needed = needed_stages(&names, &bases, &copy_froms, target);
+        let needed =
+            ordered_stages(&names, &bases, &copy_froms, target).map_err(|(by, on, m)| {
+                // Point at the instruction of stage `by` that names stage `on`.
+                let stage = &stages[by];
+                let node = stage
+                    .instructions
+                    .iter()
+                    .find(|(_, ins)| {
+                        let froms: Vec<&String> = match ins {
+                            Instruction::Copy(c) => c.from.iter().collect(),
+                            Instruction::Run(r) => {
+                                r.mounts.iter().filter_map(|m| m.from.as_ref()).collect()
+                            }
+                            _ => Vec::new(),
+                        };
+                        froms.iter().any(|f| {
+                            let f = lexer
+                                .expand_word(f, &meta_args)
+                                .unwrap_or_else(|_| f.to_string());
+                            stage_ref(&names, &f) == Some(on)
+                        })
+                    })
+                    .map_or(stage.from_node, |(n, _)| n);
+                fail(node, m)
+            })?;
         let total: usize = needed
             .iter()
             .map(|&i| stages[i].instructions.len() + 1)
@@ -297,8 +321,8 @@ impl Builder<'_> {
                     format!("{}\0{file}\0{i}\0onbuild{k}", req.context.display()).as_bytes(),
                 );
                 let earlier = Earlier {
-                    names: &names[..i],
-                    done: &done[..i],
+                    names: &names,
+                    done: &done,
                     platform: &req.platform,
                 };
                 self.step(&mut state, &node, &ins, &lexer, req, &slot, &earlier)
@@ -315,8 +339,8 @@ impl Builder<'_> {
                 let slot =
                     Digest::of(format!("{}\0{file}\0{i}\0{n}", req.context.display()).as_bytes());
                 let earlier = Earlier {
-                    names: &names[..i],
-                    done: &done[..i],
+                    names: &names,
+                    done: &done,
                     platform: &req.platform,
                 };
                 self.step(&mut state, node, ins, &lexer, req, &slot, &earlier)
@@ -523,35 +547,63 @@ fn lookup(args: &[(String, String)], k: &str) -> Option<String> {
 }
 
 /// The target and every stage it builds on (`FROM <stage>`), in file order.
-fn needed_stages(
+/// The stages the target needs, dependencies first (file order where free): a FROM names an
+/// earlier stage; `COPY --from` and `RUN --mount from=` may name any stage (BuildKit allows
+/// forward references). A cycle is an error naming a stage on it, as BuildKit words it.
+fn ordered_stages(
     names: &[Option<String>],
     bases: &[String],
     copy_froms: &[Vec<String>],
     target: usize,
-) -> Vec<usize> {
-    let mut needed = vec![false; names.len()];
-    let mut todo = vec![target];
-    while let Some(i) = todo.pop() {
-        if std::mem::replace(&mut needed[i], true) {
-            continue;
-        }
-        if let Some(j) = stage_index(&names[..i], &bases[i]) {
-            todo.push(j);
-        }
-        for f in &copy_froms[i] {
-            if let Some(j) = stage_ref(&names[..i], f) {
-                todo.push(j);
+) -> std::result::Result<Vec<usize>, (usize, usize, String)> {
+    let deps = |i: usize| -> Vec<usize> {
+        let mut d: Vec<usize> = stage_index(&names[..i], &bases[i]).into_iter().collect();
+        d.extend(copy_froms[i].iter().filter_map(|f| stage_ref(names, f)));
+        d
+    };
+    // 0 = not seen, 1 = on the current path, 2 = done.
+    let mut mark = vec![0u8; names.len()];
+    let mut order = Vec::new();
+    // On a cycle: (the stage whose reference closes it, the stage referenced, message).
+    fn visit(
+        i: usize,
+        from: usize,
+        deps: &dyn Fn(usize) -> Vec<usize>,
+        mark: &mut [u8],
+        order: &mut Vec<usize>,
+        names: &[Option<String>],
+    ) -> std::result::Result<(), (usize, usize, String)> {
+        match mark[i] {
+            2 => return Ok(()),
+            1 => {
+                let name = names[i].clone().unwrap_or_else(|| format!("stage-{i}"));
+                return Err((
+                    from,
+                    i,
+                    format!("circular dependency detected on stage: {name}"),
+                ));
             }
+            _ => {}
         }
+        mark[i] = 1;
+        let mut ds = deps(i);
+        ds.sort_unstable();
+        for d in ds {
+            visit(d, i, deps, mark, order, names)?;
+        }
+        mark[i] = 2;
+        order.push(i);
+        Ok(())
     }
-    (0..names.len()).filter(|&i| needed[i]).collect()
+    visit(target, target, &deps, &mut mark, &mut order, names)?;
+    Ok(order)
 }
 
-/// A `--from` value naming an earlier stage: its name or its index.
-pub(crate) fn stage_ref(earlier: &[Option<String>], from: &str) -> Option<usize> {
+/// A `--from` value naming a stage (of those given): its name or its index.
+pub(crate) fn stage_ref(stages: &[Option<String>], from: &str) -> Option<usize> {
     match from.parse::<usize>() {
-        Ok(n) => (n < earlier.len()).then_some(n),
-        Err(_) => stage_index(earlier, from),
+        Ok(n) => (n < stages.len()).then_some(n),
+        Err(_) => stage_index(stages, from),
     }
 }
 
@@ -616,6 +668,43 @@ fn stage_index(names: &[Option<String>], image: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stages_order_dependencies_first_and_reject_cycles() {
+        let n = |v: &[&str]| {
+            v.iter()
+                .map(|s| (!s.is_empty()).then(|| s.to_string()))
+                .collect::<Vec<_>>()
+        };
+        let names = n(&["a", "b", "c", ""]);
+        let bases: Vec<String> = ["busybox", "a", "busybox", "busybox"]
+            .map(String::from)
+            .to_vec();
+        // d copies from c (a later-defined stage is fine too), c from b; a is b's base.
+        let froms = vec![
+            vec![],
+            vec![],
+            vec!["b".into()],
+            vec!["c".into(), "2".into()],
+        ];
+        assert_eq!(
+            ordered_stages(&names, &bases, &froms, 3).unwrap(),
+            [0, 1, 2, 3]
+        );
+        assert_eq!(ordered_stages(&names, &bases, &froms, 0).unwrap(), [0]);
+        let forward = vec![vec!["c".into()], vec![], vec![], vec![]];
+        assert_eq!(ordered_stages(&names, &bases, &forward, 0).unwrap(), [2, 0]);
+        let selfref = vec![vec!["a".into()], vec![], vec![], vec![]];
+        assert_eq!(
+            ordered_stages(&names, &bases, &selfref, 0).unwrap_err().2,
+            "circular dependency detected on stage: a"
+        );
+        let ring = vec![vec!["c".into()], vec![], vec!["a".into()], vec!["0".into()]];
+        assert_eq!(
+            ordered_stages(&names, &bases, &ring, 3).unwrap_err().2,
+            "circular dependency detected on stage: a"
+        );
+    }
     use snapshotter::MemStore;
     use vm_sandbox::{ExitStatus, FakeSandbox};
 

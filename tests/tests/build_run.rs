@@ -214,6 +214,18 @@ fn failures_are_one_line_with_file_line_col_and_exit_codes_follow_docker() {
             "RUN true\n",
             "Dockerfile:1:1: RUN before the first FROM (only ARG may come first)",
         ),
+        (
+            "FROM busybox AS a\nCOPY --from=a /x /y\n",
+            "Dockerfile:2:1: circular dependency detected on stage: a",
+        ),
+        (
+            "FROM busybox AS a\nCOPY --from=b /x /y\nFROM busybox AS b\nCOPY --from=a /x /y\n",
+            "Dockerfile:2:1: circular dependency detected on stage: b",
+        ),
+        (
+            "FROM busybox\nCOPY --chown=nosuchuser Dockerfile /x\n",
+            "Dockerfile:2:1: unable to find user nosuchuser in /etc/passwd",
+        ),
     ] {
         std::fs::write(dir.join("Dockerfile"), dockerfile).unwrap();
         let before = ctx
