@@ -224,6 +224,12 @@ pub(crate) struct BuildArgs {
     /// Progress output: auto (tty on a terminal, else plain), plain, tty or json (one event per line)
     #[arg(long, default_value = "auto", value_name = "MODE")]
     pub(crate) progress: String,
+    /// After the build, list what the cache did for every layer step, and why
+    #[arg(long)]
+    pub(crate) explain_cache: bool,
+    /// Read build args from a file of KEY=VALUE lines (repeatable; --build-arg wins)
+    #[arg(long = "build-arg-file", value_name = "FILE")]
+    pub(crate) build_arg_files: Vec<PathBuf>,
     /// Pull base images even when the store has them
     #[arg(long)]
     pub(crate) pull: bool,

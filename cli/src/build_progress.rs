@@ -58,6 +58,10 @@ struct State {
     cached: usize,
     bar: Option<ProgressBar>,
     last_output: Vec<String>,
+    /// Per layer step: its number, instruction and what the cache did (`--explain-cache`).
+    decisions: Vec<(usize, String, String)>,
+    /// The current step's cache decision, when one was reported.
+    decision: Option<String>,
 }
 
 /// Renders build events; [`Renderer::summary`] closes the build.
@@ -84,6 +88,8 @@ impl Renderer {
                 cached: 0,
                 bar: None,
                 last_output: Vec::new(),
+                decisions: Vec::new(),
+                decision: None,
             }),
         }
     }
@@ -92,6 +98,26 @@ impl Renderer {
         if st.step == 0 {
             return;
         }
+        let keyword = st
+            .instruction
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_ascii_uppercase();
+        if matches!(keyword.as_str(), "RUN" | "COPY" | "ADD")
+            || st.instruction.starts_with("ONBUILD ")
+        {
+            let decision = st.decision.take().unwrap_or_else(|| {
+                if cached {
+                    "CACHED".into()
+                } else {
+                    "ran: not in the cache".into()
+                }
+            });
+            let entry = (st.step, st.instruction.clone(), decision);
+            st.decisions.push(entry);
+        }
+        st.decision = None;
         let secs = st.step_started.elapsed().as_secs_f64();
         let is_layer_step = !st.instruction.starts_with("FROM ");
         if !cached && is_layer_step {
@@ -153,6 +179,7 @@ impl Renderer {
             }
             BuildEvent::Cached => {
                 st.cached += 1;
+                st.decision = Some("CACHED".into());
                 match self.mode {
                     Mode::Plain => eprintln!("  CACHED"),
                     Mode::Json => json_line(serde_json::json!({"type": "cached", "step": st.step})),
@@ -161,49 +188,61 @@ impl Renderer {
                 self.close_step(&mut st, true);
                 st.step = 0;
             }
-            BuildEvent::CacheMiss(why) => match self.mode {
-                Mode::Plain => eprintln!("  cache miss: {why}"),
-                Mode::Json => json_line(
-                    serde_json::json!({"type": "cache-miss", "step": st.step, "reason": why}),
-                ),
-                Mode::Tty => {
-                    if let Some(b) = &st.bar {
-                        b.println(format!("[{}] cache miss: {why}", st.step));
-                    }
-                }
-                Mode::Quiet => {}
-            },
-            BuildEvent::CacheSkipped => match self.mode {
-                Mode::Plain => eprintln!("  cache skipped: --no-cache-filter"),
-                Mode::Json => {
-                    json_line(serde_json::json!({"type": "cache-skipped", "step": st.step}))
-                }
-                _ => {}
-            },
-            BuildEvent::Output(line) => {
-                st.last_output.push(line.to_string());
-                if st.last_output.len() > 6 {
-                    st.last_output.remove(0);
-                }
+            BuildEvent::CacheMiss(why) => {
+                st.decision = Some(format!("ran: {why}"));
+                self.cache_miss(&st, why);
+            }
+            BuildEvent::CacheSkipped => {
+                st.decision = Some("ran: --no-cache-filter".into());
                 match self.mode {
-                    Mode::Plain => eprintln!("{line}"),
+                    Mode::Plain => eprintln!("  cache skipped: --no-cache-filter"),
                     Mode::Json => {
-                        json_line(serde_json::json!({"type": "log", "step": st.step, "line": line}))
+                        json_line(serde_json::json!({"type": "cache-skipped", "step": st.step}))
                     }
-                    Mode::Tty => {
-                        if let Some(b) = &st.bar {
-                            let tail: String = line.chars().take(60).collect();
-                            b.set_message(format!("{}  | {tail}", st.instruction));
-                        }
-                    }
-                    Mode::Quiet => {}
+                    _ => {}
                 }
             }
+            BuildEvent::Output(line) => self.output(&mut st, line),
             BuildEvent::Warning(w) => match self.mode {
                 Mode::Json => json_line(serde_json::json!({"type": "warning", "message": w})),
                 Mode::Quiet => {}
                 _ => eprintln!("[Warning] {w}"),
             },
+        }
+    }
+
+    fn cache_miss(&self, st: &State, why: &str) {
+        match self.mode {
+            Mode::Plain => eprintln!("  cache miss: {why}"),
+            Mode::Json => {
+                json_line(serde_json::json!({"type": "cache-miss", "step": st.step, "reason": why}))
+            }
+            Mode::Tty => {
+                if let Some(b) = &st.bar {
+                    b.println(format!("[{}] cache miss: {why}", st.step));
+                }
+            }
+            Mode::Quiet => {}
+        }
+    }
+
+    fn output(&self, st: &mut State, line: &str) {
+        st.last_output.push(line.to_string());
+        if st.last_output.len() > 6 {
+            st.last_output.remove(0);
+        }
+        match self.mode {
+            Mode::Plain => eprintln!("{line}"),
+            Mode::Json => {
+                json_line(serde_json::json!({"type": "log", "step": st.step, "line": line}))
+            }
+            Mode::Tty => {
+                if let Some(b) = &st.bar {
+                    let tail: String = line.chars().take(60).collect();
+                    b.set_message(format!("{}  | {tail}", st.instruction));
+                }
+            }
+            Mode::Quiet => {}
         }
     }
 
@@ -219,6 +258,23 @@ impl Renderer {
             for l in &st.last_output {
                 eprintln!("  > {l}");
             }
+        }
+    }
+
+    /// `--explain-cache`: what the cache did for every layer step of the build.
+    pub(crate) fn explain_cache(&self) {
+        let st = self.state.lock().expect("progress lock");
+        if self.mode == Mode::Json {
+            for (n, ins, d) in &st.decisions {
+                json_line(
+                    serde_json::json!({"type": "cache-report", "step": n, "instruction": ins, "decision": d}),
+                );
+            }
+            return;
+        }
+        eprintln!("cache report:");
+        for (n, ins, d) in &st.decisions {
+            eprintln!("  [{n}] {ins}: {d}");
         }
     }
 

@@ -400,3 +400,74 @@ fn progress_json_reports_steps_logs_cache_and_a_summary() {
         plain.stderr
     );
 }
+
+#[test]
+fn explain_cache_and_build_arg_files() {
+    if !sandbox_available() {
+        return;
+    }
+    let ctx = TestContext::new();
+    ctx.base_image();
+    let dir = ctx.work().join("explain");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM busybox\nARG V\nRUN echo $V > /v\nCOPY Dockerfile /\n",
+    )
+    .unwrap();
+    let args = ctx.work().join("args.env");
+    std::fs::write(&args, "# build args\nV=1\n\n").unwrap();
+    let build = || {
+        ctx.kiln()
+            .args([
+                "build",
+                "--progress=plain",
+                "--explain-cache",
+                "-t",
+                "e",
+                "--build-arg-file",
+            ])
+            .arg(&args)
+            .arg(&dir)
+            .run()
+    };
+    let first = build();
+    first.ok();
+    assert!(first.stderr.contains("cache report:\n  [3] RUN echo $V > /v: ran: not in the cache\n  [4] COPY Dockerfile /: ran: not in the cache"), "{}", first.stderr);
+    std::fs::write(&args, "V=2\n").unwrap();
+    let second = build();
+    assert!(second.stderr.contains("  [3] RUN echo $V > /v: ran: V changed\n  [4] COPY Dockerfile /: ran: a step before it changed"), "{}", second.stderr);
+    let v = ctx.kiln().args(["run", "--rm", "e", "cat", "/v"]).run();
+    assert_eq!(v.ok(), "2\n");
+    // --build-arg wins over the file.
+    ctx.kiln()
+        .args([
+            "build",
+            "-q",
+            "-t",
+            "e",
+            "--build-arg",
+            "V=3",
+            "--build-arg-file",
+        ])
+        .arg(&args)
+        .arg(&dir)
+        .run()
+        .ok();
+    assert_eq!(
+        ctx.kiln()
+            .args(["run", "--rm", "e", "cat", "/v"])
+            .run()
+            .ok(),
+        "3\n"
+    );
+    let third = build();
+    // Back to V=2: both layers come from the cache, whichever build made them last.
+    assert!(
+        third
+            .stderr
+            .contains("  [3] RUN echo $V > /v: CACHED\n  [4] COPY Dockerfile /: CACHED"),
+        "{}",
+        third.stderr
+    );
+}

@@ -102,6 +102,20 @@ pub(crate) fn run(root: &Path, reg: &RegistryOptions, a: BuildArgs) -> anyhow::R
         .map(|t| t.parse::<Reference>())
         .collect::<Result<Vec<_>, _>>()?;
     let mut build_args = Vec::new();
+    // --build-arg-file: KEY=VALUE lines (blank lines and # comments skipped); --build-arg wins.
+    for f in &a.build_arg_files {
+        let text = std::fs::read_to_string(f).with_context(|| format!("read {}", f.display()))?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (k, v) = line
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("{}:{}: expected KEY=VALUE", f.display(), n + 1))?;
+            build_args.push((k.trim().to_string(), v.to_string()));
+        }
+    }
     for kv in &a.build_args {
         match kv.split_once('=') {
             Some((k, v)) => build_args.push((k.to_string(), v.to_string())),
@@ -207,6 +221,9 @@ pub(crate) fn run(root: &Path, reg: &RegistryOptions, a: BuildArgs) -> anyhow::R
     }
     let size: u64 = image.manifest.layers().iter().map(|l| l.size()).sum();
     renderer.summary(&image.id().to_string(), size);
+    if a.explain_cache {
+        renderer.explain_cache();
+    }
     for spec in &a.outputs {
         export(&store, &snapshots, &image, &req.tags, spec)
             .with_context(|| format!("--output {spec}"))?;
