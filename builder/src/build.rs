@@ -84,6 +84,19 @@ pub struct Builder<'a> {
     pub always_pull: bool,
 }
 
+/// What every stage of one build shares.
+#[derive(Clone, Copy)]
+struct StageRun<'a> {
+    stages: &'a [parser::Stage<'a>],
+    names: &'a [Option<String>],
+    bases: &'a [String],
+    meta_args: &'a [(String, String)],
+    lexer: &'a Lexer,
+    req: &'a BuildRequest,
+    file: &'a str,
+    total: usize,
+}
+
 /// What a build reports as it goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BuildEvent<'a> {
@@ -96,14 +109,37 @@ pub enum BuildEvent<'a> {
         /// The instruction's text.
         instruction: &'a str,
     },
-    /// The step's result came from the cache.
-    Cached,
+    /// A step ended; `cached` when its result came from the cache.
+    StepDone {
+        /// The step's number.
+        number: usize,
+        /// Served from the cache.
+        cached: bool,
+    },
+    /// The step's result comes from the cache.
+    Cached {
+        /// The step's number.
+        number: usize,
+    },
     /// The step runs; why the cache could not serve it (compared with the last build).
-    CacheMiss(&'a str),
+    CacheMiss {
+        /// The step's number.
+        number: usize,
+        /// Why.
+        reason: &'a str,
+    },
     /// The step runs because `--no-cache-filter` names its stage.
-    CacheSkipped,
+    CacheSkipped {
+        /// The step's number.
+        number: usize,
+    },
     /// A line a RUN step printed (with `capture_output`).
-    Output(&'a str),
+    Output {
+        /// The step's number.
+        number: usize,
+        /// The line, without its newline.
+        line: &'a str,
+    },
     /// Something the user should know.
     Warning(&'a str),
 }
@@ -177,6 +213,10 @@ pub(crate) struct StageState {
     pub(crate) cfg: ConfigState,
     /// `--no-cache-filter` names this stage: its steps run even when cached.
     pub(crate) no_cache: bool,
+    /// The number of the step running (for progress events).
+    pub(crate) step: usize,
+    /// The step running was served from the cache.
+    pub(crate) from_cache: bool,
 }
 
 impl StageState {
@@ -250,8 +290,13 @@ impl Builder<'_> {
                     .collect()
             })
             .collect();
+        let deps = |i: usize| -> Vec<usize> {
+            let mut d: Vec<usize> = stage_index(&names[..i], &bases[i]).into_iter().collect();
+            d.extend(copy_froms[i].iter().filter_map(|f| stage_ref(&names, f)));
+            d
+        };
         let needed =
-            ordered_stages(&names, &bases, &copy_froms, target).map_err(|(by, on, m)| {
+            crate::schedule::ordered_stages(&names, &deps, target).map_err(|(by, on, m)| {
                 // Point at the instruction of stage `by` that names stage `on`.
                 let stage = &stages[by];
                 let node = stage
@@ -279,75 +324,28 @@ impl Builder<'_> {
             .iter()
             .map(|&i| stages[i].instructions.len() + 1)
             .sum();
-        let mut step = 0;
-        let mut done: Vec<Option<StageState>> = vec![None; stages.len()];
-        for i in needed {
-            let stage = &stages[i];
-            step += 1;
-            (self.progress)(BuildEvent::Step {
-                number: step,
-                total,
-                instruction: &stage.from_node.original,
-            });
-            let mut state = self
-                .from(&bases[i], &names[..i], &done, stage, &meta_args, req)
-                .map_err(|m| fail(stage.from_node, m))?;
-            state.no_cache = req.no_cache_filter.iter().any(|f| {
-                f == &i.to_string()
-                    || stage
-                        .name
-                        .as_deref()
-                        .is_some_and(|n| n.eq_ignore_ascii_case(f))
-            });
-            // The base image's ONBUILD triggers run first, and are not passed on.
-            let triggers = state.cfg.image.config.on_build.take().unwrap_or_default();
-            for (k, trigger) in triggers.iter().enumerate() {
-                let text = format!("ONBUILD {trigger}");
-                (self.progress)(BuildEvent::Step {
-                    number: step,
-                    total,
-                    instruction: &text,
-                });
-                let on = |m: String| fail(stage.from_node, format!("ONBUILD {trigger}: {m}"));
-                let node = parser::parse_line(trigger).map_err(|e| on(e.to_string()))?;
-                let ins = parser::instruction(&node).map_err(|e| on(e.to_string()))?;
-                if matches!(ins, Instruction::From(_) | Instruction::Onbuild(_)) {
-                    return Err(on(format!(
-                        "{} is not allowed as an ONBUILD trigger",
-                        node.keyword
-                    )));
-                }
-                let slot = Digest::of(
-                    format!("{}\0{file}\0{i}\0onbuild{k}", req.context.display()).as_bytes(),
-                );
-                let earlier = Earlier {
-                    names: &names,
-                    done: &done,
-                    platform: &req.platform,
-                };
-                self.step(&mut state, &node, &ins, &lexer, req, &slot, &earlier)
-                    .map_err(on)?;
-            }
-            for (n, (node, ins)) in stage.instructions.iter().enumerate() {
-                step += 1;
-                (self.progress)(BuildEvent::Step {
-                    number: step,
-                    total,
-                    instruction: &node.original,
-                });
-                // Where this step stands, to explain a cache miss against the last build.
-                let slot =
-                    Digest::of(format!("{}\0{file}\0{i}\0{n}", req.context.display()).as_bytes());
-                let earlier = Earlier {
-                    names: &names,
-                    done: &done,
-                    platform: &req.platform,
-                };
-                self.step(&mut state, node, ins, &lexer, req, &slot, &earlier)
-                    .map_err(|m| fail(node, m))?;
-            }
-            done[i] = Some(state);
+        // Step numbers follow the order the stages are listed in (dependencies first),
+        // whichever order they finish in.
+        let mut first_step = vec![0usize; stages.len()];
+        let mut next = 1;
+        for &i in &needed {
+            first_step[i] = next;
+            next += stages[i].instructions.len() + 1;
         }
+        let ctx = StageRun {
+            stages: &stages,
+            names: &names,
+            bases: &bases,
+            meta_args: &meta_args,
+            lexer: &lexer,
+            req,
+            file,
+            total,
+        };
+        let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let run =
+            |i: usize, done: &[Option<StageState>]| self.build_stage(&ctx, i, first_step[i], done);
+        let mut done = crate::schedule::run_stages(&needed, stages.len(), jobs, &deps, &run)?;
         let state = done[target].take().expect("target stage ran");
         if let Some(c) = self.cache {
             c.lock().unwrap_or_else(|p| p.into_inner()).flush();
@@ -399,6 +397,8 @@ impl Builder<'_> {
                 layers: Vec::new(),
                 cfg: fresh_cfg(cfg),
                 no_cache: false,
+                step: 0,
+                from_cache: false,
             }
         } else {
             let desc = self.find_or_pull(image, &req.platform)?;
@@ -429,6 +429,8 @@ impl Builder<'_> {
                 layers,
                 cfg: fresh_cfg(base.config),
                 no_cache: false,
+                step: 0,
+                from_cache: false,
             }
         };
         // Global ARGs are visible in a stage only once redeclared there; keep them at hand.
@@ -480,6 +482,106 @@ impl Builder<'_> {
                 }
             }
         }
+    }
+
+    /// Builds stage `i` (its steps numbered from `first_step`), seeing the finished stages.
+    fn build_stage(
+        &self,
+        ctx: &StageRun<'_>,
+        i: usize,
+        first_step: usize,
+        done: &[Option<StageState>],
+    ) -> Result<StageState> {
+        let StageRun {
+            stages,
+            names,
+            bases,
+            meta_args,
+            lexer,
+            req,
+            file,
+            total,
+        } = *ctx;
+        let fail = |n: &Node, message: String| BuildError::Instruction {
+            at: format!("{file}:{}", n.start),
+            message,
+        };
+        let stage = &stages[i];
+        let mut step = first_step;
+        (self.progress)(BuildEvent::Step {
+            number: step,
+            total,
+            instruction: &stage.from_node.original,
+        });
+        let mut state = self
+            .from(&bases[i], &names[..i], done, stage, meta_args, req)
+            .map_err(|m| fail(stage.from_node, m))?;
+        state.step = step;
+        state.no_cache = req.no_cache_filter.iter().any(|f| {
+            f == &i.to_string()
+                || stage
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.eq_ignore_ascii_case(f))
+        });
+        // The base image's ONBUILD triggers run first, and are not passed on.
+        let triggers = state.cfg.image.config.on_build.take().unwrap_or_default();
+        for (k, trigger) in triggers.iter().enumerate() {
+            let text = format!("ONBUILD {trigger}");
+            (self.progress)(BuildEvent::Step {
+                number: step,
+                total,
+                instruction: &text,
+            });
+            let on = |m: String| fail(stage.from_node, format!("ONBUILD {trigger}: {m}"));
+            let node = parser::parse_line(trigger).map_err(|e| on(e.to_string()))?;
+            let ins = parser::instruction(&node).map_err(|e| on(e.to_string()))?;
+            if matches!(ins, Instruction::From(_) | Instruction::Onbuild(_)) {
+                return Err(on(format!(
+                    "{} is not allowed as an ONBUILD trigger",
+                    node.keyword
+                )));
+            }
+            let slot = Digest::of(
+                format!("{}\0{file}\0{i}\0onbuild{k}", req.context.display()).as_bytes(),
+            );
+            let earlier = Earlier {
+                names,
+                done,
+                platform: &req.platform,
+            };
+            self.step(&mut state, &node, &ins, lexer, req, &slot, &earlier)
+                .map_err(on)?;
+        }
+        (self.progress)(BuildEvent::StepDone {
+            number: step,
+            cached: false,
+        });
+        for (n, (node, ins)) in stage.instructions.iter().enumerate() {
+            step += 1;
+            (self.progress)(BuildEvent::Step {
+                number: step,
+                total,
+                instruction: &node.original,
+            });
+            // Where this step stands, to explain a cache miss against the last build.
+            let slot =
+                Digest::of(format!("{}\0{file}\0{i}\0{n}", req.context.display()).as_bytes());
+            let earlier = Earlier {
+                names,
+                done,
+                platform: &req.platform,
+            };
+            state.step = step;
+            state.from_cache = false;
+            self.step(&mut state, node, ins, lexer, req, &slot, &earlier)
+                .map_err(|m| fail(node, m))?;
+            (self.progress)(BuildEvent::StepDone {
+                number: step,
+                cached: state.from_cache,
+            });
+        }
+        Ok(state)
     }
 
     /// Writes the image of the target stage and names it.
@@ -547,58 +649,6 @@ fn lookup(args: &[(String, String)], k: &str) -> Option<String> {
 }
 
 /// The target and every stage it builds on (`FROM <stage>`), in file order.
-/// The stages the target needs, dependencies first (file order where free): a FROM names an
-/// earlier stage; `COPY --from` and `RUN --mount from=` may name any stage (BuildKit allows
-/// forward references). A cycle is an error naming a stage on it, as BuildKit words it.
-fn ordered_stages(
-    names: &[Option<String>],
-    bases: &[String],
-    copy_froms: &[Vec<String>],
-    target: usize,
-) -> std::result::Result<Vec<usize>, (usize, usize, String)> {
-    let deps = |i: usize| -> Vec<usize> {
-        let mut d: Vec<usize> = stage_index(&names[..i], &bases[i]).into_iter().collect();
-        d.extend(copy_froms[i].iter().filter_map(|f| stage_ref(names, f)));
-        d
-    };
-    // 0 = not seen, 1 = on the current path, 2 = done.
-    let mut mark = vec![0u8; names.len()];
-    let mut order = Vec::new();
-    // On a cycle: (the stage whose reference closes it, the stage referenced, message).
-    fn visit(
-        i: usize,
-        from: usize,
-        deps: &dyn Fn(usize) -> Vec<usize>,
-        mark: &mut [u8],
-        order: &mut Vec<usize>,
-        names: &[Option<String>],
-    ) -> std::result::Result<(), (usize, usize, String)> {
-        match mark[i] {
-            2 => return Ok(()),
-            1 => {
-                let name = names[i].clone().unwrap_or_else(|| format!("stage-{i}"));
-                return Err((
-                    from,
-                    i,
-                    format!("circular dependency detected on stage: {name}"),
-                ));
-            }
-            _ => {}
-        }
-        mark[i] = 1;
-        let mut ds = deps(i);
-        ds.sort_unstable();
-        for d in ds {
-            visit(d, i, deps, mark, order, names)?;
-        }
-        mark[i] = 2;
-        order.push(i);
-        Ok(())
-    }
-    visit(target, target, &deps, &mut mark, &mut order, names)?;
-    Ok(order)
-}
-
 /// A `--from` value naming a stage (of those given): its name or its index.
 pub(crate) fn stage_ref(stages: &[Option<String>], from: &str) -> Option<usize> {
     match from.parse::<usize>() {
@@ -668,43 +718,6 @@ fn stage_index(names: &[Option<String>], image: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stages_order_dependencies_first_and_reject_cycles() {
-        let n = |v: &[&str]| {
-            v.iter()
-                .map(|s| (!s.is_empty()).then(|| s.to_string()))
-                .collect::<Vec<_>>()
-        };
-        let names = n(&["a", "b", "c", ""]);
-        let bases: Vec<String> = ["busybox", "a", "busybox", "busybox"]
-            .map(String::from)
-            .to_vec();
-        // d copies from c (a later-defined stage is fine too), c from b; a is b's base.
-        let froms = vec![
-            vec![],
-            vec![],
-            vec!["b".into()],
-            vec!["c".into(), "2".into()],
-        ];
-        assert_eq!(
-            ordered_stages(&names, &bases, &froms, 3).unwrap(),
-            [0, 1, 2, 3]
-        );
-        assert_eq!(ordered_stages(&names, &bases, &froms, 0).unwrap(), [0]);
-        let forward = vec![vec!["c".into()], vec![], vec![], vec![]];
-        assert_eq!(ordered_stages(&names, &bases, &forward, 0).unwrap(), [2, 0]);
-        let selfref = vec![vec!["a".into()], vec![], vec![], vec![]];
-        assert_eq!(
-            ordered_stages(&names, &bases, &selfref, 0).unwrap_err().2,
-            "circular dependency detected on stage: a"
-        );
-        let ring = vec![vec!["c".into()], vec![], vec!["a".into()], vec!["0".into()]];
-        assert_eq!(
-            ordered_stages(&names, &bases, &ring, 3).unwrap_err().2,
-            "circular dependency detected on stage: a"
-        );
-    }
     use snapshotter::MemStore;
     use vm_sandbox::{ExitStatus, FakeSandbox};
 

@@ -22,6 +22,7 @@ pub mod import;
 pub mod platform;
 pub mod registry;
 mod run_mounts;
+mod schedule;
 mod sources;
 mod steps;
 

@@ -243,7 +243,7 @@ impl Builder<'_> {
                     .unwrap_or_else(|| active.upper.clone()),
                 work: active.work.clone(),
             };
-            let outcome = this.run_sandboxed(&rootfs, &spec)?;
+            let outcome = this.run_sandboxed(&rootfs, &spec, state.step)?;
             if !outcome.status.success() {
                 let how = match outcome.status {
                     vm_sandbox::ExitStatus::Code(c) => format!("exit code: {c}"),
@@ -504,6 +504,7 @@ impl Builder<'_> {
         &self,
         rootfs: &RootFs,
         spec: &RunSpec,
+        step: usize,
     ) -> Result<vm_sandbox::RunOutcome, String> {
         if !self.capture_output {
             return self
@@ -517,7 +518,10 @@ impl Builder<'_> {
                 use std::io::BufRead as _;
                 let lines = std::io::BufReader::new(std::fs::File::from(read));
                 for line in lines.split(b'\n').map_while(Result::ok) {
-                    (self.progress)(BuildEvent::Output(&String::from_utf8_lossy(&line)));
+                    (self.progress)(BuildEvent::Output {
+                        number: step,
+                        line: &String::from_utf8_lossy(&line),
+                    });
                 }
             });
             // The sandbox keeps its own copies; ours closes when `io` drops, so the reader
@@ -582,15 +586,19 @@ impl Builder<'_> {
                 && let Some(entry) = c.get(&key)
                 && self.use_cached(state, node, &entry).is_ok()
             {
-                (self.progress)(BuildEvent::Cached);
+                state.from_cache = true;
+                (self.progress)(BuildEvent::Cached { number: state.step });
                 let _ = c.save_inputs(slot, &inputs);
                 return Ok(());
             }
             if state.no_cache {
-                (self.progress)(BuildEvent::CacheSkipped);
+                (self.progress)(BuildEvent::CacheSkipped { number: state.step });
             } else if prev.is_some() {
                 let why = explain_miss(prev.as_ref(), &inputs);
-                (self.progress)(BuildEvent::CacheMiss(&why));
+                (self.progress)(BuildEvent::CacheMiss {
+                    number: state.step,
+                    reason: &why,
+                });
             }
         }
         let active = make(self, state)?;

@@ -1,14 +1,17 @@
 //! How `kiln build` shows its progress (`--progress`): plain lines (CI logs, pipes), a live
-//! line per step on a terminal (indicatif: elapsed time and the last line of output), or
-//! one JSON object per event (`json`, for CI tools); then a closing summary. No colours are
-//! used, so `NO_COLOR` holds by construction.
+//! line per running step on a terminal (indicatif: elapsed time and the last line of
+//! output), or one JSON object per event (`json`, for CI tools); then a closing summary and,
+//! with `--explain-cache`, what the cache did for every layer step. Stages may run at once,
+//! so everything is kept per step number. No colours are used, so `NO_COLOR` holds by
+//! construction.
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
 use std::sync::Mutex;
 use std::time::Instant;
 
 use builder::BuildEvent;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 /// The chosen rendering.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,24 +53,29 @@ impl Mode {
     }
 }
 
-struct State {
-    step: usize,
-    step_started: Instant,
+/// One step as the renderer knows it.
+struct StepRecord {
     instruction: String,
+    started: Instant,
+    decision: Option<String>,
+    bar: Option<ProgressBar>,
+    tail: Vec<String>,
+}
+
+#[derive(Default)]
+struct State {
+    steps: BTreeMap<usize, StepRecord>,
     ran: usize,
     cached: usize,
-    bar: Option<ProgressBar>,
-    last_output: Vec<String>,
-    /// Per layer step: its number, instruction and what the cache did (`--explain-cache`).
+    /// Per finished layer step: its number, instruction and what the cache did.
     decisions: Vec<(usize, String, String)>,
-    /// The current step's cache decision, when one was reported.
-    decision: Option<String>,
 }
 
 /// Renders build events; [`Renderer::summary`] closes the build.
 pub(crate) struct Renderer {
     mode: Mode,
     started: Instant,
+    multi: MultiProgress,
     state: Mutex<State>,
 }
 
@@ -75,72 +83,20 @@ fn json_line(v: serde_json::Value) {
     eprintln!("{v}");
 }
 
+fn is_layer_step(instruction: &str) -> bool {
+    let keyword = instruction.split_whitespace().next().unwrap_or_default();
+    ["RUN", "COPY", "ADD", "ONBUILD"]
+        .iter()
+        .any(|k| keyword.eq_ignore_ascii_case(k))
+}
+
 impl Renderer {
     pub(crate) fn new(mode: Mode) -> Renderer {
         Renderer {
             mode,
             started: Instant::now(),
-            state: Mutex::new(State {
-                step: 0,
-                step_started: Instant::now(),
-                instruction: String::new(),
-                ran: 0,
-                cached: 0,
-                bar: None,
-                last_output: Vec::new(),
-                decisions: Vec::new(),
-                decision: None,
-            }),
-        }
-    }
-
-    fn close_step(&self, st: &mut State, cached: bool) {
-        if st.step == 0 {
-            return;
-        }
-        let keyword = st
-            .instruction
-            .split_whitespace()
-            .next()
-            .unwrap_or_default()
-            .to_ascii_uppercase();
-        if matches!(keyword.as_str(), "RUN" | "COPY" | "ADD")
-            || st.instruction.starts_with("ONBUILD ")
-        {
-            let decision = st.decision.take().unwrap_or_else(|| {
-                if cached {
-                    "CACHED".into()
-                } else {
-                    "ran: not in the cache".into()
-                }
-            });
-            let entry = (st.step, st.instruction.clone(), decision);
-            st.decisions.push(entry);
-        }
-        st.decision = None;
-        let secs = st.step_started.elapsed().as_secs_f64();
-        let is_layer_step = !st.instruction.starts_with("FROM ");
-        if !cached && is_layer_step {
-            st.ran += 1;
-        }
-        match self.mode {
-            Mode::Json => json_line(
-                serde_json::json!({"type": "step-done", "step": st.step, "cached": cached, "seconds": (secs * 1000.0).round() / 1000.0}),
-            ),
-            Mode::Tty => {
-                if let Some(bar) = st.bar.take() {
-                    let how = if cached {
-                        "CACHED".to_string()
-                    } else {
-                        format!("{secs:.1}s")
-                    };
-                    bar.set_style(
-                        ProgressStyle::with_template("{msg}").expect("template is valid"),
-                    );
-                    bar.finish_with_message(format!("[{}] {}  {how}", st.step, st.instruction));
-                }
-            }
-            _ => {}
+            multi: MultiProgress::new(),
+            state: Mutex::new(State::default()),
         }
     }
 
@@ -152,118 +108,169 @@ impl Renderer {
                 number,
                 total,
                 instruction,
-            } => {
-                self.close_step(&mut st, false);
-                st.step = number;
-                st.step_started = Instant::now();
-                st.instruction = instruction.lines().next().unwrap_or_default().to_string();
-                st.last_output.clear();
-                match self.mode {
-                    Mode::Plain => eprintln!("[{number}/{total}] {instruction}"),
-                    Mode::Json => json_line(
-                        serde_json::json!({"type": "step", "step": number, "total": total, "instruction": instruction}),
-                    ),
-                    Mode::Tty => {
-                        let bar = ProgressBar::new_spinner();
-                        bar.set_style(
-                            ProgressStyle::with_template("{spinner} [{prefix}] {msg} {elapsed}")
-                                .expect("template is valid"),
-                        );
-                        bar.set_prefix(format!("{number}/{total}"));
-                        bar.set_message(st.instruction.clone());
-                        bar.enable_steady_tick(std::time::Duration::from_millis(120));
-                        st.bar = Some(bar);
-                    }
-                    Mode::Quiet => {}
+            } => self.step(&mut st, number, total, instruction),
+            BuildEvent::StepDone { number, cached } => self.step_done(&mut st, number, cached),
+            BuildEvent::Cached { number } => {
+                if let Some(r) = st.steps.get_mut(&number) {
+                    r.decision = Some("CACHED".into());
                 }
-            }
-            BuildEvent::Cached => {
-                st.cached += 1;
-                st.decision = Some("CACHED".into());
                 match self.mode {
                     Mode::Plain => eprintln!("  CACHED"),
-                    Mode::Json => json_line(serde_json::json!({"type": "cached", "step": st.step})),
+                    Mode::Json => json_line(serde_json::json!({"type": "cached", "step": number})),
                     _ => {}
                 }
-                self.close_step(&mut st, true);
-                st.step = 0;
             }
-            BuildEvent::CacheMiss(why) => {
-                st.decision = Some(format!("ran: {why}"));
-                self.cache_miss(&st, why);
+            BuildEvent::CacheMiss { number, reason } => {
+                if let Some(r) = st.steps.get_mut(&number) {
+                    r.decision = Some(format!("ran: {reason}"));
+                    if let Some(b) = &r.bar {
+                        b.println(format!("[{number}] cache miss: {reason}"));
+                    }
+                }
+                match self.mode {
+                    Mode::Plain => eprintln!("  cache miss: {reason}"),
+                    Mode::Json => json_line(
+                        serde_json::json!({"type": "cache-miss", "step": number, "reason": reason}),
+                    ),
+                    _ => {}
+                }
             }
-            BuildEvent::CacheSkipped => {
-                st.decision = Some("ran: --no-cache-filter".into());
+            BuildEvent::CacheSkipped { number } => {
+                if let Some(r) = st.steps.get_mut(&number) {
+                    r.decision = Some("ran: --no-cache-filter".into());
+                }
                 match self.mode {
                     Mode::Plain => eprintln!("  cache skipped: --no-cache-filter"),
                     Mode::Json => {
-                        json_line(serde_json::json!({"type": "cache-skipped", "step": st.step}))
+                        json_line(serde_json::json!({"type": "cache-skipped", "step": number}))
                     }
                     _ => {}
                 }
             }
-            BuildEvent::Output(line) => self.output(&mut st, line),
+            BuildEvent::Output { number, line } => {
+                if let Some(r) = st.steps.get_mut(&number) {
+                    r.tail.push(line.to_string());
+                    if r.tail.len() > 6 {
+                        r.tail.remove(0);
+                    }
+                    if let Some(b) = &r.bar {
+                        let tail: String = line.chars().take(60).collect();
+                        b.set_message(format!("{}  | {tail}", r.instruction));
+                    }
+                }
+                match self.mode {
+                    Mode::Plain => eprintln!("{line}"),
+                    Mode::Json => {
+                        json_line(serde_json::json!({"type": "log", "step": number, "line": line}))
+                    }
+                    _ => {}
+                }
+            }
             BuildEvent::Warning(w) => match self.mode {
                 Mode::Json => json_line(serde_json::json!({"type": "warning", "message": w})),
                 Mode::Quiet => {}
-                _ => eprintln!("[Warning] {w}"),
+                Mode::Tty => {
+                    let _ = self.multi.println(format!("[Warning] {w}"));
+                }
+                Mode::Plain => eprintln!("[Warning] {w}"),
             },
         }
     }
 
-    fn cache_miss(&self, st: &State, why: &str) {
+    fn step(&self, st: &mut State, number: usize, total: usize, instruction: &str) {
+        let first_line = instruction.lines().next().unwrap_or_default().to_string();
+        let bar = (self.mode == Mode::Tty).then(|| {
+            let bar = self.multi.add(ProgressBar::new_spinner());
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} [{prefix}] {msg} {elapsed}")
+                    .expect("template is valid"),
+            );
+            bar.set_prefix(format!("{number}/{total}"));
+            bar.set_message(first_line.clone());
+            bar.enable_steady_tick(std::time::Duration::from_millis(120));
+            bar
+        });
         match self.mode {
-            Mode::Plain => eprintln!("  cache miss: {why}"),
-            Mode::Json => {
-                json_line(serde_json::json!({"type": "cache-miss", "step": st.step, "reason": why}))
-            }
+            Mode::Plain => eprintln!("[{number}/{total}] {instruction}"),
+            Mode::Json => json_line(
+                serde_json::json!({"type": "step", "step": number, "total": total, "instruction": instruction}),
+            ),
+            _ => {}
+        }
+        st.steps.insert(
+            number,
+            StepRecord {
+                instruction: first_line,
+                started: Instant::now(),
+                decision: None,
+                bar,
+                tail: Vec::new(),
+            },
+        );
+    }
+
+    fn step_done(&self, st: &mut State, number: usize, cached: bool) {
+        let Some(r) = st.steps.remove(&number) else {
+            return;
+        };
+        let secs = r.started.elapsed().as_secs_f64();
+        if cached {
+            st.cached += 1;
+        } else if !r.instruction.starts_with("FROM ") {
+            st.ran += 1;
+        }
+        if is_layer_step(&r.instruction) {
+            let decision = r.decision.clone().unwrap_or_else(|| {
+                if cached {
+                    "CACHED".into()
+                } else {
+                    "ran: not in the cache".into()
+                }
+            });
+            st.decisions.push((number, r.instruction.clone(), decision));
+        }
+        match self.mode {
+            Mode::Json => json_line(
+                serde_json::json!({"type": "step-done", "step": number, "cached": cached, "seconds": (secs * 1000.0).round() / 1000.0}),
+            ),
             Mode::Tty => {
-                if let Some(b) = &st.bar {
-                    b.println(format!("[{}] cache miss: {why}", st.step));
+                if let Some(bar) = r.bar {
+                    let how = if cached {
+                        "CACHED".to_string()
+                    } else {
+                        format!("{secs:.1}s")
+                    };
+                    bar.set_style(
+                        ProgressStyle::with_template("{msg}").expect("template is valid"),
+                    );
+                    bar.finish_with_message(format!("[{number}] {}  {how}", r.instruction));
                 }
             }
-            Mode::Quiet => {}
+            _ => {}
         }
     }
 
-    fn output(&self, st: &mut State, line: &str) {
-        st.last_output.push(line.to_string());
-        if st.last_output.len() > 6 {
-            st.last_output.remove(0);
-        }
-        match self.mode {
-            Mode::Plain => eprintln!("{line}"),
-            Mode::Json => {
-                json_line(serde_json::json!({"type": "log", "step": st.step, "line": line}))
-            }
-            Mode::Tty => {
-                if let Some(b) = &st.bar {
-                    let tail: String = line.chars().take(60).collect();
-                    b.set_message(format!("{}  | {tail}", st.instruction));
-                }
-            }
-            Mode::Quiet => {}
-        }
-    }
-
-    /// After a failed build: on a terminal the step's last lines of output (they were not
-    /// printed as they came).
+    /// After a failed build: steps still open are marked failed; on a terminal their last
+    /// lines of output are shown (they were not printed as they came).
     pub(crate) fn failed(&self) {
         let mut st = self.state.lock().expect("progress lock");
-        if let Some(bar) = st.bar.take() {
-            bar.set_style(ProgressStyle::with_template("{msg}").expect("template is valid"));
-            bar.abandon_with_message(format!("[{}] {}  failed", st.step, st.instruction));
-        }
-        if self.mode == Mode::Tty {
-            for l in &st.last_output {
-                eprintln!("  > {l}");
+        for (number, r) in std::mem::take(&mut st.steps) {
+            if let Some(bar) = r.bar {
+                bar.set_style(ProgressStyle::with_template("{msg}").expect("template is valid"));
+                bar.abandon_with_message(format!("[{number}] {}  failed", r.instruction));
+            }
+            if self.mode == Mode::Tty {
+                for l in &r.tail {
+                    eprintln!("  > {l}");
+                }
             }
         }
     }
 
     /// `--explain-cache`: what the cache did for every layer step of the build.
     pub(crate) fn explain_cache(&self) {
-        let st = self.state.lock().expect("progress lock");
+        let mut st = self.state.lock().expect("progress lock");
+        st.decisions.sort();
         if self.mode == Mode::Json {
             for (n, ins, d) in &st.decisions {
                 json_line(
@@ -280,9 +287,7 @@ impl Renderer {
 
     /// The closing summary: time, steps run and cached, the image and its size.
     pub(crate) fn summary(&self, image: &str, size: u64) {
-        let mut st = self.state.lock().expect("progress lock");
-        self.close_step(&mut st, false);
-        st.step = 0;
+        let st = self.state.lock().expect("progress lock");
         let secs = self.started.elapsed().as_secs_f64();
         match self.mode {
             Mode::Json => json_line(

@@ -488,3 +488,45 @@ fn outputs_iidfile_platform_args_and_unused_build_args() {
             .contains("unknown output type")
     );
 }
+
+#[test]
+fn independent_stages_run_at_the_same_time() {
+    if !sandbox_available() {
+        return;
+    }
+    let ctx = TestContext::new();
+    ctx.base_image();
+    let dir = ctx.work().join("parallel");
+    std::fs::create_dir_all(&dir).unwrap();
+    // Two independent stages each record when their RUN started and ended (uptime, 10 ms
+    // resolution) around a one-second sleep; the last stage takes both records.
+    let stage = |name: &str| {
+        format!(
+            "FROM busybox AS {name}\nRUN cut -d' ' -f1 /proc/uptime > /start && sleep 1 && cut -d' ' -f1 /proc/uptime > /end\n"
+        )
+    };
+    std::fs::write(
+        dir.join("Dockerfile"),
+        format!("{}{}FROM busybox\nCOPY --from=a /start /a.start\nCOPY --from=a /end /a.end\nCOPY --from=b /start /b.start\nCOPY --from=b /end /b.end\n", stage("a"), stage("b")),
+    )
+    .unwrap();
+    let out = ctx.work().join("rootfs");
+    ctx.kiln()
+        .args(["build", "-q", "--output"])
+        .arg(format!("type=local,dest={}", out.display()))
+        .arg(&dir)
+        .run()
+        .ok();
+    let t = |f: &str| -> f64 {
+        std::fs::read_to_string(out.join(f))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let (a0, a1, b0, b1) = (t("a.start"), t("a.end"), t("b.start"), t("b.end"));
+    assert!(
+        a0 < b1 && b0 < a1,
+        "the stages did not overlap: a {a0}-{a1}, b {b0}-{b1}"
+    );
+}
