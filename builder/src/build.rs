@@ -217,6 +217,8 @@ pub(crate) struct StageState {
     pub(crate) step: usize,
     /// The step running was served from the cache.
     pub(crate) from_cache: bool,
+    /// The history text of the layer step running (`RUN ... # buildkit`).
+    pub(crate) created_by: String,
 }
 
 impl StageState {
@@ -399,6 +401,7 @@ impl Builder<'_> {
                 no_cache: false,
                 step: 0,
                 from_cache: false,
+                created_by: String::new(),
             }
         } else {
             let desc = self.find_or_pull(image, &req.platform)?;
@@ -431,6 +434,7 @@ impl Builder<'_> {
                 no_cache: false,
                 step: 0,
                 from_cache: false,
+                created_by: String::new(),
             }
         };
         // Global ARGs are visible in a stage only once redeclared there; keep them at hand.
@@ -464,18 +468,52 @@ impl Builder<'_> {
                     state.cfg.args.retain(|(n, _)| n != &a.name);
                     state.cfg.args.push((a.name.clone(), v.unwrap_or_default()));
                 }
+                // BuildKit records the declarations (defaults expanded), not the values given.
+                let env = state.cfg.expansion_env();
+                let decls: Vec<String> = args
+                    .iter()
+                    .map(|a| match &a.default {
+                        Some(d) => format!(
+                            "{}={}",
+                            a.name,
+                            lexer.expand_word(d, &env).unwrap_or_else(|_| d.clone())
+                        ),
+                        None => a.name.clone(),
+                    })
+                    .collect();
+                push_history(state, format!("ARG {}", decls.join(" ")), true);
                 Ok(())
             }
-            Instruction::Run(run) => self.run_step(state, node, run, lexer, req, slot, earlier),
+            Instruction::Run(run) => self.run_step(state, run, lexer, req, slot, earlier),
+            // WORKDIR makes its directory (owned by the USER) in a layer of its own, as BuildKit does.
+            Instruction::Workdir(_) => {
+                apply_config(&mut state.cfg, ins, lexer)?;
+                let wd = state
+                    .cfg
+                    .image
+                    .config
+                    .working_dir
+                    .clone()
+                    .unwrap_or_else(|| "/".into());
+                if wd == "/" {
+                    push_history(state, format!("WORKDIR {wd}"), true);
+                    return Ok(());
+                }
+                self.workdir_step(state, &wd, slot)
+            }
             Instruction::Copy(spec) => {
-                self.copy_step(state, node, spec, false, lexer, req, slot, earlier)
+                self.copy_step(state, spec, false, lexer, req, slot, earlier)
             }
-            Instruction::Add(spec) => {
-                self.copy_step(state, node, spec, true, lexer, req, slot, earlier)
-            }
+            Instruction::Add(spec) => self.copy_step(state, spec, true, lexer, req, slot, earlier),
             ins => {
+                let before = state.cfg.clone();
                 if apply_config(&mut state.cfg, ins, lexer)? {
-                    push_history(state, node, true);
+                    // ONBUILD leaves no history entry, as in BuildKit.
+                    if !matches!(ins, Instruction::Onbuild(_)) {
+                        let text =
+                            crate::history::config(ins, &before, &state.cfg, lexer, &node.original);
+                        push_history(state, text, true);
+                    }
                     Ok(())
                 } else {
                     Err(format!("{} is not supported here", node.keyword))
@@ -627,11 +665,8 @@ impl Builder<'_> {
     }
 }
 
-pub(crate) fn push_history(state: &mut StageState, node: &Node, empty: bool) {
-    let created_by = match node.keyword.as_str() {
-        "RUN" => format!("RUN {} # buildkit", node.original[3..].trim_start()),
-        _ => format!("{} # buildkit", node.original),
-    };
+/// Adds a history entry; a layer step's text is the one it left in `state.created_by`.
+pub(crate) fn push_history(state: &mut StageState, created_by: String, empty: bool) {
     state.cfg.image.history.push(History {
         created: creation_time().ok(),
         created_by: Some(created_by),

@@ -54,7 +54,7 @@ fn expand(lexer: &Lexer, word: &str, env: &dyn parser::Env) -> Result<String, St
 }
 
 /// Expands `KEY=value` pairs; every pair on one line sees the variables from before the line.
-fn expand_pairs(
+pub(crate) fn expand_pairs(
     state: &ConfigState,
     pairs: &[parser::KeyValue],
     lexer: &Lexer,

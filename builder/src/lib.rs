@@ -18,6 +18,7 @@ mod copy;
 pub mod dispatch;
 pub mod error;
 mod fetch;
+mod history;
 pub mod import;
 pub mod platform;
 pub mod registry;

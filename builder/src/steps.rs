@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use parser::{Lexer, Node};
+use parser::Lexer;
 use snapshotter::Digest;
 use snapshotter::diff::{DiffOptions, write_layer};
 use snapshotter::layer::Layer;
@@ -156,7 +156,6 @@ impl Builder<'_> {
     pub(crate) fn run_step(
         &self,
         state: &mut StageState,
-        node: &Node,
         run: &parser::Run,
         lexer: &Lexer,
         req: &BuildRequest,
@@ -181,6 +180,7 @@ impl Builder<'_> {
             _ => Network::Host,
         };
         let (argv, inline_files) = run_argv(state, run)?;
+        state.created_by = crate::history::run(&state.cfg.args, &argv);
         // Build args are in the environment of RUN, under ENV of the same name.
         let mut env: Vec<String> = state
             .cfg
@@ -228,7 +228,7 @@ impl Builder<'_> {
                 .collect(),
             files: BTreeMap::new(),
         };
-        self.with_cache(state, node, slot, inputs, |this, state| {
+        self.with_cache(state, slot, inputs, |this, state| {
             let lower = state.lower_dirs();
             let active = this
                 .snapshots
@@ -266,7 +266,6 @@ impl Builder<'_> {
     pub(crate) fn copy_step(
         &self,
         state: &mut StageState,
-        node: &Node,
         spec: &parser::CopySpec,
         is_add: bool,
         lexer: &Lexer,
@@ -282,7 +281,7 @@ impl Builder<'_> {
                 return Err("ADD does not take --from (use COPY --from)".into());
             }
             let from = expand(from)?;
-            return self.copy_from_step(state, node, spec, &from, &expand, attrs, slot, earlier);
+            return self.copy_from_step(state, spec, &from, &expand, attrs, slot, earlier);
         }
         let (dest_abs, _) = copy_destination(state, spec, &expand)?;
         let dest = expand(&spec.dest)?;
@@ -345,6 +344,9 @@ impl Builder<'_> {
             ignored: &ignored,
         };
         let plan = sources::plan(&sreq)?;
+        let mut shown: Vec<String> = sreq.sources.clone();
+        shown.extend(spec.heredocs.iter().map(|h| format!("<<{}", h.name)));
+        state.created_by = crate::history::copy(if is_add { "ADD" } else { "COPY" }, &shown, &dest);
         let mut files = plan.identities.clone();
         if let Some(c) = self.cache {
             let mut c = c.lock().unwrap_or_else(|p| p.into_inner());
@@ -392,7 +394,7 @@ impl Builder<'_> {
             files,
             ..Default::default()
         };
-        self.with_cache(state, node, slot, inputs, |this, state| {
+        self.with_cache(state, slot, inputs, |this, state| {
             let active = this.snapshots.prepare().map_err(|e| e.to_string())?;
             let lower = state.lower_dirs();
             let dest = crate::copy::Dest {
@@ -442,7 +444,6 @@ impl Builder<'_> {
     fn copy_from_step(
         &self,
         state: &mut StageState,
-        node: &Node,
         spec: &parser::CopySpec,
         from: &str,
         expand: &dyn Fn(&str) -> Result<String, String>,
@@ -471,6 +472,12 @@ impl Builder<'_> {
             };
             plan.push((rel, target));
         }
+        let shown = spec
+            .sources
+            .iter()
+            .map(|w| expand(w))
+            .collect::<Result<Vec<_>, _>>()?;
+        state.created_by = crate::history::copy("COPY", &shown, &expand(&spec.dest)?);
         // The source is content-addressed by its chain ID already.
         let targets: Vec<String> = plan
             .iter()
@@ -484,7 +491,7 @@ impl Builder<'_> {
             ),
             ..Default::default()
         };
-        self.with_cache(state, node, slot, inputs, |this, state| {
+        self.with_cache(state, slot, inputs, |this, state| {
             let active = this.snapshots.prepare().map_err(|e| e.to_string())?;
             let lower = state.lower_dirs();
             let dest = crate::copy::Dest {
@@ -536,6 +543,37 @@ impl Builder<'_> {
         })
     }
 
+    /// WORKDIR's layer: the directory and its missing parents, owned by the USER.
+    pub(crate) fn workdir_step(
+        &self,
+        state: &mut StageState,
+        wd: &str,
+        slot: &Digest,
+    ) -> Result<(), String> {
+        let user = state.cfg.image.config.user.clone().unwrap_or_default();
+        let owner = if user.is_empty() {
+            None
+        } else {
+            Some(self.resolve_owner(state, &user)?)
+        };
+        let inputs = StepInputs {
+            parent: parent_of(state),
+            instruction: format!("WORKDIR {wd} owner={owner:?}"),
+            ..Default::default()
+        };
+        state.created_by = format!("WORKDIR {wd}");
+        self.with_cache(state, slot, inputs, |this, state| {
+            let active = this.snapshots.prepare().map_err(|e| e.to_string())?;
+            let lower = state.lower_dirs();
+            let dest = crate::copy::Dest {
+                upper: &active.upper,
+                lower: &lower,
+            };
+            crate::copy::prepare_dir(&dest, wd, owner)?;
+            Ok(active)
+        })
+    }
+
     /// `--chown` user and group, by number or by name in the stage's /etc/passwd and /etc/group.
     fn resolve_owner(&self, state: &StageState, spec: &str) -> Result<(u32, u32), String> {
         let lowers = state.lower_dirs();
@@ -573,7 +611,6 @@ impl Builder<'_> {
     fn with_cache(
         &self,
         state: &mut StageState,
-        node: &Node,
         slot: &Digest,
         inputs: StepInputs,
         make: impl FnOnce(&Self, &mut StageState) -> Result<Active, String>,
@@ -584,7 +621,7 @@ impl Builder<'_> {
             let prev = c.last_inputs(slot);
             if !state.no_cache
                 && let Some(entry) = c.get(&key)
-                && self.use_cached(state, node, &entry).is_ok()
+                && self.use_cached(state, &entry).is_ok()
             {
                 state.from_cache = true;
                 (self.progress)(BuildEvent::Cached { number: state.step });
@@ -602,7 +639,7 @@ impl Builder<'_> {
             }
         }
         let active = make(self, state)?;
-        self.commit(state, node, active)?;
+        self.commit(state, active)?;
         if let Some(cache) = self.cache {
             let c = cache.lock().unwrap_or_else(|p| p.into_inner());
             let last = state.layers.last().expect("commit pushed a layer");
@@ -618,12 +655,7 @@ impl Builder<'_> {
     }
 
     /// Puts a cached layer on the stage (its blob must still be in the store).
-    fn use_cached(
-        &self,
-        state: &mut StageState,
-        node: &Node,
-        entry: &CacheEntry,
-    ) -> Result<(), String> {
+    fn use_cached(&self, state: &mut StageState, entry: &CacheEntry) -> Result<(), String> {
         let diff_id: Digest = entry.diff_id.parse().map_err(|e| format!("{e}"))?;
         let chain = chain_id(state.layers.last().map(|l| &l.chain), &diff_id);
         let dir = self
@@ -638,12 +670,13 @@ impl Builder<'_> {
             chain,
             dir,
         });
-        push_history(state, node, false);
+        let text = std::mem::take(&mut state.created_by);
+        push_history(state, text, false);
         Ok(())
     }
 
     /// Turns an active snapshot into the stage's next layer.
-    fn commit(&self, state: &mut StageState, node: &Node, active: Active) -> Result<(), String> {
+    fn commit(&self, state: &mut StageState, active: Active) -> Result<(), String> {
         let opts = DiffOptions {
             compression: self.compression,
             ..DiffOptions::from_env()
@@ -655,7 +688,8 @@ impl Builder<'_> {
             .commit(active, &chain)
             .map_err(|e| e.to_string())?;
         state.layers.push(StageLayer { layer, chain, dir });
-        push_history(state, node, false);
+        let text = std::mem::take(&mut state.created_by);
+        push_history(state, text, false);
         Ok(())
     }
 }

@@ -231,6 +231,21 @@ fn kiln_builds_what_buildkit_builds() {
                 diffs.push(format!("  only kiln has /{p} {k:?}"));
             }
         }
+        // History: what each entry says and whether it has a layer.
+        let kh = kiln_history(&ctx, &tag);
+        let dh = docker_history(&dockerd, &tag, &ctx.work().join(format!("{name}.save.tar")));
+        if kh != dh {
+            let first = kh
+                .iter()
+                .zip(&dh)
+                .position(|(k, d)| k != d)
+                .unwrap_or(kh.len().min(dh.len()));
+            diffs.push(format!(
+                "  history differs at entry {first}: kiln {:?} docker {:?}",
+                kh.get(first),
+                dh.get(first)
+            ));
+        }
         let kc = config_of(ctx.kiln().args(["inspect", &tag]).run().ok());
         let dc_out = dockerd.docker(&["image", "inspect", &tag]);
         let dc = config_of(&String::from_utf8_lossy(&dc_out.stdout));
@@ -256,6 +271,10 @@ fn kiln_builds_what_buildkit_builds() {
             failures.push(format!("{name}:\n{}", diffs.join("\n")));
         }
     }
+    // buildah as a second opinion (it departs from BuildKit in places): reported, not judged.
+    if have_program("buildah") {
+        second_opinion_from_buildah(&ctx, &archive, &cases);
+    }
     assert!(
         failures.is_empty(),
         "{} of {} cases differ from BuildKit:\n{}",
@@ -263,4 +282,149 @@ fn kiln_builds_what_buildkit_builds() {
         cases.len(),
         failures.join("\n")
     );
+}
+
+/// Builds every case with buildah (`bud --format docker`, chroot isolation: the host's network,
+/// which reaches nothing here) and
+/// prints where its root filesystem differs from kiln's.
+fn second_opinion_from_buildah(ctx: &TestContext, base_archive: &Path, cases: &[PathBuf]) {
+    let store = ctx.work().join("buildah");
+    let buildah = |args: &[&str]| {
+        std::process::Command::new("buildah")
+            .arg("--root")
+            .arg(store.join("root"))
+            .arg("--runroot")
+            .arg(store.join("run"))
+            .args(["--storage-driver", "vfs"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let pulled = buildah(&[
+        "pull",
+        "-q",
+        &format!("docker-archive:{}", base_archive.display()),
+    ]);
+    let tagged = buildah(&[
+        "tag",
+        String::from_utf8_lossy(&pulled.stdout).trim(),
+        "docker.io/library/busybox:latest",
+    ]);
+    if !pulled.status.success() || !tagged.status.success() {
+        eprintln!(
+            "buildah second opinion skipped: {}",
+            String::from_utf8_lossy(&pulled.stderr)
+        );
+        return;
+    }
+    let mut agree = 0;
+    let mut notes = Vec::new();
+    for case in cases {
+        let name = case.file_name().unwrap().to_string_lossy().to_string();
+        let b_tar = ctx.work().join(format!("{name}.buildah.tar"));
+        let out = buildah(&[
+            "bud",
+            "--isolation",
+            "chroot",
+            "--format",
+            "docker",
+            "--pull-never",
+            "--output",
+            &format!("type=tar,dest={}", b_tar.display()),
+            case.to_str().unwrap(),
+        ]);
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            notes.push(format!(
+                "{name}: buildah failed: {}",
+                err.lines().last().unwrap_or_default()
+            ));
+            continue;
+        }
+        let (mut kfs, mut bfs) = (
+            rootfs_of(&ctx.work().join(format!("{name}.kiln.tar"))),
+            rootfs_of(&b_tar),
+        );
+        resolve_hardlinks(&mut kfs);
+        resolve_hardlinks(&mut bfs);
+        let mut diffs: Vec<String> = Vec::new();
+        for (p, b) in &bfs {
+            match kfs.get(p) {
+                None => diffs.push(format!("only buildah has /{p}")),
+                Some(k) if k != b => diffs.push(format!("/{p}: kiln {k:?} buildah {b:?}")),
+                _ => {}
+            }
+        }
+        diffs.extend(
+            kfs.keys()
+                .filter(|p| !bfs.contains_key(*p))
+                .map(|p| format!("only kiln has /{p}")),
+        );
+        if diffs.is_empty() {
+            agree += 1;
+        } else {
+            notes.push(format!(
+                "{name}: {}{}",
+                diffs[..diffs.len().min(3)].join("; "),
+                if diffs.len() > 3 { "; ..." } else { "" }
+            ));
+        }
+    }
+    eprintln!(
+        "buildah (second opinion) builds the same root filesystem as kiln in {agree} of {} cases",
+        cases.len()
+    );
+    for n in notes {
+        eprintln!("  {n}");
+    }
+}
+
+/// `(created_by, empty_layer)` of each history entry of a kiln image.
+fn kiln_history(ctx: &TestContext, tag: &str) -> Vec<(String, bool)> {
+    use snapshotter::Store as _;
+    let store = ctx.store();
+    let desc = store.resolve(&tag.parse().unwrap()).unwrap().unwrap();
+    let img = snapshotter::image::read_image(&store, &desc).unwrap();
+    let v = serde_json::to_value(&img.config).unwrap();
+    history_of(&v)
+}
+
+fn history_of(config: &serde_json::Value) -> Vec<(String, bool)> {
+    config["history"]
+        .as_array()
+        .map(|h| {
+            h.iter()
+                .map(|e| {
+                    (
+                        e["created_by"].as_str().unwrap_or_default().to_string(),
+                        e["empty_layer"].as_bool().unwrap_or(false),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The same for a docker image, from the config in `docker save`.
+fn docker_history(dockerd: &Dockerd, tag: &str, save: &Path) -> Vec<(String, bool)> {
+    let out = dockerd.docker(&["save", "-o", save.to_str().unwrap(), tag]);
+    assert!(
+        out.status.success(),
+        "docker save: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut ar = tar::Archive::new(std::fs::File::open(save).unwrap());
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let path = e.path().unwrap().to_string_lossy().to_string();
+        if path.ends_with(".json") {
+            let mut buf = Vec::new();
+            e.read_to_end(&mut buf).unwrap();
+            files.insert(path, buf);
+        }
+    }
+    let manifest: serde_json::Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
+    let config_name = manifest[0]["Config"].as_str().unwrap();
+    history_of(&serde_json::from_slice(&files[config_name]).unwrap())
 }

@@ -73,7 +73,8 @@ fn wildcards_exclude_and_parents() {
          COPY --exclude=**/*.md --exclude=*.txt docs /docs2/\n\
          COPY --parents src/deep/z.rs /p/\n\
          COPY --parents ./src/./deep/z.rs /pivot/\n\
-         COPY nothing* /none/\n",
+         COPY nothing* /none/\n\
+         COPY --link a.txt /linked/\n",
         files,
     );
     assert_eq!(
@@ -98,6 +99,8 @@ fn wildcards_exclude_and_parents() {
         !exists(&root, "/none"),
         "a wildcard matching nothing copies nothing"
     );
+    // --link makes the layer independent of what is below; the result is the same.
+    assert_eq!(read(&root, "/linked/a.txt"), "a");
 }
 
 #[test]
@@ -291,7 +294,7 @@ fn add_git_repositories_at_a_ref_and_subdir() {
     git(&served.join("repo.git"), &["update-server-info"]);
     let server = StaticServer::start(served);
     let dockerfile = format!(
-        "FROM scratch\nADD {u}/repo.git#v1 /v1/\nADD {u}/repo.git#main:sub /main-sub/\nADD {u}/repo.git /head/\n",
+        "FROM scratch\nADD {u}/repo.git#v1 /v1/\nADD {u}/repo.git#main:sub /main-sub/\nADD {u}/repo.git /head/\nADD --keep-git-dir=true {u}/repo.git#v1 /git-kept/\n",
         u = server.url
     );
     let root = build(&ctx, "git", &dockerfile, &[]);
@@ -300,6 +303,10 @@ fn add_git_repositories_at_a_ref_and_subdir() {
     assert!(!exists(&root, "/main-sub/top.txt"));
     assert_eq!(read(&root, "/head/top.txt"), "v2 top\n");
     assert!(!exists(&root, "/v1/.git"), "no .git without --keep-git-dir");
+    assert!(
+        exists(&root, "/git-kept/.git/HEAD"),
+        "--keep-git-dir keeps it"
+    );
 }
 
 #[test]
