@@ -82,6 +82,10 @@ pub struct Builder<'a> {
     pub source: Option<&'a dyn ImageSource>,
     /// Pull every base image even when the store has it (`--pull`).
     pub always_pull: bool,
+    /// Caches imported with `--cache-from`, consulted after the local one.
+    pub remote_cache: Option<&'a crate::remote_cache::RemoteCache>,
+    /// Where each layer step's key and layer are recorded, for `--cache-to`.
+    pub cache_log: Option<&'a std::sync::Mutex<crate::remote_cache::CacheLog>>,
 }
 
 /// What every stage of one build shares.
@@ -196,6 +200,9 @@ pub(crate) struct StageLayer {
     pub(crate) layer: Layer,
     pub(crate) chain: Digest,
     pub(crate) dir: PathBuf,
+    /// Served by an imported cache and not fetched yet: `dir` does not exist (and the blob
+    /// may not be in the store) until a step needs it.
+    pub(crate) pending: bool,
 }
 
 /// The build's stages, for `COPY --from` and `--mount from=` (those already built have a state).
@@ -215,6 +222,8 @@ pub(crate) struct StageState {
     pub(crate) no_cache: bool,
     /// The number of the step running (for progress events).
     pub(crate) step: usize,
+    /// The stage's index (for the cache log).
+    pub(crate) index: usize,
     /// The step running was served from the cache.
     pub(crate) from_cache: bool,
     /// The history text of the layer step running (`RUN ... # buildkit`).
@@ -347,6 +356,9 @@ impl Builder<'_> {
         let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
         let run =
             |i: usize, done: &[Option<StageState>]| self.build_stage(&ctx, i, first_step[i], done);
+        if let Some(log) = self.cache_log {
+            log.lock().unwrap_or_else(|p| p.into_inner()).target = Some(target);
+        }
         let mut done = crate::schedule::run_stages(&needed, stages.len(), jobs, &deps, &run)?;
         let state = done[target].take().expect("target stage ran");
         if let Some(c) = self.cache {
@@ -400,6 +412,7 @@ impl Builder<'_> {
                 cfg: fresh_cfg(cfg),
                 no_cache: false,
                 step: 0,
+                index: 0,
                 from_cache: false,
                 created_by: String::new(),
             }
@@ -418,6 +431,7 @@ impl Builder<'_> {
                 .zip(chain)
                 .map(|((d, diff), (chain, dir))| {
                     Ok(StageLayer {
+                        pending: false,
                         layer: Layer {
                             descriptor: d.clone(),
                             diff_id: diff.parse().map_err(|e| format!("{e}"))?,
@@ -433,6 +447,7 @@ impl Builder<'_> {
                 cfg: fresh_cfg(base.config),
                 no_cache: false,
                 step: 0,
+                index: 0,
                 from_cache: false,
                 created_by: String::new(),
             }
@@ -555,6 +570,7 @@ impl Builder<'_> {
             .from(&bases[i], &names[..i], done, stage, meta_args, req)
             .map_err(|m| fail(stage.from_node, m))?;
         state.step = step;
+        state.index = i;
         state.no_cache = req.no_cache_filter.iter().any(|f| {
             f == &i.to_string()
                 || stage
@@ -632,6 +648,11 @@ impl Builder<'_> {
             .iter()
             .map(|l| l.layer.diff_id.to_string())
             .collect();
+        // The image needs its layers' blobs (not their snapshots) in the store.
+        for l in &state.layers {
+            self.ensure_blob(&l.layer.descriptor)
+                .map_err(BuildError::Other)?;
+        }
         let layers: Vec<Layer> = state.layers.into_iter().map(|l| l.layer).collect();
         // HEALTHCHECK, ONBUILD and SHELL exist only in Docker's config format: it is the
         // default when they are used; asked for OCI, they are dropped with a warning (as
@@ -769,6 +790,8 @@ mod tests {
             cache: None,
             source: None,
             always_pull: false,
+            remote_cache: None,
+            cache_log: None,
             store,
             snapshots: &snapshots,
             sandbox,
@@ -819,15 +842,15 @@ mod tests {
             ]
         );
         assert_eq!(runs[0].cwd, "/x");
-        // Each RUN made a layer, and the second one sees the first one's files below it.
-        assert_eq!(img.config.rootfs.diff_ids.len(), 2);
+        // WORKDIR made a layer (its directory), and so did each RUN.
+        assert_eq!(img.config.rootfs.diff_ids.len(), 3);
         assert_eq!(
             img.config
                 .history
                 .iter()
                 .filter(|h| h.empty_layer != Some(true))
                 .count(),
-            2
+            3
         );
         assert_eq!(
             store.resolve(&"out".parse().unwrap()).unwrap(),

@@ -22,6 +22,7 @@ mod history;
 pub mod import;
 pub mod platform;
 pub mod registry;
+pub mod remote_cache;
 mod run_mounts;
 mod schedule;
 mod sources;

@@ -418,6 +418,9 @@ impl Builder<'_> {
                 let s = earlier.done[j]
                     .as_ref()
                     .ok_or_else(|| format!("stage {from} did not run"))?;
+                for l in s.layers.iter().filter(|l| l.pending) {
+                    self.ensure_present(l)?;
+                }
                 Ok((s.lower_dirs(), parent_of(s)))
             }
             None if from.parse::<usize>().is_ok() => {
@@ -576,6 +579,10 @@ impl Builder<'_> {
 
     /// `--chown` user and group, by number or by name in the stage's /etc/passwd and /etc/group.
     fn resolve_owner(&self, state: &StageState, spec: &str) -> Result<(u32, u32), String> {
+        // The user database may sit in layers an imported cache has not fetched yet.
+        for l in state.layers.iter().filter(|l| l.pending) {
+            self.ensure_present(l)?;
+        }
         let lowers = state.lower_dirs();
         let (u, g) = spec.split_once(':').unwrap_or((spec, spec));
         let lookup = |file: &str, name: &str, field: usize| -> Result<u32, String> {
@@ -616,18 +623,48 @@ impl Builder<'_> {
         make: impl FnOnce(&Self, &mut StageState) -> Result<Active, String>,
     ) -> Result<(), String> {
         let key = inputs.key();
+        let mut prev = None;
         if let Some(cache) = self.cache {
             let c = cache.lock().unwrap_or_else(|p| p.into_inner());
-            let prev = c.last_inputs(slot);
+            prev = c.last_inputs(slot);
             if !state.no_cache
                 && let Some(entry) = c.get(&key)
                 && self.use_cached(state, &entry).is_ok()
             {
-                state.from_cache = true;
-                (self.progress)(BuildEvent::Cached { number: state.step });
                 let _ = c.save_inputs(slot, &inputs);
+                drop(c);
+                self.served(state, &key, entry);
                 return Ok(());
             }
+        }
+        // An imported cache (--cache-from): its layer is fetched only when a step needs it.
+        if !state.no_cache
+            && let Some(rc) = self.remote_cache
+            && let Some(entry) = rc.get(&key)
+            && let Ok(diff_id) = entry.diff_id.parse::<Digest>()
+        {
+            let chain = chain_id(state.layers.last().map(|l| &l.chain), &diff_id);
+            state.layers.push(StageLayer {
+                layer: Layer {
+                    descriptor: entry.layer.clone(),
+                    diff_id,
+                },
+                dir: self.snapshots.layer_dir(&chain),
+                pending: !self.snapshots.layer_dir(&chain).exists(),
+                chain,
+            });
+            let text = std::mem::take(&mut state.created_by);
+            push_history(state, text, false);
+            if let Some(cache) = self.cache {
+                let _ = cache
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .save_inputs(slot, &inputs);
+            }
+            self.served(state, &key, entry);
+            return Ok(());
+        }
+        if self.cache.is_some() {
             if state.no_cache {
                 (self.progress)(BuildEvent::CacheSkipped { number: state.step });
             } else if prev.is_some() {
@@ -638,20 +675,74 @@ impl Builder<'_> {
                 });
             }
         }
+        // The step runs on the stage's filesystem: every layer must be there now.
+        self.materialize(state)?;
         let active = make(self, state)?;
         self.commit(state, active)?;
+        let last = state.layers.last().expect("commit pushed a layer");
+        let entry = CacheEntry {
+            layer: last.layer.descriptor.clone(),
+            diff_id: last.layer.diff_id.to_string(),
+        };
         if let Some(cache) = self.cache {
             let c = cache.lock().unwrap_or_else(|p| p.into_inner());
-            let last = state.layers.last().expect("commit pushed a layer");
-            let entry = CacheEntry {
-                layer: last.layer.descriptor.clone(),
-                diff_id: last.layer.diff_id.to_string(),
-            };
             c.put(&key, &entry)
                 .map_err(|e| format!("write the build cache: {e}"))?;
             let _ = c.save_inputs(slot, &inputs);
         }
+        self.record(state, &key, entry);
         Ok(())
+    }
+
+    /// A step served from a cache: reported, and recorded for `--cache-to`.
+    fn served(&self, state: &mut StageState, key: &Digest, entry: CacheEntry) {
+        state.from_cache = true;
+        (self.progress)(BuildEvent::Cached { number: state.step });
+        self.record(state, key, entry);
+    }
+
+    fn record(&self, state: &StageState, key: &Digest, entry: CacheEntry) {
+        if let Some(log) = self.cache_log {
+            log.lock().unwrap_or_else(|p| p.into_inner()).records.push(
+                crate::remote_cache::CacheRecord {
+                    stage: state.index,
+                    key: key.clone(),
+                    entry,
+                },
+            );
+        }
+    }
+
+    /// Fetches and unpacks the layers an imported cache served but no step needed yet.
+    pub(crate) fn materialize(&self, state: &mut StageState) -> Result<(), String> {
+        for l in state.layers.iter_mut().filter(|l| l.pending) {
+            self.ensure_present(l)?;
+            l.pending = false;
+        }
+        Ok(())
+    }
+
+    /// Makes one layer's blob and snapshot present.
+    pub(crate) fn ensure_present(&self, l: &StageLayer) -> Result<(), String> {
+        self.ensure_blob(&l.layer.descriptor)?;
+        self.snapshots
+            .ensure_layer(self.store, &l.chain, &l.layer.descriptor)
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Makes a layer's blob present in the store (from the imported cache when missing).
+    pub(crate) fn ensure_blob(&self, d: &oci_spec::image::Descriptor) -> Result<(), String> {
+        let digest = Digest::try_from(d.digest()).map_err(|e| e.to_string())?;
+        if self.store.contains(&digest).map_err(|e| e.to_string())? {
+            return Ok(());
+        }
+        match self.remote_cache {
+            Some(rc) => rc
+                .fetch(d)
+                .map_err(|e| format!("fetch cached layer {}: {e}", digest.short())),
+            None => Err(format!("layer {} is not in the store", digest.short())),
+        }
     }
 
     /// Puts a cached layer on the stage (its blob must still be in the store).
@@ -669,6 +760,7 @@ impl Builder<'_> {
             },
             chain,
             dir,
+            pending: false,
         });
         let text = std::mem::take(&mut state.created_by);
         push_history(state, text, false);
@@ -687,7 +779,12 @@ impl Builder<'_> {
             .snapshots
             .commit(active, &chain)
             .map_err(|e| e.to_string())?;
-        state.layers.push(StageLayer { layer, chain, dir });
+        state.layers.push(StageLayer {
+            layer,
+            chain,
+            dir,
+            pending: false,
+        });
         let text = std::mem::take(&mut state.created_by);
         push_history(state, text, false);
         Ok(())

@@ -68,7 +68,7 @@ pub(crate) enum Command {
     #[command(subcommand)]
     Layer(LayerCommand),
     /// Build an image from a Dockerfile
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Run a command in a new container from an image
     Run(RunArgs),
     /// Print a Dockerfile's stages and instructions
@@ -230,6 +230,12 @@ pub(crate) struct BuildArgs {
     /// Read build args from a file of KEY=VALUE lines (repeatable; --build-arg wins)
     #[arg(long = "build-arg-file", value_name = "FILE")]
     pub(crate) build_arg_files: Vec<PathBuf>,
+    /// Export the build cache: type=registry,ref=REF[,mode=min|max] or type=local,dest=DIR (repeatable)
+    #[arg(long = "cache-to", value_name = "SPEC")]
+    pub(crate) cache_to: Vec<String>,
+    /// Use an exported build cache: REF, type=registry,ref=REF or type=local,src=DIR (repeatable)
+    #[arg(long = "cache-from", value_name = "SPEC")]
+    pub(crate) cache_from: Vec<String>,
     /// Pull base images even when the store has them
     #[arg(long)]
     pub(crate) pull: bool,

@@ -97,7 +97,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::System(args::SystemCommand::Df) => commands::system::df(&root),
         Command::System(args::SystemCommand::Prune(a)) => commands::system::prune(&root, a),
         Command::System(args::SystemCommand::Check(a)) => commands::system::check_cmd(&root, a),
-        Command::Build(a) => commands::build::run(&root, &reg, a),
+        Command::Build(a) => commands::build::run(&root, &reg, *a),
         Command::Run(a) => commands::run::run(&root, &reg, a),
         Command::Parse(a) => commands::parse::parse(a),
         Command::Layer(args::LayerCommand::Create(a)) => commands::system::layer_create(&root, a),

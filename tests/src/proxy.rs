@@ -80,6 +80,8 @@ pub struct Stats {
     pub requests: AtomicU32,
     /// `PATCH` requests (chunks of chunked uploads).
     pub patches: AtomicU32,
+    /// `METHOD path` of every request, in order.
+    pub log: Mutex<Vec<String>>,
 }
 
 struct Request {
@@ -221,6 +223,11 @@ fn serve(
         body,
     };
     stats.requests.fetch_add(1, Ordering::SeqCst);
+    stats
+        .log
+        .lock()
+        .unwrap()
+        .push(format!("{} {}", req.method, req.path));
     if req.method == "PATCH" {
         stats.patches.fetch_add(1, Ordering::SeqCst);
     }

@@ -25,8 +25,8 @@ use std::io::Read;
 pub use distribution::SearchHit;
 pub use http::HttpRegistry;
 pub use mem::MemRegistry;
-pub use pull::{PullOptions, Pulled, pull, select_platform, with_repo_digest};
-pub use push::{PushOptions, Pushed, push};
+pub use pull::{PullOptions, Pulled, fetch_blob, pull, select_platform, with_repo_digest};
+pub use push::{PushOptions, Pushed, push, send_blobs};
 pub use retry::RetryPolicy;
 
 use snapshotter::Digest;

@@ -250,9 +250,9 @@ fn fetch_blobs(
     }
 }
 
-/// Downloads one blob into the store, resuming with a range request after a broken
-/// connection and starting afresh after corruption.
-fn fetch_blob(
+/// Downloads one blob into the store (nothing when it is there already), resuming with a
+/// range request after a broken connection and starting afresh after corruption.
+pub fn fetch_blob(
     registry: &dyn Registry,
     store: &dyn Store,
     repo: &str,

@@ -84,7 +84,9 @@ pub fn push(
     Ok(Pushed { digest, uploaded })
 }
 
-fn send_blobs(
+/// Makes `blobs` present in the repository (HEAD, mount, upload); returns how many were
+/// uploaded.
+pub fn send_blobs(
     registry: &dyn Registry,
     store: &dyn Store,
     repo: &str,

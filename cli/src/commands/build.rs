@@ -149,6 +149,9 @@ pub(crate) fn run(root: &Path, reg: &RegistryOptions, a: BuildArgs) -> anyhow::R
         options: reg,
         quiet,
     };
+    let warn = |w: &str| renderer.event(builder::BuildEvent::Warning(w));
+    let remote_cache = super::build_cache::import(&a.cache_from, root, reg, &warn);
+    let cache_log = std::sync::Mutex::new(builder::remote_cache::CacheLog::default());
     let builder = Builder {
         cache: (!a.no_cache).then_some(&cache),
         compression,
@@ -158,6 +161,8 @@ pub(crate) fn run(root: &Path, reg: &RegistryOptions, a: BuildArgs) -> anyhow::R
         sandbox: &sandbox,
         progress: &progress,
         capture_output: mode.captures_output(),
+        remote_cache: remote_cache.as_ref(),
+        cache_log: (!a.cache_to.is_empty()).then_some(&cache_log),
         source: Some(&source),
         always_pull: a.pull,
     };
@@ -227,6 +232,10 @@ pub(crate) fn run(root: &Path, reg: &RegistryOptions, a: BuildArgs) -> anyhow::R
     for spec in &a.outputs {
         export(&store, &snapshots, &image, &req.tags, spec)
             .with_context(|| format!("--output {spec}"))?;
+    }
+    if !a.cache_to.is_empty() {
+        let log = cache_log.lock().unwrap_or_else(|p| p.into_inner());
+        super::build_cache::export(&a.cache_to, &store, reg, &log)?;
     }
     if a.push {
         if req.tags.is_empty() {

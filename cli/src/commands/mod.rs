@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub(crate) mod build;
+pub(crate) mod build_cache;
 pub(crate) mod image;
 pub(crate) mod images;
 pub(crate) mod import;
