@@ -42,6 +42,8 @@ pub struct BuildRequest {
     pub secrets: Vec<(String, SecretSource)>,
     /// `--ssh ID=SOCKET`: agent sockets `RUN --mount=type=ssh` can mount.
     pub ssh: Vec<(String, PathBuf)>,
+    /// `--cache-to type=inline`: embed the target stage's cache records in the image config.
+    pub inline_cache: bool,
     /// `--no-cache-filter`: stages (names or indexes) whose steps run even when cached.
     pub no_cache_filter: Vec<String>,
     /// `--format`: the image's media types (`None`: Docker's when the config uses
@@ -648,6 +650,13 @@ impl Builder<'_> {
             .iter()
             .map(|l| l.layer.diff_id.to_string())
             .collect();
+        if req.inline_cache
+            && let Some(log) = self.cache_log
+        {
+            let log = log.lock().unwrap_or_else(|p| p.into_inner());
+            let records = log.select(crate::remote_cache::ExportMode::Min);
+            image.build_cache = Some(crate::remote_cache::inline_document(&records));
+        }
         // The image needs its layers' blobs (not their snapshots) in the store.
         for l in &state.layers {
             self.ensure_blob(&l.layer.descriptor)
@@ -810,6 +819,7 @@ mod tests {
             secrets: Vec::new(),
             ssh: Vec::new(),
             format: None,
+            inline_cache: false,
             no_cache_filter: Vec::new(),
         })
     }

@@ -82,6 +82,11 @@ impl CacheLog {
     }
 }
 
+/// The cache document as embedded in an image config (`type=inline`).
+pub fn inline_document(records: &[CacheRecord]) -> serde_json::Value {
+    serde_json::from_slice(&document(records).0).expect("cache document is JSON")
+}
+
 /// The config blob and the layers of a cache artifact.
 fn document(records: &[CacheRecord]) -> (Vec<u8>, Vec<Descriptor>) {
     let doc = Document {
@@ -155,7 +160,12 @@ pub fn import_from_registry(
         || src.tag().unwrap_or("latest").to_string(),
         |d| d.to_string(),
     );
-    let m = reg.fetch_manifest(src.repository(), &wanted)?;
+    let mut m = reg.fetch_manifest(src.repository(), &wanted)?;
+    if m.media_type == registry::OCI_INDEX || m.media_type == registry::DOCKER_MANIFEST_LIST {
+        let (child, _) = registry::select_platform(&m.bytes, &crate::Platform::host())
+            .map_err(|_| RegistryError::Malformed(format!("{src}: no image for this platform")))?;
+        m = reg.fetch_manifest(src.repository(), &child.to_string())?;
+    }
     let v: serde_json::Value = serde_json::from_slice(&m.bytes)
         .map_err(|_| RegistryError::Malformed(format!("{src}: malformed cache manifest")))?;
     let not_cache = || RegistryError::UnsupportedManifest {
@@ -165,7 +175,8 @@ pub fn import_from_registry(
             .unwrap_or(&m.media_type)
             .to_string(),
     };
-    if v["artifactType"] != CACHE_ARTIFACT_TYPE || v["config"]["mediaType"] != CACHE_CONFIG_TYPE {
+    let inline = v["artifactType"] != CACHE_ARTIFACT_TYPE;
+    if !inline && v["config"]["mediaType"] != CACHE_CONFIG_TYPE {
         return Err(not_cache());
     }
     let config_digest: Digest = v["config"]["digest"]
@@ -185,6 +196,12 @@ pub fn import_from_registry(
             expected: config_digest,
             actual: Digest::of(&bytes),
         });
+    }
+    if inline {
+        // An image: its config may carry the cache (`type=inline`).
+        let config: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| not_cache())?;
+        let doc = config.get("kiln.buildcache.v1").ok_or_else(not_cache)?;
+        return parse_document(&serde_json::to_vec(doc).expect("JSON"), &src.to_string());
     }
     parse_document(&bytes, &src.to_string())
 }

@@ -152,6 +152,14 @@ pub struct ImageConfig {
     /// One entry per instruction.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<History>,
+    /// Build cache records embedded by `kiln build --cache-to type=inline`, as BuildKit keeps
+    /// its inline cache in the config.
+    #[serde(
+        rename = "kiln.buildcache.v1",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub build_cache: Option<serde_json::Value>,
 }
 
 #[cfg(test)]

@@ -250,3 +250,55 @@ fn missing_or_foreign_caches_are_warnings() {
     out.ok();
     assert_eq!(marks(&out.stderr), ["CACHED"], "{}", out.stderr);
 }
+
+#[test]
+fn an_inline_cache_rides_in_the_pushed_image() {
+    if !sandbox_available() {
+        return;
+    }
+    let a = TestContext::new();
+    let Some(reg) = a.registry() else { return };
+    let base = format!("{reg}/kt/cache-base-inline:1");
+    let b0 = a.base_image();
+    a.kiln().args(["tag", b0, &base]).run().ok();
+    a.kiln().args(["push", "-q", &base]).run().ok();
+    let dir = a.work().join("inline");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("f.txt"), "f\n").unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        format!("FROM {base}\nCOPY f.txt /\nRUN cat /proc/sys/kernel/random/uuid > /id\n"),
+    )
+    .unwrap();
+    let image = format!("{reg}/kt/inline-app:1");
+    a.kiln()
+        .args([
+            "build",
+            "-q",
+            "-t",
+            &image,
+            "--cache-to",
+            "type=inline",
+            "--push",
+        ])
+        .arg(&dir)
+        .run()
+        .ok();
+    let id = run_cat(&a, &image, "/id");
+    let b = TestContext::new();
+    let out = b
+        .kiln()
+        .args([
+            "build",
+            "--progress=plain",
+            "-t",
+            "b",
+            "--cache-from",
+            &image,
+        ])
+        .arg(&dir)
+        .run();
+    out.ok();
+    assert_eq!(marks(&out.stderr), ["CACHED"; 2], "{}", out.stderr);
+    assert_eq!(run_cat(&b, "b", "/id"), id);
+}

@@ -198,6 +198,7 @@ pub(crate) fn run(root: &Path, reg: &RegistryOptions, a: BuildArgs) -> anyhow::R
             .map(|s| parse_ssh(s))
             .collect::<anyhow::Result<_>>()?,
         no_cache_filter: a.no_cache_filter.clone(),
+        inline_cache: super::build_cache::wants_inline(&a.cache_to),
         format: a.format.as_deref().map(|f| match f {
             "docker" => snapshotter::image::ImageFormat::Docker,
             _ => snapshotter::image::ImageFormat::Oci,

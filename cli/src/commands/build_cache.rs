@@ -20,6 +20,8 @@ pub(crate) enum CacheSpec {
     Registry { reference: String, mode: ExportMode },
     /// `type=local,dest=DIR` / `type=local,src=DIR`.
     Local { dir: PathBuf, mode: ExportMode },
+    /// `type=inline`: in the image's own config (min mode).
+    Inline,
 }
 
 /// Parses a cache spec the way buildx writes them.
@@ -46,9 +48,7 @@ pub(crate) fn parse_spec(spec: &str, exporting: bool) -> anyhow::Result<CacheSpe
     match (kind.as_deref(), reference, dir) {
         (Some("registry") | None, Some(r), None) => Ok(CacheSpec::Registry { reference: r, mode }),
         (Some("local"), None, Some(d)) => Ok(CacheSpec::Local { dir: d, mode }),
-        (Some("inline"), _, _) => anyhow::bail!(
-            "cache spec {spec:?}: type=inline is not supported yet (use type=registry)"
-        ),
+        (Some("inline"), None, None) if exporting => Ok(CacheSpec::Inline),
         _ => anyhow::bail!(
             "cache spec {spec:?}: want type=registry,ref=REF or type=local,{}=DIR",
             if exporting { "dest" } else { "src" }
@@ -104,6 +104,9 @@ pub(crate) fn import(
                     Err(e) => warn(&format!("--cache-from {spec}: {e:#}; building without it")),
                 }
             }
+            CacheSpec::Inline => warn(&format!(
+                "--cache-from {spec}: name the image instead (--cache-from REF)"
+            )),
             CacheSpec::Local { dir, .. } => match import_from_dir(&dir) {
                 Ok((found, src)) => {
                     entries.extend(found);
@@ -140,6 +143,13 @@ pub(crate) fn import(
     ))
 }
 
+/// Whether a `--cache-to` asks for the cache in the image itself.
+pub(crate) fn wants_inline(specs: &[String]) -> bool {
+    specs
+        .iter()
+        .any(|s| parse_spec(s, true).is_ok_and(|c| c == CacheSpec::Inline))
+}
+
 /// Exports the build's cache to every `--cache-to`.
 pub(crate) fn export(
     specs: &[String],
@@ -156,6 +166,8 @@ pub(crate) fn export(
                 export_to_registry(&client, store, &dest, &log.select(mode), &NoProgress)
                     .map_err(|e| anyhow::anyhow!("--cache-to {spec}: {e}"))?;
             }
+            // Written into the image's config by the builder.
+            CacheSpec::Inline => {}
             CacheSpec::Local { dir, mode } => {
                 export_to_dir(store, &dir, &log.select(mode))
                     .map_err(|e| anyhow::anyhow!("--cache-to {spec}: {e}"))?;
@@ -193,12 +205,7 @@ mod tests {
             }
         );
         assert!(parse_spec("type=local,dest=/tmp/c", false).is_err());
-        assert!(
-            parse_spec("type=inline", true)
-                .unwrap_err()
-                .to_string()
-                .contains("not supported yet")
-        );
+        assert_eq!(parse_spec("type=inline", true).unwrap(), CacheSpec::Inline);
         assert!(parse_spec("type=registry,bogus=1", true).is_err());
     }
 }
