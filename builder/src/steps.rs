@@ -454,47 +454,56 @@ impl Builder<'_> {
         slot: &Digest,
         earlier: &Earlier<'_>,
     ) -> Result<(), String> {
-        let (layers, top) = self
-            .layers_of(from, earlier)
-            .map_err(|e| format!("COPY --from={from}: {e}"))?;
+        // The source's chain ID names its content, so the key needs no files: a cache hit
+        // does not fetch a stage that an imported cache served.
+        let top = match stage_ref(earlier.names, from) {
+            Some(j) => parent_of(
+                earlier.done[j]
+                    .as_ref()
+                    .ok_or_else(|| format!("COPY --from={from}: stage {from} did not run"))?,
+            ),
+            None => {
+                self.layers_of(from, earlier)
+                    .map_err(|e| format!("COPY --from={from}: {e}"))?
+                    .1
+            }
+        };
         let (dest_abs, into_dir) = copy_destination(state, spec, expand)?;
-        let mut plan: Vec<(PathBuf, String)> = Vec::new();
-        for src in &spec.sources {
-            let src = expand(src)?;
-            let rel = context_path(std::path::Path::new(""), &src)?;
-            let (_, md) = snapshotter::copyfs::merged_lookup(&layers, &rel).ok_or_else(|| {
-                format!("failed to compute cache key: \"{src}\" not found in {from}")
-            })?;
-            let target = match rel.file_name() {
-                Some(name) if into_dir && !md.is_dir() => format!(
-                    "{}/{}",
-                    dest_abs.trim_end_matches('/'),
-                    name.to_string_lossy()
-                ),
-                _ => dest_abs.clone(),
-            };
-            plan.push((rel, target));
-        }
-        let shown = spec
+        let sources = spec
             .sources
             .iter()
             .map(|w| expand(w))
             .collect::<Result<Vec<_>, _>>()?;
-        state.created_by = crate::history::copy("COPY", &shown, &expand(&spec.dest)?);
-        // The source is content-addressed by its chain ID already.
-        let targets: Vec<String> = plan
-            .iter()
-            .map(|(p, t)| format!("/{}->{t}", p.display()))
-            .collect();
+        state.created_by = crate::history::copy("COPY", &sources, &expand(&spec.dest)?);
         let inputs = StepInputs {
             parent: parent_of(state),
             instruction: format!(
-                "COPY --from={top} {targets:?} owner={:?} mode={:?}",
+                "COPY --from={top} {sources:?} -> {dest_abs} into_dir={into_dir} owner={:?} mode={:?}",
                 attrs.owner, attrs.mode
             ),
             ..Default::default()
         };
         self.with_cache(state, slot, inputs, |this, state| {
+            let (layers, _) = this
+                .layers_of(from, earlier)
+                .map_err(|e| format!("COPY --from={from}: {e}"))?;
+            let mut plan: Vec<(PathBuf, String)> = Vec::new();
+            for src in &sources {
+                let rel = context_path(std::path::Path::new(""), src)?;
+                let (_, md) =
+                    snapshotter::copyfs::merged_lookup(&layers, &rel).ok_or_else(|| {
+                        format!("failed to compute cache key: \"{src}\" not found in {from}")
+                    })?;
+                let target = match rel.file_name() {
+                    Some(name) if into_dir && !md.is_dir() => format!(
+                        "{}/{}",
+                        dest_abs.trim_end_matches('/'),
+                        name.to_string_lossy()
+                    ),
+                    _ => dest_abs.clone(),
+                };
+                plan.push((rel, target));
+            }
             let active = this.snapshots.prepare().map_err(|e| e.to_string())?;
             let lower = state.lower_dirs();
             let dest = crate::copy::Dest {

@@ -31,7 +31,7 @@ fn context(ctx: &TestContext, base: &str) -> std::path::PathBuf {
     std::fs::write(
         dir.join("Dockerfile"),
         format!(
-            "FROM {base} AS deps\nRUN cat /proc/sys/kernel/random/uuid > /deps-id\nFROM {base}\nCOPY --from=deps /deps-id /deps-id\nCOPY src/ /src/\nRUN cat /proc/sys/kernel/random/uuid > /final-id && cat /src/main.txt > /out\n"
+            "FROM {base} AS deps\nRUN cat /proc/sys/kernel/random/uuid > /deps-id && cat /proc/sys/kernel/random/uuid > /deps-only\nFROM {base}\nCOPY --from=deps /deps-id /deps-id\nCOPY src/ /src/\nRUN cat /proc/sys/kernel/random/uuid > /final-id && cat /src/main.txt > /out\n"
         ),
     )
     .unwrap();
@@ -76,7 +76,8 @@ fn a_second_machine_builds_from_the_registry_cache() {
         .ok();
     let a_final = run_cat(&a, "app", "/final-id");
     let a_deps = run_cat(&a, "app", "/deps-id");
-    // The intermediate stage's layer: machine B must never download it.
+    // The final image's layers (the intermediate stage's layer is not among them: it also
+    // holds /deps-only, which the final stage does not copy).
     let deps_layer = {
         let store = a.store();
         let img = snapshotter::image::read_image(
@@ -137,6 +138,12 @@ fn a_second_machine_builds_from_the_registry_cache() {
         "3 layers and the cache document: {blob_gets:#?}"
     );
     assert!(proxy.stats.requests.load(SeqCst) > 0);
+    // Nothing else came but the cache document: never the intermediate stage's layer.
+    let deps_only = b
+        .kiln()
+        .args(["run", "--rm", "app", "ls", "/deps-only"])
+        .run();
+    assert_ne!(deps_only.code, Some(0), "the final image has no /deps-only");
 
     // A changed source file re-runs only what depends on it.
     std::fs::write(dir.join("src/main.txt"), "v2\n").unwrap();
