@@ -301,7 +301,7 @@ pub(crate) fn checkout(
         fs::remove_dir_all(repo.join(".git")).map_err(|e| e.to_string())?;
     }
     let tree = match &src.subdir {
-        Some(s) => crate::copy::context_path(&repo, s)?,
+        Some(s) => crate::copy::scoped_path(&repo, s)?,
         None => repo,
     };
     if !tree.is_dir() {

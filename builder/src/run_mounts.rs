@@ -21,7 +21,7 @@ use parser::flags::{Mount, MountKind, Sharing};
 use vm_sandbox::{SandboxMount, SandboxMountKind};
 
 use crate::build::{BuildRequest, Builder, Earlier, SecretSource};
-use crate::copy::{CopyAttrs, context_path, copy_into};
+use crate::copy::{CopyAttrs, copy_into};
 
 /// The sandbox side of a RUN's mounts, and what must live as long as the run.
 pub(crate) struct PreparedMounts {
@@ -80,7 +80,7 @@ impl Builder<'_> {
                     let src = source.unwrap_or_else(|| "/".into());
                     let host = match &from {
                         None => {
-                            let path = context_path(&req.context, &src)?;
+                            let path = crate::copy::scoped_path(&req.context, &src)?;
                             if fs::symlink_metadata(&path).is_err() {
                                 return Err(format!(
                                     "mount source \"{src}\" not found in the build context"
@@ -134,7 +134,7 @@ impl Builder<'_> {
                             fs::create_dir_all(&root).map_err(|e| e.to_string())?;
                             snapshotter::copyfs::materialize(&bottom_first, &root)
                                 .map_err(|e| e.to_string())?;
-                            let p = context_path(&root, &src)?;
+                            let p = crate::copy::scoped_path(&root, &src)?;
                             if fs::symlink_metadata(&p).is_err() {
                                 return Err(format!("mount source \"{src}\" not found in {f}"));
                             }

@@ -73,7 +73,7 @@ fn glob_context(
     context: &Path,
     pattern: &str,
     ignored: &dyn Fn(&Path, bool) -> bool,
-) -> Vec<PathBuf> {
+) -> Vec<(PathBuf, String)> {
     let clean = context_path(Path::new("/"), pattern).unwrap_or_default();
     let parts: Vec<String> = clean
         .components()
@@ -109,8 +109,20 @@ fn glob_context(
         }
         found = next;
     }
-    found.retain(|p| p != context && !ignored(p, p.is_dir()));
-    found
+    // Each match again, resolved inside the context (a symlinked directory on the way must
+    // not lead out of it).
+    let mut resolved: Vec<(PathBuf, String)> = found
+        .iter()
+        .filter_map(|p| {
+            let rel = p.strip_prefix(context).ok()?;
+            let name = p.file_name()?.to_string_lossy().into_owned();
+            let r = crate::copy::scoped_path(context, &rel.to_string_lossy()).ok()?;
+            fs::symlink_metadata(&r).is_ok().then_some((r, name))
+        })
+        .collect();
+    resolved.dedup();
+    resolved.retain(|(p, _)| p != context && !ignored(p, p.is_dir()));
+    resolved
 }
 
 /// With `--parents`, the part of a source path kept under the destination: from the
@@ -215,22 +227,22 @@ pub(crate) fn plan(req: &SourceRequest<'_>) -> Result<SourcePlan, String> {
             }
             m
         } else {
-            let path = context_path(req.context, src)?;
+            let path = crate::copy::scoped_path(req.context, src)?;
             let missing =
                 || format!("failed to compute cache key: \"{src}\" not found in the build context");
             let md = fs::symlink_metadata(&path).map_err(|_| missing())?;
             if path != req.context && (req.ignored)(&path, md.is_dir()) {
                 return Err(missing() + " (it is excluded by .dockerignore)");
             }
-            vec![path]
-        };
-        for path in matches {
-            let is_dir = fs::metadata(&path).is_ok_and(|m| m.is_dir())
-                && !fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
-            let name = path
+            let name = Path::new(src)
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
+            vec![(path, name)]
+        };
+        for (path, name) in matches {
+            let is_dir = fs::metadata(&path).is_ok_and(|m| m.is_dir())
+                && !fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
             if let Some(ex) = req.exclude
                 && !is_dir
                 && ex.matches(&name)
@@ -387,8 +399,9 @@ mod tests {
         d
     }
 
-    fn names(ctx: &Path, v: &[PathBuf]) -> Vec<String> {
+    fn names(ctx: &Path, v: &[(PathBuf, String)]) -> Vec<String> {
         v.iter()
+            .map(|(p, _)| p)
             .map(|p| p.strip_prefix(ctx).unwrap().display().to_string())
             .collect()
     }

@@ -181,6 +181,11 @@ impl KilnCommand {
         self
     }
 
+    /// The command itself, to spawn without waiting (concurrency tests).
+    pub fn into_command(self) -> Command {
+        self.cmd
+    }
+
     /// Runs it to completion.
     pub fn run(mut self) -> Output {
         self.cmd.stdout(Stdio::piped()).stderr(Stdio::piped());

@@ -1,0 +1,201 @@
+//! What a Dockerfile cannot reach: host files through symlinks in the context, paths outside
+//! the destination in ADD archives; and many builds at once on one store.
+
+use std::os::unix::fs::symlink;
+use std::process::Command;
+
+use tests::{TestContext, require};
+
+fn sandbox_available() -> bool {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout == b"0\n");
+    require("container sandbox", root, "these tests build as root")
+}
+
+#[test]
+fn context_symlinks_do_not_reach_host_files() {
+    let ctx = TestContext::new();
+    let dir = ctx.work().join("ctx");
+    std::fs::create_dir_all(&dir).unwrap();
+    symlink("/etc", dir.join("hostetc")).unwrap();
+    symlink("/etc/passwd", dir.join("hostpasswd")).unwrap();
+    symlink("../../../../../../etc/passwd", dir.join("climb")).unwrap();
+    for (src, dest) in [
+        ("hostetc/passwd", "/a"),
+        ("hostpasswd", "/b"),
+        ("climb", "/c"),
+        ("host*/passwd", "/d/"),
+    ] {
+        std::fs::write(
+            dir.join("Dockerfile"),
+            format!("FROM scratch\nCOPY {src} {dest}\n"),
+        )
+        .unwrap();
+        let out = ctx.work().join("out");
+        let _ = std::fs::remove_dir_all(&out);
+        let r = ctx
+            .kiln()
+            .args(["build", "-q", "--output"])
+            .arg(format!("type=local,dest={}", out.display()))
+            .arg(&dir)
+            .run();
+        // Either an error (the path does not exist inside the context) or nothing copied:
+        // never the host's /etc/passwd.
+        let copied = walk(&out);
+        assert!(
+            !copied.iter().any(|c| c.contains("root:x:0:0")),
+            "{src}: host file copied: {}",
+            r.stderr
+        );
+        if r.code != Some(0) {
+            assert!(
+                r.stderr.contains("not found in the build context"),
+                "{src}: {}",
+                r.stderr
+            );
+        }
+    }
+    // A link to a file inside the context is followed, as BuildKit follows it.
+    std::fs::create_dir_all(dir.join("etc")).unwrap();
+    std::fs::write(dir.join("etc/passwd"), "context copy\n").unwrap();
+    std::fs::write(dir.join("Dockerfile"), "FROM scratch\nCOPY hostpasswd /b\n").unwrap();
+    let out = ctx.work().join("out2");
+    ctx.kiln()
+        .args(["build", "-q", "--output"])
+        .arg(format!("type=local,dest={}", out.display()))
+        .arg(&dir)
+        .run()
+        .ok();
+    assert_eq!(
+        std::fs::read_to_string(out.join("b")).unwrap(),
+        "context copy\n"
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() && !p.is_symlink() {
+                out.extend(walk(&p));
+            } else if let Ok(s) = std::fs::read_to_string(&p) {
+                out.push(s);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn add_archives_cannot_write_outside_their_destination() {
+    let ctx = TestContext::new();
+    let dir = ctx.work().join("ctx");
+    std::fs::create_dir_all(&dir).unwrap();
+    let marker = ctx.work().join("escaped");
+    // An archive with `..` paths, an absolute path and a symlink to climb through.
+    let mut b = tar::Builder::new(Vec::new());
+    let add = |b: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_cksum();
+        // Raw names, so the tar crate does not clean them on the way in.
+        h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    };
+    let rel = format!("../../../../../..{}", marker.display());
+    add(&mut b, &rel, b"dotdot");
+    add(&mut b, "ok.txt", b"fine");
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    h.set_mode(0o777);
+    h.set_uid(0);
+    h.set_gid(0);
+    b.append_link(&mut h, "out", ctx.work()).unwrap();
+    add(&mut b, "out/escaped", b"through a link");
+    std::fs::write(dir.join("evil.tar"), b.into_inner().unwrap()).unwrap();
+    std::fs::write(dir.join("Dockerfile"), "FROM scratch\nADD evil.tar /x/\n").unwrap();
+    let out = ctx.work().join("rootfs");
+    let r = ctx
+        .kiln()
+        .args(["build", "-q", "--output"])
+        .arg(format!("type=local,dest={}", out.display()))
+        .arg(&dir)
+        .run();
+    assert!(
+        !marker.exists(),
+        "the archive wrote outside the build: {}",
+        r.stderr
+    );
+    if r.code == Some(0) {
+        assert_eq!(
+            std::fs::read_to_string(out.join("x/ok.txt")).unwrap(),
+            "fine"
+        );
+    } else {
+        assert!(
+            r.stderr.starts_with("kiln: error: Dockerfile:2:1:"),
+            "{}",
+            r.stderr
+        );
+    }
+}
+
+#[test]
+fn eight_builds_at_once_share_one_store() {
+    if !sandbox_available() {
+        return;
+    }
+    let ctx = TestContext::new();
+    ctx.base_image();
+    let mut children = Vec::new();
+    for i in 0..8 {
+        let dir = ctx.work().join(format!("b{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("common.txt"), "shared\n").unwrap();
+        // The first two steps are the same in every build (shared cache entries and layers).
+        std::fs::write(
+            dir.join("Dockerfile"),
+            format!("FROM busybox\nCOPY common.txt /\nRUN echo common > /c\nRUN echo {i} > /i\n"),
+        )
+        .unwrap();
+        let mut cmd = ctx
+            .kiln()
+            .args(["build", "-q", "-t", &format!("par{i}")])
+            .arg(&dir)
+            .into_command();
+        children.push((
+            i,
+            cmd.stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        ));
+    }
+    // A prune alongside.
+    let prune = ctx.kiln().args(["system", "prune"]).run();
+    assert_eq!(prune.code, Some(0), "{}", prune.stderr);
+    for (i, c) in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "build {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for i in 0..8 {
+        let r = ctx
+            .kiln()
+            .args(["run", "--rm", &format!("par{i}"), "cat", "/c", "/i"])
+            .run();
+        assert_eq!(r.ok(), format!("common\n{i}\n"));
+    }
+    ctx.kiln().args(["system", "check"]).run().ok();
+}
