@@ -124,7 +124,11 @@ pub fn apply_config(
         }
         Instruction::StopSignal(s) => {
             let env = state.expansion_env();
-            state.image.config.stop_signal = Some(expand(lexer, s, &env)?);
+            let sig = expand(lexer, s, &env)?;
+            if !is_signal(&sig) {
+                return Err(format!("Invalid signal: {sig}"));
+            }
+            state.image.config.stop_signal = Some(sig);
         }
         Instruction::Maintainer(m) => state.image.author = Some(m.clone()),
         Instruction::Expose(ports) => {
@@ -171,6 +175,29 @@ pub fn apply_config(
         _ => return Ok(false),
     }
     Ok(true)
+}
+
+/// Whether `s` names a Linux signal as Docker accepts them: a number, or a name with or
+/// without `SIG` (`SIGTERM`, `term`, `RTMIN+3`).
+fn is_signal(s: &str) -> bool {
+    const NAMES: [&str; 33] = [
+        "ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT",
+        "KILL", "PIPE", "POLL", "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM",
+        "TRAP", "TSTP", "TTIN", "TTOU", "URG", "USR1", "USR2", "VTALRM", "WINCH", "XCPU",
+    ];
+    if let Ok(n) = s.parse::<u32>() {
+        return (1..=64).contains(&n);
+    }
+    let up = s.to_ascii_uppercase();
+    let name = up.strip_prefix("SIG").unwrap_or(&up);
+    if name == "XFSZ" || NAMES.contains(&name) {
+        return true;
+    }
+    let rt = |prefix: &str, max: u32| {
+        name.strip_prefix(prefix)
+            .is_some_and(|n| n.is_empty() || n.parse::<u32>().is_ok_and(|v| v <= max))
+    };
+    rt("RTMIN+", 15) || rt("RTMAX-", 14) || name == "RTMIN" || name == "RTMAX"
 }
 
 /// Docker's `Healthcheck` config object (durations in nanoseconds).
@@ -247,6 +274,16 @@ pub fn clean_path(p: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signals_are_checked_like_docker() {
+        for ok in ["SIGTERM", "term", "9", "SIGRTMIN+3", "USR1", "sigkill"] {
+            assert!(is_signal(ok), "{ok}");
+        }
+        for bad in ["SIGNOPE", "0", "65", "", "RTMIN+99"] {
+            assert!(!is_signal(bad), "{bad}");
+        }
+    }
 
     fn run(lines: &[&str]) -> ConfigState {
         let mut st = ConfigState::default();

@@ -29,7 +29,25 @@ fn main() -> ExitCode {
         let spec = raw.next().map(PathBuf::from).unwrap_or_default();
         return ExitCode::from(vm_sandbox::container::init_main(&spec).clamp(0, 255) as u8);
     }
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                e.exit();
+            }
+            // Usage errors are one line too, like every other error.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or_default();
+            eprintln!("kiln: error: {}", first.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
     init_logging(&cli);
     match run(cli) {
         Ok(code) => code,

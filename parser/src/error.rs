@@ -50,10 +50,18 @@ impl ParseError {
 
 /// Renders the line at `pos` with a caret under its column.
 pub fn snippet(source: &str, pos: Position) -> Option<String> {
-    let line = source.lines().nth(pos.line.checked_sub(1)?)?;
+    let whole = source.lines().nth(pos.line.checked_sub(1)?)?;
+    // A very long line is shown up to a point (the caret stays within it).
+    const SHOWN: usize = 160;
+    let cut: String = whole.chars().take(SHOWN.max(pos.col + 20)).collect();
+    let line = if cut.len() < whole.len() {
+        format!("{cut}...")
+    } else {
+        cut
+    };
     let num = pos.line.to_string();
     let pad = " ".repeat(num.len());
-    let caret_at: String = line
+    let caret_at: String = whole
         .chars()
         .take(pos.col.saturating_sub(1))
         .map(|c| if c == '\t' { '\t' } else { ' ' })

@@ -199,3 +199,84 @@ fn eight_builds_at_once_share_one_store() {
     }
     ctx.kiln().args(["system", "check"]).run().ok();
 }
+
+#[test]
+fn a_full_disk_fails_in_one_line_and_leaves_a_usable_store() {
+    if !sandbox_available() {
+        return;
+    }
+    let ctx = TestContext::new();
+    // The store on a 24 MiB tmpfs; the context holds a 32 MiB file to COPY.
+    let root = ctx.work().join("small-root");
+    std::fs::create_dir_all(&root).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
+        .arg(&root)
+        .status()
+        .unwrap();
+    if !require("tmpfs", mounted.success(), "mounting a tmpfs needs root") {
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(root.clone());
+    let kiln = || {
+        let mut c = Command::new(tests::kiln_bin());
+        c.env_remove("KILN_ROOT").arg("--root").arg(&root);
+        c
+    };
+    let tar = tests::busybox_rootfs_tar();
+    let ok = kiln()
+        .args(["import"])
+        .arg(&tar)
+        .arg("busybox:latest")
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let dir = ctx.work().join("big");
+    std::fs::create_dir_all(&dir).unwrap();
+    let noise: Vec<u8> = (0..32u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(dir.join("big.bin"), noise).unwrap();
+    std::fs::write(dir.join("Dockerfile"), "FROM busybox\nCOPY big.bin /\n").unwrap();
+    let out = kiln()
+        .args(["build", "-q", "-t", "big"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].to_lowercase().contains("no space left on device"),
+        "{err}"
+    );
+    // Consistent, and usable once there is room again.
+    let check = kiln().args(["system", "check"]).output().unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    std::fs::write(dir.join("big.bin"), "small now\n").unwrap();
+    let again = kiln()
+        .args(["build", "-q", "-t", "big"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}

@@ -149,6 +149,13 @@ pub(crate) fn run(root: &Path, reg: &RegistryOptions, a: BuildArgs) -> anyhow::R
         options: reg,
         quiet,
     };
+    // Every output and cache export is checked before anything is built.
+    for spec in &a.outputs {
+        parse_output(spec).with_context(|| format!("--output {spec}"))?;
+    }
+    for spec in &a.cache_to {
+        super::build_cache::parse_spec(spec, true)?;
+    }
     let warn = |w: &str| renderer.event(builder::BuildEvent::Warning(w));
     let remote_cache = super::build_cache::import(&a.cache_from, root, reg, &warn);
     let cache_log = std::sync::Mutex::new(builder::remote_cache::CacheLog::default());
@@ -289,15 +296,8 @@ fn parse_ssh(spec: &str) -> anyhow::Result<(String, PathBuf)> {
     }
 }
 
-/// Writes the built image somewhere else too (`--output type=...,dest=...`).
-fn export(
-    store: &snapshotter::FsStore,
-    snapshots: &Snapshots,
-    image: &snapshotter::image::StoredImage,
-    tags: &[Reference],
-    spec: &str,
-) -> anyhow::Result<()> {
-    use snapshotter::archive::{ArchiveFormat, save};
+/// `--output type=docker|oci|tar|local,dest=...`: its type and destination.
+fn parse_output(spec: &str) -> anyhow::Result<(String, PathBuf)> {
     let mut kind = None;
     let mut dest = None;
     for part in spec.split(',') {
@@ -310,6 +310,22 @@ fn export(
     let (Some(kind), Some(dest)) = (kind, dest) else {
         anyhow::bail!("needs type= and dest=")
     };
+    if !matches!(kind.as_str(), "docker" | "oci" | "tar" | "local") {
+        anyhow::bail!("unknown output type {kind:?} (docker, oci, tar, local)");
+    }
+    Ok((kind, dest))
+}
+
+/// Writes the built image somewhere else too (`--output type=...,dest=...`).
+fn export(
+    store: &snapshotter::FsStore,
+    snapshots: &Snapshots,
+    image: &snapshotter::image::StoredImage,
+    tags: &[Reference],
+    spec: &str,
+) -> anyhow::Result<()> {
+    use snapshotter::archive::{ArchiveFormat, save};
+    let (kind, dest) = parse_output(spec)?;
     let name = tags
         .first()
         .cloned()
