@@ -280,3 +280,102 @@ fn a_full_disk_fails_in_one_line_and_leaves_a_usable_store() {
         String::from_utf8_lossy(&again.stderr)
     );
 }
+
+#[test]
+fn sigkill_during_build_pull_push_and_rmi_leaves_a_consistent_store() {
+    if !sandbox_available() {
+        return;
+    }
+    let reference = TestContext::new();
+    let Some(reg) = reference.registry() else {
+        return;
+    };
+    // The same base on both "machines", to the byte (its history dates too).
+    let base = |c: &TestContext| {
+        c.kiln()
+            .env("SOURCE_DATE_EPOCH", "0")
+            .args(["import", "--change", r#"CMD ["sh"]"#])
+            .arg(tests::busybox_rootfs_tar())
+            .arg("busybox:latest")
+            .run()
+            .ok();
+    };
+    base(&reference);
+    let dir = reference.work().join("killme");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let noise: Vec<u8> = (0..24u32 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(dir.join("noise.bin"), noise).unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM busybox\nCOPY noise.bin /\nRUN cp /noise.bin /copy.bin\n",
+    )
+    .unwrap();
+    let build = |c: &TestContext| {
+        c.kiln()
+            .env("SOURCE_DATE_EPOCH", "0")
+            .args(["build", "-q", "--no-cache", "-t", "k:1"])
+            .arg(&dir)
+            .run()
+            .ok()
+            .trim()
+            .to_string()
+    };
+    let want = build(&reference);
+    let remote = format!("{reg}/kt/kill:1");
+    reference.kiln().args(["tag", "k:1", &remote]).run().ok();
+    reference.kiln().args(["push", "-q", &remote]).run().ok();
+
+    let victim = TestContext::new();
+    base(&victim);
+    let mut seed: u64 = 7;
+    for i in 0..24 {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let delay = std::time::Duration::from_millis((seed >> 33) % 1500);
+        let mut cmd = Command::new(tests::kiln_bin());
+        cmd.env("SOURCE_DATE_EPOCH", "0")
+            .arg("--root")
+            .arg(victim.root());
+        match i % 4 {
+            0 => {
+                cmd.args(["build", "-q", "--no-cache", "-t", "k:1"])
+                    .arg(&dir);
+            }
+            1 => {
+                cmd.args(["pull", "-q", &remote]);
+            }
+            2 => {
+                cmd.args(["push", "-q", &remote, &format!("{reg}/kt/kill-victim:{i}")]);
+            }
+            _ => {
+                cmd.args(["rmi", "-f", &remote]);
+            }
+        }
+        let mut child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        let _ = child.wait();
+        let check = victim.kiln().args(["system", "check"]).run();
+        assert_eq!(
+            check.code,
+            Some(0),
+            "iteration {i} (killed after {delay:?}): {}",
+            check.stdout
+        );
+    }
+    // An uninterrupted build now gives the same image as on the other machine.
+    assert_eq!(build(&victim), want);
+}
