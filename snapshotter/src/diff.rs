@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::image::DescriptorBuilder;
 
 use crate::compress::{LayerCompression, encoder};
-use crate::digest::HashingWriter;
+use crate::digest::ThreadedHashingWriter;
 use crate::error::{IoContext, Result, StoreError};
 use crate::layer::Layer;
 use crate::snapshot::is_opaque;
@@ -60,7 +60,7 @@ pub fn write_layer(store: &dyn Store, upper: &Path, opts: &DiffOptions) -> Resul
             .map_err(|e| StoreError::Stream("start compressor", e))?;
         // One pass: the tar is hashed (diffID) on its way into the compressor, and the
         // compressed bytes are hashed by the blob writer.
-        let hashed = HashingWriter::new(compressed);
+        let hashed = ThreadedHashingWriter::new(compressed);
         let mut tar = tar::Builder::new(hashed);
         tar.follow_symlinks(false);
         let mut w = Walker {

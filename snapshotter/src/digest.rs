@@ -166,9 +166,95 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
+/// [`HashingWriter`] with the hashing on a thread of its own, for big streams where the
+/// writing thread has other work (a layer's tar, a blob's file writes): bytes are batched
+/// and handed over through a bounded channel.
+pub struct ThreadedHashingWriter<W> {
+    inner: W,
+    pending: Vec<u8>,
+    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    worker: Option<std::thread::JoinHandle<Sha256>>,
+    count: u64,
+}
+
+const HASH_BATCH: usize = 256 << 10;
+
+impl<W: Write> ThreadedHashingWriter<W> {
+    /// Wraps `inner`.
+    pub fn new(inner: W) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+        let worker = std::thread::spawn(move || {
+            let mut hasher = Sha256::new();
+            for batch in rx {
+                hasher.update(&batch);
+            }
+            hasher
+        });
+        ThreadedHashingWriter {
+            inner,
+            pending: Vec::with_capacity(HASH_BATCH),
+            tx: Some(tx),
+            worker: Some(worker),
+            count: 0,
+        }
+    }
+
+    fn hand_over(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let batch = std::mem::replace(&mut self.pending, Vec::with_capacity(HASH_BATCH));
+        if let Some(tx) = &self.tx {
+            // The worker only stops when the sender is dropped, so this cannot fail.
+            let _ = tx.send(batch);
+        }
+    }
+
+    /// The digest and length of everything written, and the inner writer.
+    pub fn finish(mut self) -> (Digest, u64, W) {
+        self.hand_over();
+        drop(self.tx.take());
+        let hasher = self
+            .worker
+            .take()
+            .expect("worker runs until finish")
+            .join()
+            .expect("hashing thread does not panic");
+        (Digest::from_hasher(hasher), self.count, self.inner)
+    }
+}
+
+impl<W: Write> Write for ThreadedHashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.pending.extend_from_slice(&buf[..n]);
+        self.count += n as u64;
+        if self.pending.len() >= HASH_BATCH {
+            self.hand_over();
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn threaded_hashing_matches_plain_hashing() {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 31 % 251) as u8).collect();
+        let mut t = ThreadedHashingWriter::new(Vec::new());
+        for chunk in data.chunks(7777) {
+            t.write_all(chunk).unwrap();
+        }
+        let (d, n, out) = t.finish();
+        assert_eq!((d, n), (Digest::of(&data), data.len() as u64));
+        assert_eq!(out, data);
+    }
 
     #[test]
     fn digest_of_empty_is_the_well_known_one() {

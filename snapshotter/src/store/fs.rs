@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::image::{Descriptor, ImageIndex, ImageIndexBuilder, MediaType};
 
 use super::{BlobWriter, Store};
-use crate::digest::{Digest, HashingWriter};
+use crate::digest::{Digest, ThreadedHashingWriter};
 use crate::error::{IoContext, Result, StoreError};
 use crate::reference::Reference;
 
@@ -153,7 +153,7 @@ fn sync_parent(path: &Path) -> Result<()> {
 struct FsBlobWriter {
     blobs: PathBuf,
     tmp_path: PathBuf,
-    out: HashingWriter<BufWriter<tempfile::NamedTempFile>>,
+    out: ThreadedHashingWriter<BufWriter<tempfile::NamedTempFile>>,
 }
 
 impl Write for FsBlobWriter {
@@ -221,7 +221,7 @@ impl Store for FsStore {
         Ok(Box::new(FsBlobWriter {
             blobs: self.root.join("blobs/sha256"),
             tmp_path: tmp.path().to_path_buf(),
-            out: HashingWriter::new(BufWriter::with_capacity(1 << 20, tmp)),
+            out: ThreadedHashingWriter::new(BufWriter::with_capacity(1 << 20, tmp)),
         }))
     }
 
