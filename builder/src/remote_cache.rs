@@ -12,7 +12,6 @@
 //! the same Dockerfile and context give the same keys on any machine.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use oci_spec::image::Descriptor;
 use serde::{Deserialize, Serialize};
@@ -285,32 +284,12 @@ pub type BlobFetcher = Box<dyn Fn(&Descriptor) -> Result<(), String> + Send + Sy
 pub struct RemoteCache {
     entries: HashMap<Digest, CacheEntry>,
     fetch: BlobFetcher,
-    fetched: Mutex<u32>,
 }
 
 impl RemoteCache {
     /// Entries plus the function that downloads (or copies) a blob into the store.
     pub fn new(entries: HashMap<Digest, CacheEntry>, fetch: BlobFetcher) -> Self {
-        RemoteCache {
-            entries,
-            fetch,
-            fetched: Mutex::new(0),
-        }
-    }
-
-    /// How many entries there are.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    /// How many blobs were brought in.
-    pub fn fetched(&self) -> u32 {
-        *self.fetched.lock().expect("counter")
+        RemoteCache { entries, fetch }
     }
 
     pub(crate) fn get(&self, key: &Digest) -> Option<CacheEntry> {
@@ -318,8 +297,6 @@ impl RemoteCache {
     }
 
     pub(crate) fn fetch(&self, d: &Descriptor) -> Result<(), String> {
-        (self.fetch)(d)?;
-        *self.fetched.lock().expect("counter") += 1;
-        Ok(())
+        (self.fetch)(d)
     }
 }

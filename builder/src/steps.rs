@@ -653,17 +653,13 @@ impl Builder<'_> {
             && let Ok(diff_id) = entry.diff_id.parse::<Digest>()
         {
             let chain = chain_id(state.layers.last().map(|l| &l.chain), &diff_id);
-            state.layers.push(StageLayer {
-                layer: Layer {
-                    descriptor: entry.layer.clone(),
-                    diff_id,
-                },
-                dir: self.snapshots.layer_dir(&chain),
-                pending: !self.snapshots.layer_dir(&chain).exists(),
-                chain,
-            });
-            let text = std::mem::take(&mut state.created_by);
-            push_history(state, text, false);
+            let dir = self.snapshots.layer_dir(&chain);
+            let pending = !dir.exists();
+            let layer = Layer {
+                descriptor: entry.layer.clone(),
+                diff_id,
+            };
+            push_layer(state, layer, chain, dir, pending);
             if let Some(cache) = self.cache {
                 let _ = cache
                     .lock()
@@ -762,17 +758,11 @@ impl Builder<'_> {
             .snapshots
             .ensure_layer(self.store, &chain, &entry.layer)
             .map_err(|e| e.to_string())?;
-        state.layers.push(StageLayer {
-            layer: Layer {
-                descriptor: entry.layer.clone(),
-                diff_id,
-            },
-            chain,
-            dir,
-            pending: false,
-        });
-        let text = std::mem::take(&mut state.created_by);
-        push_history(state, text, false);
+        let layer = Layer {
+            descriptor: entry.layer.clone(),
+            diff_id,
+        };
+        push_layer(state, layer, chain, dir, false);
         Ok(())
     }
 
@@ -788,14 +778,19 @@ impl Builder<'_> {
             .snapshots
             .commit(active, &chain)
             .map_err(|e| e.to_string())?;
-        state.layers.push(StageLayer {
-            layer,
-            chain,
-            dir,
-            pending: false,
-        });
-        let text = std::mem::take(&mut state.created_by);
-        push_history(state, text, false);
+        push_layer(state, layer, chain, dir, false);
         Ok(())
     }
+}
+
+/// Puts a layer on the stage with the history entry its step left in `created_by`.
+fn push_layer(state: &mut StageState, layer: Layer, chain: Digest, dir: PathBuf, pending: bool) {
+    state.layers.push(StageLayer {
+        layer,
+        chain,
+        dir,
+        pending,
+    });
+    let text = std::mem::take(&mut state.created_by);
+    push_history(state, text, false);
 }

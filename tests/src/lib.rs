@@ -81,6 +81,16 @@ pub fn require(capability: &str, present: bool, why: &str) -> bool {
     false
 }
 
+/// Whether builds can run their RUN steps here: these tests build as root (a printed skip
+/// otherwise, a failure under `CI=true`).
+pub fn builds_as_root() -> bool {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout == b"0\n");
+    require("container sandbox", root, "these tests build as root")
+}
+
 /// Whether a program is on PATH.
 pub fn have_program(name: &str) -> bool {
     std::env::var_os("PATH")

@@ -2,17 +2,7 @@
 //! re-runs exactly the steps after it, misses say why, and keys do not depend on where the
 //! context lives.
 
-use std::process::Command;
-
-use tests::{TestContext, require};
-
-fn sandbox_available() -> bool {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout == b"0\n");
-    require("container sandbox", root, "these tests build as root")
-}
+use tests::TestContext;
 
 fn context(ctx: &TestContext, name: &str) -> std::path::PathBuf {
     let dir = ctx.work().join(name);
@@ -37,7 +27,7 @@ fn marks(stderr: &str) -> Vec<String> {
 
 #[test]
 fn rebuilds_hit_and_misses_explain_themselves() {
-    if !sandbox_available() {
+    if !tests::builds_as_root() {
         return;
     }
     let ctx = TestContext::new();
@@ -106,7 +96,7 @@ fn rebuilds_hit_and_misses_explain_themselves() {
 
 #[test]
 fn keys_do_not_depend_on_the_checkout() {
-    if !sandbox_available() {
+    if !tests::builds_as_root() {
         return;
     }
     let ctx = TestContext::new();
@@ -126,7 +116,7 @@ fn keys_do_not_depend_on_the_checkout() {
 
 #[test]
 fn dockerignore_shapes_copies_and_cache_keys() {
-    if !sandbox_available() {
+    if !tests::builds_as_root() {
         return;
     }
     let ctx = TestContext::new();
@@ -182,7 +172,7 @@ fn dockerignore_shapes_copies_and_cache_keys() {
 
 #[test]
 fn two_checkouts_give_byte_identical_manifests() {
-    if !sandbox_available() {
+    if !tests::builds_as_root() {
         return;
     }
     let make = |ctx: &TestContext, name: &str, age_secs: i64, owner: u32| {
@@ -231,7 +221,7 @@ fn two_checkouts_give_byte_identical_manifests() {
 
 #[test]
 fn no_cache_filter_runs_only_the_named_stages() {
-    if !sandbox_available() {
+    if !tests::builds_as_root() {
         return;
     }
     let ctx = TestContext::new();
@@ -280,7 +270,7 @@ fn no_cache_filter_runs_only_the_named_stages() {
 
 #[test]
 fn contexts_and_dockerfiles_come_from_stdin() {
-    if !sandbox_available() {
+    if !tests::builds_as_root() {
         return;
     }
     let ctx = TestContext::new();
@@ -332,7 +322,7 @@ fn contexts_and_dockerfiles_come_from_stdin() {
 
 #[test]
 fn progress_json_reports_steps_logs_cache_and_a_summary() {
-    if !sandbox_available() {
+    if !tests::builds_as_root() {
         return;
     }
     let ctx = TestContext::new();
@@ -403,7 +393,7 @@ fn progress_json_reports_steps_logs_cache_and_a_summary() {
 
 #[test]
 fn explain_cache_and_build_arg_files() {
-    if !sandbox_available() {
+    if !tests::builds_as_root() {
         return;
     }
     let ctx = TestContext::new();

@@ -312,11 +312,7 @@ fn add_git_repositories_at_a_ref_and_subdir() {
 #[test]
 fn run_heredocs_follow_buildkit() {
     let ctx = TestContext::new();
-    let root_user = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout == b"0\n");
-    if !require("container sandbox", root_user, "these tests build as root") {
+    if !tests::builds_as_root() {
         return;
     }
     ctx.base_image();

@@ -6,14 +6,6 @@ use std::process::Command;
 
 use tests::{TestContext, require};
 
-fn sandbox_available() -> bool {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout == b"0\n");
-    require("container sandbox", root, "these tests build as root")
-}
-
 #[test]
 fn context_symlinks_do_not_reach_host_files() {
     let ctx = TestContext::new();
@@ -150,7 +142,7 @@ fn add_archives_cannot_write_outside_their_destination() {
 
 #[test]
 fn eight_builds_at_once_share_one_store() {
-    if !sandbox_available() {
+    if !tests::builds_as_root() {
         return;
     }
     let ctx = TestContext::new();
@@ -202,7 +194,7 @@ fn eight_builds_at_once_share_one_store() {
 
 #[test]
 fn a_full_disk_fails_in_one_line_and_leaves_a_usable_store() {
-    if !sandbox_available() {
+    if !tests::builds_as_root() {
         return;
     }
     let ctx = TestContext::new();
@@ -283,7 +275,7 @@ fn a_full_disk_fails_in_one_line_and_leaves_a_usable_store() {
 
 #[test]
 fn sigkill_during_build_pull_push_and_rmi_leaves_a_consistent_store() {
-    if !sandbox_available() {
+    if !tests::builds_as_root() {
         return;
     }
     let reference = TestContext::new();

@@ -4,16 +4,8 @@
 use std::sync::atomic::Ordering::SeqCst;
 
 use snapshotter::Store as _;
+use tests::TestContext;
 use tests::proxy::Proxy;
-use tests::{TestContext, require};
-
-fn sandbox_available() -> bool {
-    let root = std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout == b"0\n");
-    require("container sandbox", root, "these tests build as root")
-}
 
 fn marks(stderr: &str) -> Vec<String> {
     stderr
@@ -48,7 +40,7 @@ fn run_cat(ctx: &TestContext, image: &str, file: &str) -> String {
 
 #[test]
 fn a_second_machine_builds_from_the_registry_cache() {
-    if !sandbox_available() {
+    if !tests::builds_as_root() {
         return;
     }
     let a = TestContext::new();
@@ -201,7 +193,7 @@ fn a_second_machine_builds_from_the_registry_cache() {
 
 #[test]
 fn missing_or_foreign_caches_are_warnings() {
-    if !sandbox_available() {
+    if !tests::builds_as_root() {
         return;
     }
     let ctx = TestContext::new();
@@ -260,7 +252,7 @@ fn missing_or_foreign_caches_are_warnings() {
 
 #[test]
 fn an_inline_cache_rides_in_the_pushed_image() {
-    if !sandbox_available() {
+    if !tests::builds_as_root() {
         return;
     }
     let a = TestContext::new();

@@ -1,17 +1,11 @@
 //! `RUN --mount` end to end: bind (context, another stage, writable), cache (kept between
 //! builds), tmpfs, secret (file and env) and ssh; mount points leave no trace in the layers.
 
-use std::process::Command;
-
-use tests::{TestContext, require};
+use tests::TestContext;
 
 #[test]
 fn run_mounts_of_every_type() {
-    let root_user = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout == b"0\n");
-    if !require("container sandbox", root_user, "these tests build as root") {
+    if !tests::builds_as_root() {
         return;
     }
     let ctx = TestContext::new();

@@ -17,6 +17,7 @@
 
 pub mod container;
 mod fake;
+mod scoped;
 
 use std::path::PathBuf;
 
@@ -24,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 pub use container::ContainerSandbox;
 pub use fake::FakeSandbox;
+pub use scoped::scoped_path;
 
 /// The root filesystem of one run: overlay lower directories (top-most first) and the upper
 /// directory that receives every write; or, where overlayfs is not available, one plain

@@ -271,6 +271,47 @@ pub fn api_host(host: &str) -> &str {
     }
 }
 
+/// Runs `work` on each blob with up to `workers` threads; the first failure stops the
+/// blobs not yet started and is returned. Results come back in `blobs` order.
+pub(crate) fn each_blob<T: Send>(
+    blobs: &[oci_spec::image::Descriptor],
+    workers: usize,
+    work: &(dyn Fn(&oci_spec::image::Descriptor) -> Result<T> + Sync),
+) -> Result<Vec<T>> {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let first_error: Mutex<Option<RegistryError>> = Mutex::new(None);
+    let results: Mutex<Vec<Option<T>>> = Mutex::new((0..blobs.len()).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..workers.clamp(1, blobs.len().max(1)) {
+            s.spawn(|| {
+                while !failed.load(Ordering::SeqCst) {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(desc) = blobs.get(i) else { break };
+                    match work(desc) {
+                        Ok(r) => results.lock().expect("results")[i] = Some(r),
+                        Err(e) => {
+                            failed.store(true, Ordering::SeqCst);
+                            first_error.lock().expect("error slot").get_or_insert(e);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    match first_error.into_inner().expect("error slot") {
+        Some(e) => Err(e),
+        None => Ok(results
+            .into_inner()
+            .expect("results")
+            .into_iter()
+            .flatten()
+            .collect()),
+    }
+}
+
 /// Progress of blob transfers, for bars or plain lines; `id` is a short digest.
 pub trait TransferProgress: Sync {
     /// A transfer of `total` bytes starts (or restarts).

@@ -1,8 +1,6 @@
 //! [`pull()`]: an image from a registry into the store, every byte verified.
 
 use std::io::{Read, Write};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use oci_spec::image::{Descriptor, DescriptorBuilder, ImageManifest, MediaType};
 use snapshotter::image::{StoredImage, read_image};
@@ -226,28 +224,10 @@ fn fetch_blobs(
     options: &PullOptions,
     progress: &dyn TransferProgress,
 ) -> Result<()> {
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let first_error: Mutex<Option<RegistryError>> = Mutex::new(None);
-    let workers = options.max_concurrent.clamp(1, blobs.len().max(1));
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| {
-                while !failed.load(Ordering::SeqCst) {
-                    let i = next.fetch_add(1, Ordering::SeqCst);
-                    let Some(desc) = blobs.get(i) else { break };
-                    if let Err(e) = fetch_blob(registry, store, repo, desc, options, progress) {
-                        failed.store(true, Ordering::SeqCst);
-                        first_error.lock().expect("error slot").get_or_insert(e);
-                    }
-                }
-            });
-        }
-    });
-    match first_error.into_inner().expect("error slot") {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    super::each_blob(blobs, options.max_concurrent, &|desc| {
+        fetch_blob(registry, store, repo, desc, options, progress)
+    })?;
+    Ok(())
 }
 
 /// Downloads one blob into the store (nothing when it is there already), resuming with a

@@ -1,8 +1,5 @@
 //! [`push()`]: an image from the store to a registry.
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-
 use oci_spec::image::Descriptor;
 use snapshotter::image::StoredImage;
 use snapshotter::{Digest, Reference, Store};
@@ -94,35 +91,10 @@ pub fn send_blobs(
     options: &PushOptions,
     progress: &dyn TransferProgress,
 ) -> Result<usize> {
-    let next = AtomicUsize::new(0);
-    let uploaded = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let first_error: Mutex<Option<RegistryError>> = Mutex::new(None);
-    let workers = options.max_concurrent.clamp(1, blobs.len().max(1));
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| {
-                while !failed.load(Ordering::SeqCst) {
-                    let i = next.fetch_add(1, Ordering::SeqCst);
-                    let Some(desc) = blobs.get(i) else { break };
-                    match send_blob(registry, store, repo, desc, options, progress) {
-                        Ok(true) => {
-                            uploaded.fetch_add(1, Ordering::SeqCst);
-                        }
-                        Ok(false) => {}
-                        Err(e) => {
-                            failed.store(true, Ordering::SeqCst);
-                            first_error.lock().expect("error slot").get_or_insert(e);
-                        }
-                    }
-                }
-            });
-        }
-    });
-    match first_error.into_inner().expect("error slot") {
-        Some(e) => Err(e),
-        None => Ok(uploaded.into_inner()),
-    }
+    let sent = super::each_blob(blobs, options.max_concurrent, &|desc| {
+        send_blob(registry, store, repo, desc, options, progress)
+    })?;
+    Ok(sent.into_iter().filter(|uploaded| *uploaded).count())
 }
 
 /// Makes one blob present in the repository; returns whether it had to be uploaded.

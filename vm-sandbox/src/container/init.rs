@@ -5,7 +5,7 @@ use std::ffi::CString;
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::{PermissionsExt, symlink};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, unshare};
@@ -124,57 +124,9 @@ fn mnt(
     })
 }
 
-/// Runs as PID 1 of the new namespaces: builds the root, drops to the user, execs.
-/// Resolves `path` inside `root` the way the process will see it after `pivot_root`:
-/// symlinks are followed relative to `root` (absolute targets restart at `root`) and `..`
-/// stops at `root`, so no mount lands outside the container's root.
-fn resolve_in(root: &Path, path: &str) -> Result<PathBuf, String> {
-    let mut parts: Vec<String> = path
-        .split('/')
-        .filter(|p| !p.is_empty())
-        .map(str::to_string)
-        .collect();
-    parts.reverse();
-    let mut cur = root.to_path_buf();
-    let mut hops = 0;
-    while let Some(part) = parts.pop() {
-        match part.as_str() {
-            "." => {}
-            ".." => {
-                if cur != root {
-                    cur.pop();
-                }
-            }
-            name => {
-                let next = cur.join(name);
-                match fs::read_link(&next) {
-                    Ok(link) => {
-                        hops += 1;
-                        if hops > 40 {
-                            return Err(format!("too many symlinks in {path}"));
-                        }
-                        let text = link.to_string_lossy().into_owned();
-                        if text.starts_with('/') {
-                            cur = root.to_path_buf();
-                        }
-                        parts.extend(
-                            text.split('/')
-                                .filter(|p| !p.is_empty())
-                                .rev()
-                                .map(str::to_string),
-                        );
-                    }
-                    Err(_) => cur = next,
-                }
-            }
-        }
-    }
-    Ok(cur)
-}
-
 /// One extra mount, inside the root before `pivot_root`.
 fn extra_mount(root: &Path, m: &crate::SandboxMount) -> Result<(), String> {
-    let target = resolve_in(root, &m.target)?;
+    let target = crate::scoped_path(root, &m.target)?;
     match &m.kind {
         crate::SandboxMountKind::Bind { source, writable } => {
             let is_dir = fs::metadata(source)
@@ -225,6 +177,7 @@ fn extra_mount(root: &Path, m: &crate::SandboxMount) -> Result<(), String> {
     Ok(())
 }
 
+/// Runs as PID 1 of the new namespaces: builds the root, drops to the user, execs.
 fn container_init(spec: &InitSpec) -> Result<Infallible, String> {
     let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
     if spec.run.network == Network::None {
