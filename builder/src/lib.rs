@@ -33,3 +33,7 @@ pub use dispatch::{ConfigState, apply_config};
 pub use error::{BuildError, Result};
 pub use import::{ImportOptions, import};
 pub use platform::{Platform, creation_time};
+
+/// The most processes a RUN step's user may have at once: a fork bomb in a Dockerfile fails
+/// its step instead of filling the host's process table.
+pub const STEP_MAX_PROCESSES: u64 = 4096;

@@ -201,6 +201,11 @@ impl Builder<'_> {
             hostname: String::new(),
             inline_files,
             mounts: mounts.mounts.clone(),
+            limits: vm_sandbox::Limits {
+                processes: Some(crate::STEP_MAX_PROCESSES),
+            },
+            tty: false,
+            read_only: false,
         };
         // Secret values reach the environment but not the cache key.
         let secret_env: Vec<&String> = mounts

@@ -70,7 +70,25 @@ pub(crate) enum Command {
     /// Build an image from a Dockerfile
     Build(Box<BuildArgs>),
     /// Run a command in a new container from an image
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// List containers
+    Ps(PsArgs),
+    /// Show a container's output
+    Logs(LogsArgs),
+    /// Show a container's processes
+    Top(TopArgs),
+    /// Copy files between a container and the host
+    Cp(CpArgs),
+    /// Run a command in a running container
+    Exec(ExecArgs),
+    /// Stop running containers (the stop signal, then SIGKILL)
+    Stop(StopArgs),
+    /// Send a signal to running containers
+    Kill(KillArgs),
+    /// Wait for containers to stop and print their exit codes
+    Wait(ContainersArgs),
+    /// Remove containers
+    Rm(RmArgs),
     /// Print a Dockerfile's stages and instructions
     Parse(ParseArgs),
     /// Run BuildKit's build checks on a Dockerfile
@@ -248,12 +266,33 @@ pub(crate) struct BuildArgs {
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct RunArgs {
-    /// Remove the container when it exits (containers are always removed for now)
+    /// Remove the container when it exits
     #[arg(long)]
     pub(crate) rm: bool,
+    /// Run in the background and print the container ID
+    #[arg(short = 'd', long)]
+    pub(crate) detach: bool,
+    /// Keep stdin open and pass it to the container
+    #[arg(short = 'i', long)]
+    pub(crate) interactive: bool,
+    /// Give the container a pseudo-terminal
+    #[arg(short = 't', long)]
+    pub(crate) tty: bool,
+    /// Container name [default: a generated one]
+    #[arg(long)]
+    pub(crate) name: Option<String>,
     /// Set an environment variable (KEY=VALUE, or KEY to take it from the environment)
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
     pub(crate) env: Vec<String>,
+    /// Read environment variables from a file (KEY=VALUE lines)
+    #[arg(long = "env-file", value_name = "FILE")]
+    pub(crate) env_files: Vec<PathBuf>,
+    /// Bind a host path or a named volume: SRC:DST[:ro|rw], or DST for a new anonymous volume
+    #[arg(short = 'v', long = "volume", value_name = "SRC:DST[:ro]")]
+    pub(crate) volumes: Vec<String>,
+    /// Attach a mount: type=bind,source=SRC,target=DST[,readonly] or type=tmpfs,target=DST[,tmpfs-size=BYTES]
+    #[arg(long = "mount", value_name = "SPEC")]
+    pub(crate) mounts: Vec<String>,
     /// Working directory inside the container
     #[arg(short = 'w', long)]
     pub(crate) workdir: Option<String>,
@@ -266,14 +305,138 @@ pub(crate) struct RunArgs {
     /// Network mode: host (default) or none
     #[arg(long, default_value = "host")]
     pub(crate) network: String,
-    /// Container hostname [default: the short image ID]
+    /// Container hostname [default: the short container ID]
     #[arg(long)]
     pub(crate) hostname: Option<String>,
+    /// Mount the container's root filesystem read-only
+    #[arg(long)]
+    pub(crate) read_only: bool,
+    /// Signal `kiln stop` sends first [default: the image's STOPSIGNAL, else SIGTERM]
+    #[arg(long)]
+    pub(crate) stop_signal: Option<String>,
+    /// Most processes the container may have at once
+    #[arg(long)]
+    pub(crate) pids_limit: Option<u64>,
+    /// Isolation: container (namespaces) or vm (a microVM)
+    #[arg(long, default_value = "container")]
+    pub(crate) isolation: String,
     /// The image
     pub(crate) image: String,
     /// Command and arguments [default: the image's CMD]
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub(crate) command: Vec<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct PsArgs {
+    /// Show all containers (default: running ones)
+    #[arg(short, long)]
+    pub(crate) all: bool,
+    /// Print only container IDs
+    #[arg(short, long)]
+    pub(crate) quiet: bool,
+    /// Do not shorten IDs and commands
+    #[arg(long)]
+    pub(crate) no_trunc: bool,
+    /// Output format: table or json (one object per line)
+    #[arg(long, default_value = "table")]
+    pub(crate) format: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct LogsArgs {
+    /// Keep printing new output until the container stops
+    #[arg(short, long)]
+    pub(crate) follow: bool,
+    /// Number of lines from the end to show, or "all"
+    #[arg(short = 'n', long, default_value = "all")]
+    pub(crate) tail: String,
+    /// Show timestamps
+    #[arg(short, long)]
+    pub(crate) timestamps: bool,
+    /// Container (name or ID)
+    pub(crate) container: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct TopArgs {
+    /// Container (name or ID)
+    pub(crate) container: String,
+    /// Options for ps [default: -ef]
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub(crate) ps_args: Vec<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct CpArgs {
+    /// CONTAINER:SRC_PATH, a host path, or - (a tar stream on stdin)
+    pub(crate) source: String,
+    /// CONTAINER:DEST_PATH, a host path, or - (a tar stream to stdout)
+    pub(crate) destination: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct ExecArgs {
+    /// Keep stdin open and pass it to the process
+    #[arg(short = 'i', long)]
+    pub(crate) interactive: bool,
+    /// Give the process a pseudo-terminal
+    #[arg(short = 't', long)]
+    pub(crate) tty: bool,
+    /// Set an environment variable (KEY=VALUE, or KEY to take it from the environment)
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub(crate) env: Vec<String>,
+    /// User (name|uid[:group|gid]) [default: the container's]
+    #[arg(short = 'u', long)]
+    pub(crate) user: Option<String>,
+    /// Working directory [default: the container's]
+    #[arg(short = 'w', long)]
+    pub(crate) workdir: Option<String>,
+    /// Container (name or ID)
+    pub(crate) container: String,
+    /// Command and arguments
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub(crate) command: Vec<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct StopArgs {
+    /// Seconds to wait after the stop signal before killing
+    #[arg(short = 't', long = "time", default_value_t = 10)]
+    pub(crate) time: u64,
+    /// Containers (names or IDs)
+    #[arg(required = true)]
+    pub(crate) containers: Vec<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct KillArgs {
+    /// Signal to send (name or number)
+    #[arg(short, long, default_value = "KILL")]
+    pub(crate) signal: String,
+    /// Containers (names or IDs)
+    #[arg(required = true)]
+    pub(crate) containers: Vec<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct ContainersArgs {
+    /// Containers (names or IDs)
+    #[arg(required = true)]
+    pub(crate) containers: Vec<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct RmArgs {
+    /// Kill and remove running containers
+    #[arg(short, long)]
+    pub(crate) force: bool,
+    /// Remove the container's anonymous volumes too
+    #[arg(short, long)]
+    pub(crate) volumes: bool,
+    /// Containers (names or IDs)
+    #[arg(required = true)]
+    pub(crate) containers: Vec<String>,
 }
 
 #[derive(clap::Args, Debug)]

@@ -10,6 +10,7 @@
 mod args;
 mod build_progress;
 mod commands;
+mod containers;
 mod progress;
 
 use std::path::PathBuf;
@@ -22,12 +23,37 @@ use crate::args::{Cli, Command};
 fn main() -> ExitCode {
     // The sandbox helper must start before anything else (it forks; no threads allowed).
     let mut raw = std::env::args_os();
-    if raw
-        .nth(1)
+    let mode = raw.nth(1);
+    if mode
+        .as_ref()
         .is_some_and(|a| a == vm_sandbox::container::INIT_ARG)
     {
         let spec = raw.next().map(PathBuf::from).unwrap_or_default();
         return ExitCode::from(vm_sandbox::container::init_main(&spec).clamp(0, 255) as u8);
+    }
+    if mode
+        .as_ref()
+        .is_some_and(|a| a == vm_sandbox::container::ENTER_ARG)
+    {
+        let spec = raw.next().map(PathBuf::from).unwrap_or_default();
+        return ExitCode::from(vm_sandbox::container::enter_main(&spec).clamp(0, 255) as u8);
+    }
+    if mode
+        .as_ref()
+        .is_some_and(|a| a == containers::monitor::MONITOR_ARG)
+    {
+        let root = raw.next().map(PathBuf::from).unwrap_or_default();
+        let id = raw
+            .next()
+            .and_then(|s| s.into_string().ok())
+            .unwrap_or_default();
+        return match containers::monitor::monitor_main(&root, &id) {
+            Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+            Err(e) => {
+                eprintln!("kiln: error: {e:#}");
+                ExitCode::from(125)
+            }
+        };
     }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -116,7 +142,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::System(args::SystemCommand::Prune(a)) => commands::system::prune(&root, a),
         Command::System(args::SystemCommand::Check(a)) => commands::system::check_cmd(&root, a),
         Command::Build(a) => commands::build::run(&root, &reg, *a),
-        Command::Run(a) => commands::run::run(&root, &reg, a),
+        Command::Run(a) => commands::run::run(&root, &reg, *a),
+        Command::Ps(a) => commands::containers::ps(&root, a),
+        Command::Logs(a) => commands::containers::logs(&root, a),
+        Command::Top(a) => commands::containers::top(&root, a),
+        Command::Cp(a) => commands::exec_cp::cp(&root, a),
+        Command::Exec(a) => commands::exec_cp::exec(&root, a),
+        Command::Stop(a) => commands::containers::stop(&root, a),
+        Command::Kill(a) => commands::containers::kill(&root, a),
+        Command::Wait(a) => commands::containers::wait(&root, a),
+        Command::Rm(a) => commands::containers::rm(&root, a),
         Command::Parse(a) => commands::parse::parse(a),
         Command::Layer(args::LayerCommand::Create(a)) => commands::system::layer_create(&root, a),
         Command::Lint(a) => commands::parse::lint_cmd(&root, a),

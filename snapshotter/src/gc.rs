@@ -54,10 +54,14 @@ pub struct Reachable {
     pub chains: BTreeSet<Digest>,
 }
 
-/// Walks every named image (manifests, indexes, configs, layers).
-pub fn reachable(store: &dyn Store) -> Result<Reachable> {
+/// Walks every named image (manifests, indexes, configs, layers), plus the image manifests
+/// in `also` (images containers use).
+pub fn reachable(store: &dyn Store, also: &[Digest]) -> Result<Reachable> {
     let mut r = Reachable::default();
-    let mut todo: Vec<(Digest, MediaType)> = Vec::new();
+    let mut todo: Vec<(Digest, MediaType)> = also
+        .iter()
+        .map(|d| (d.clone(), MediaType::ImageManifest))
+        .collect();
     for (_, d) in store.images()? {
         todo.push((Digest::try_from(d.digest())?, d.media_type().clone()));
     }
@@ -127,9 +131,10 @@ pub struct Collected {
     pub bytes: u64,
 }
 
-/// Removes every blob and snapshot no named image reaches. Call with [`GcLock::exclusive`].
-pub fn collect(store: &FsStore, dry_run: bool) -> Result<Collected> {
-    let keep = reachable(store)?;
+/// Removes every blob and snapshot that neither a named image nor an image manifest in
+/// `also` reaches. Call with [`GcLock::exclusive`].
+pub fn collect(store: &FsStore, also: &[Digest], dry_run: bool) -> Result<Collected> {
+    let keep = reachable(store, also)?;
     let mut out = Collected::default();
     let blobs = store.root().join("blobs/sha256");
     for e in fs::read_dir(&blobs).at("read directory", &blobs)? {

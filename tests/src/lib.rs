@@ -223,6 +223,18 @@ impl KilnCommand {
 /// Everything one end-to-end test needs, cleaned up when dropped.
 pub struct TestContext {
     dir: tempfile::TempDir,
+    /// Runs kiln as this unprivileged user (through `runuser`) instead of the caller.
+    user: Option<String>,
+}
+
+/// The unprivileged user the rootless tests run kiln as (created when the tests run as root).
+pub const TEST_USER: &str = "kilntest";
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout == b"0\n")
 }
 
 impl Default for TestContext {
@@ -239,7 +251,61 @@ impl TestContext {
             .tempdir()
             .expect("create temp dir");
         std::fs::create_dir_all(dir.path().join("work")).unwrap();
-        TestContext { dir }
+        TestContext { dir, user: None }
+    }
+
+    /// A context whose kiln runs as the unprivileged [`TEST_USER`] (rootless mode), created
+    /// with its subordinate id ranges if missing; when the tests are not root, kiln runs as
+    /// the caller, who is unprivileged already. `None` (after [`require`]) where user
+    /// namespaces are off.
+    pub fn unprivileged() -> Option<Self> {
+        let userns = std::fs::read_to_string("/proc/sys/user/max_user_namespaces")
+            .is_ok_and(|v| v.trim() != "0");
+        if !require("user namespaces", userns, "user.max_user_namespaces is 0") {
+            return None;
+        }
+        let mut ctx = Self::new();
+        if !is_root() {
+            return Some(ctx);
+        }
+        let exists = Command::new("id")
+            .arg(TEST_USER)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !exists {
+            let made = Command::new("useradd")
+                .args(["-m", TEST_USER])
+                .status()
+                .is_ok_and(|s| s.success());
+            if !require("useradd", made, "cannot create the unprivileged test user") {
+                return None;
+            }
+        }
+        let chowned = Command::new("chown")
+            .args(["-R", TEST_USER])
+            .arg(ctx.dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(chowned, "chown the test directory to {TEST_USER}");
+        ctx.user = Some(TEST_USER.to_string());
+        Some(ctx)
+    }
+
+    /// Whether kiln runs unprivileged here.
+    pub fn rootless(&self) -> bool {
+        self.user.is_some() || !is_root()
+    }
+
+    /// Gives a file or directory the test made to the user kiln runs as.
+    pub fn give(&self, path: &Path) {
+        if let Some(u) = &self.user {
+            let ok = Command::new("chown")
+                .args(["-R", u])
+                .arg(path)
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "chown {}", path.display());
+        }
     }
 
     /// The test's store root.
@@ -259,7 +325,14 @@ impl TestContext {
 
     /// `kiln --root <this test's store>`, with a clean environment for kiln's variables.
     pub fn kiln(&self) -> KilnCommand {
-        let mut cmd = Command::new(kiln_bin());
+        let mut cmd = match &self.user {
+            Some(u) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", u, "--"]).arg(kiln_bin());
+                c
+            }
+            None => Command::new(kiln_bin()),
+        };
         cmd.env_remove("KILN_ROOT")
             .env_remove("KILN_LOG_LEVEL")
             .env_remove("SOURCE_DATE_EPOCH")

@@ -18,6 +18,7 @@
 pub mod container;
 mod fake;
 mod scoped;
+pub mod tty;
 
 use std::path::PathBuf;
 
@@ -76,6 +77,23 @@ pub struct RunSpec {
     /// Extra mounts (RUN --mount, run -v), made after the root and before the process starts.
     #[serde(default)]
     pub mounts: Vec<SandboxMount>,
+    /// Resource limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Standard input is a terminal: the process leads a new session with it as its
+    /// controlling terminal, which also appears as `/dev/console`.
+    #[serde(default)]
+    pub tty: bool,
+    /// The root filesystem is mounted read-only (`kiln run --read-only`).
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// Resource limits of a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Processes the container's user may have at once (`RLIMIT_NPROC`); none when absent.
+    pub processes: Option<u64>,
 }
 
 /// A mount inside the sandbox.
@@ -157,6 +175,16 @@ pub enum RunIo {
     /// No stdin; stdout and stderr both into this file descriptor (a pipe the caller reads,
     /// to show or log a build step's output).
     OutputTo(std::sync::Arc<std::os::fd::OwnedFd>),
+    /// These descriptors: stdin (`/dev/null` when absent), stdout and stderr. With
+    /// [`RunSpec::tty`] all three are the slave side of one pseudo-terminal.
+    Fds {
+        /// Standard input.
+        stdin: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
+        /// Standard output.
+        stdout: std::sync::Arc<std::os::fd::OwnedFd>,
+        /// Standard error.
+        stderr: std::sync::Arc<std::os::fd::OwnedFd>,
+    },
 }
 
 /// Which backend a sandbox is.

@@ -107,6 +107,20 @@ pub(crate) fn rmi(root: &Path, a: RmiArgs) -> anyhow::Result<ExitCode> {
                 }
                 None => names.clone(),
             };
+            if to_untag.len() == names.len() && !a.force {
+                let manifest = img.descriptor.digest().to_string();
+                if let Some(c) = crate::containers::Containers::open(root)?
+                    .list()?
+                    .into_iter()
+                    .find(|c| c.config.manifest == manifest)
+                {
+                    bail!(
+                        "conflict: unable to remove repository reference \"{what}\" (must force) - container {} is using its referenced image {}",
+                        &c.config.id[..12],
+                        img.id().short()
+                    );
+                }
+            }
             for r in &to_untag {
                 store.untag(r)?;
                 println!(
@@ -125,7 +139,7 @@ pub(crate) fn rmi(root: &Path, a: RmiArgs) -> anyhow::Result<ExitCode> {
             failed = true;
         }
     }
-    collect(&store, false)?;
+    collect(&store, &crate::containers::images_in_use(root)?, false)?;
     Ok(if failed {
         ExitCode::from(1)
     } else {

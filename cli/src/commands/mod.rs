@@ -2,6 +2,8 @@
 
 pub(crate) mod build;
 pub(crate) mod build_cache;
+pub(crate) mod containers;
+pub(crate) mod exec_cp;
 pub(crate) mod image;
 pub(crate) mod images;
 pub(crate) mod import;

@@ -82,7 +82,7 @@ pub(crate) fn df(root: &Path) -> anyhow::Result<ExitCode> {
         .unwrap_or(0);
     let reclaim = {
         let _gc = GcLock::exclusive(root)?;
-        collect(&store, true)?
+        collect(&store, &crate::containers::images_in_use(root)?, true)?
     };
     let rows = vec![
         [
@@ -116,7 +116,7 @@ fn blob_bytes(store: &FsStore, blobs: &[snapshotter::Digest]) -> u64 {
 pub(crate) fn prune(root: &Path, a: PruneArgs) -> anyhow::Result<ExitCode> {
     let store = super::open_store(root)?;
     let _gc = GcLock::exclusive(root)?;
-    let c = collect(&store, a.dry_run)?;
+    let c = collect(&store, &crate::containers::images_in_use(root)?, a.dry_run)?;
     let verb = if a.dry_run { "Would delete" } else { "Deleted" };
     for d in &c.blobs {
         println!("{verb} blob: {d}");

@@ -1,7 +1,6 @@
 //! The helper side of the container backend: namespaces, root filesystem, exec.
 
 use std::convert::Infallible;
-use std::ffi::CString;
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::{PermissionsExt, symlink};
@@ -9,22 +8,19 @@ use std::path::Path;
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, unshare};
-use nix::sys::wait::{WaitStatus, waitpid};
-use nix::unistd::{
-    ForkResult, Gid, Uid, chdir, fork, pivot_root, setgid, setgroups, sethostname, setuid,
-};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, chdir, fork, pivot_root, sethostname};
 
-use super::user::resolve_in_root;
 use super::{InitResult, InitSpec};
 use crate::{ExitStatus, Network};
-
-/// The default `PATH` when the image sets none (Docker's).
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Entry point of the sandbox helper (`kiln __kiln-sandbox-init SPEC`). Must be called while
 /// the process is still single-threaded. Returns the helper's exit code; how the contained
 /// process ended goes to the result file named in the spec.
 pub fn init_main(spec_path: &Path) -> i32 {
+    // The helper (and with it the container) ends when kiln does, even when killed.
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
     let spec: InitSpec = match fs::read(spec_path)
         .map_err(|e| e.to_string())
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
@@ -60,6 +56,17 @@ fn run(spec: &InitSpec) -> Result<ExitStatus, String> {
     // The child reports a setup failure through this pipe; a successful exec closes it.
     let (err_read, err_write) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    // As root, the process limit is a pids cgroup around everything the container starts.
+    let _pids = match (spec.rootless, spec.run.limits.processes) {
+        (false, Some(max)) => super::cgroup::PidsCgroup::join_new(max).transpose()?,
+        _ => None,
+    };
+    // Signals meant for the container are blocked here and forwarded to it by the wait loop;
+    // the child unblocks them just before exec.
+    let forwarded = forwarded_signals();
+    forwarded
+        .thread_block()
+        .map_err(|e| format!("block signals: {e}"))?;
     // SAFETY: the helper is single-threaded (init_main runs before anything starts a
     // thread), so the child may allocate and run arbitrary code after fork.
     #[allow(unsafe_code)]
@@ -67,29 +74,74 @@ fn run(spec: &InitSpec) -> Result<ExitStatus, String> {
     match forked.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => {
             drop(err_read);
+            // The container dies with its helper (its PID 1 takes the whole namespace along).
+            let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
             let Err(msg) = container_init(spec);
             let _ = nix::unistd::write(&err_write, msg.as_bytes());
             std::process::exit(127);
         }
         ForkResult::Parent { child } => {
             drop(err_write);
+            if let Some(pid_file) = &spec.pid_file {
+                write_atomically(pid_file, child.as_raw().to_string().as_bytes())?;
+            }
             let mut msg = String::new();
             let _ = fs::File::from(err_read).read_to_string(&mut msg);
-            let status = loop {
-                match waitpid(child, None) {
-                    Ok(WaitStatus::Exited(_, code)) => break ExitStatus::Code(code),
-                    Ok(WaitStatus::Signaled(_, sig, _)) => break ExitStatus::Signal(sig as i32),
-                    Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-                    Err(e) => return Err(format!("wait for the container process: {e}")),
-                }
-            };
+            let status = forward_signals_until_exit(child, &forwarded)?;
             if msg.is_empty() { Ok(status) } else { Err(msg) }
         }
     }
 }
 
+/// The signals a container gets from `kiln run`'s terminal or `kiln stop`/`kill` through the
+/// helper, plus `SIGCHLD`, which ends the helper's wait.
+pub(super) fn forwarded_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGHUP,
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+        Signal::SIGTERM,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGWINCH,
+        Signal::SIGCONT,
+        Signal::SIGTSTP,
+    ] {
+        set.add(s);
+    }
+    set
+}
+
+/// Waits for the container's PID 1, passing every other signal in `set` on to it.
+pub(super) fn forward_signals_until_exit(child: Pid, set: &SigSet) -> Result<ExitStatus, String> {
+    loop {
+        match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(ExitStatus::Code(code)),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(ExitStatus::Signal(sig as i32)),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(format!("wait for the container process: {e}")),
+        }
+        match set.wait() {
+            Ok(Signal::SIGCHLD) | Err(_) => {}
+            Ok(sig) => {
+                let _ = nix::sys::signal::kill(child, sig);
+            }
+        }
+    }
+}
+
+/// Writes `path` through a temporary file and a rename.
+fn write_atomically(path: &Path, data: &[u8]) -> Result<(), String> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, data)
+        .and_then(|()| fs::rename(&tmp, path))
+        .map_err(|e| format!("write {}: {e}", path.display()))
+}
+
 /// Maps the calling user to root in a new user namespace (a single id each way).
-fn enter_user_namespace() -> Result<(), String> {
+pub(super) fn enter_user_namespace() -> Result<(), String> {
     let (uid, gid) = (nix::unistd::getuid(), nix::unistd::getgid());
     unshare(CloneFlags::CLONE_NEWUSER).map_err(|e| format!("create a user namespace: {e}"))?;
     let write =
@@ -100,7 +152,7 @@ fn enter_user_namespace() -> Result<(), String> {
     Ok(())
 }
 
-fn ensure_dir(p: &Path) -> Result<(), String> {
+pub(super) fn ensure_dir(p: &Path) -> Result<(), String> {
     if !p.is_dir() {
         fs::create_dir_all(p).map_err(|e| format!("create {}: {e}", p.display()))?;
     }
@@ -177,26 +229,19 @@ fn extra_mount(root: &Path, m: &crate::SandboxMount) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs as PID 1 of the new namespaces: builds the root, drops to the user, execs.
-fn container_init(spec: &InitSpec) -> Result<Infallible, String> {
-    let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
-    if spec.run.network == Network::None {
-        flags |= CloneFlags::CLONE_NEWNET;
-    }
-    unshare(flags).map_err(|e| format!("create namespaces: {e}"))?;
+/// Mounts the root filesystem at `root`: overlay over the layers (`empty` standing in for
+/// none), or the complete directory bound as it is.
+pub(super) fn mount_root_fs(
+    rootfs: &crate::RootFs,
+    root: &Path,
+    empty: &Path,
+    rootless: bool,
+) -> Result<(), String> {
     let none = MsFlags::empty();
-    mnt(
-        None,
-        Path::new("/"),
-        None,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None,
-    )?;
-    let root = &spec.merged;
-    let lower: Vec<String> = if spec.rootfs.lower.is_empty() {
-        vec![spec.empty.display().to_string()]
+    let lower: Vec<String> = if rootfs.lower.is_empty() {
+        vec![empty.display().to_string()]
     } else {
-        spec.rootfs
+        rootfs
             .lower
             .iter()
             .map(|p| p.display().to_string())
@@ -205,12 +250,12 @@ fn container_init(spec: &InitSpec) -> Result<Infallible, String> {
     let opts = format!(
         "lowerdir={},upperdir={},workdir={}{}",
         lower.join(":"),
-        spec.rootfs.upper.display(),
-        spec.rootfs.work.display(),
-        if spec.rootless { ",userxattr" } else { "" }
+        rootfs.upper.display(),
+        rootfs.work.display(),
+        if rootless { ",userxattr" } else { "" }
     );
-    if spec.rootfs.direct {
-        let src = spec.rootfs.upper.display().to_string();
+    if rootfs.direct {
+        let src = rootfs.upper.display().to_string();
         mnt(
             Some(&src),
             root,
@@ -227,6 +272,28 @@ fn container_init(spec: &InitSpec) -> Result<Infallible, String> {
         }
         mnt(Some("overlay"), root, Some("overlay"), none, Some(&opts))?;
     }
+    Ok(())
+}
+
+/// Runs as PID 1 of the new namespaces: builds the root, drops to the user, execs.
+fn container_init(spec: &InitSpec) -> Result<Infallible, String> {
+    let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+    if Path::new("/proc/self/ns/cgroup").exists() {
+        flags |= CloneFlags::CLONE_NEWCGROUP;
+    }
+    if spec.run.network == Network::None {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    unshare(flags).map_err(|e| format!("create namespaces: {e}"))?;
+    mnt(
+        None,
+        Path::new("/"),
+        None,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None,
+    )?;
+    let root = &spec.merged;
+    mount_root_fs(&spec.rootfs, root, &spec.empty, spec.rootless)?;
 
     let at = |p: &str| root.join(p);
     ensure_dir(&at("proc"))?;
@@ -318,16 +385,46 @@ fn container_init(spec: &InitSpec) -> Result<Infallible, String> {
     }
 
     // The host-made files go over the image's own, so they never reach the upper directory.
-    for name in ["hosts", "resolv.conf", "hostname"] {
+    // Where the image has none, an empty stub is the mount point; the caller's side removes
+    // it afterwards ([`super::remove_mount_stubs`]). A symlink or a directory there is left.
+    for name in super::ETC_FILES {
         let target = at("etc").join(name);
-        if fs::symlink_metadata(&target).is_ok_and(|m| m.is_file()) {
+        let present = match fs::symlink_metadata(&target) {
+            Ok(m) => m.is_file(),
+            Err(_) => fs::create_dir_all(at("etc"))
+                .and_then(|()| fs::File::create(&target))
+                .is_ok(),
+        };
+        if present {
             let src = spec.etc.join(name).display().to_string();
             mnt(Some(&src), &target, None, MsFlags::MS_BIND, None)?;
         }
     }
 
+    if spec.run.tty {
+        // The terminal on stdin is the container's console as well.
+        let console = at("dev/console");
+        fs::File::create(&console).map_err(|e| format!("create /dev/console: {e}"))?;
+        let pts = fs::read_link("/proc/self/fd/0")
+            .map_err(|e| format!("find the terminal: {e}"))?
+            .display()
+            .to_string();
+        mnt(Some(&pts), &console, None, MsFlags::MS_BIND, None)?;
+    }
+
     for m in &spec.run.mounts {
         extra_mount(root, m)?;
+    }
+
+    // Read-only after the mount points were made; the mounts under it keep their own mode.
+    if spec.run.read_only {
+        mnt(
+            None,
+            root,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None,
+        )?;
     }
 
     chdir(root).map_err(|e| format!("chdir {}: {e}", root.display()))?;
@@ -341,71 +438,5 @@ fn container_init(spec: &InitSpec) -> Result<Infallible, String> {
     };
     sethostname(hostname).map_err(|e| format!("sethostname: {e}"))?;
 
-    let id = resolve_in_root(&spec.run.user)?;
-    let cwd = if spec.run.cwd.is_empty() {
-        "/"
-    } else {
-        &spec.run.cwd
-    };
-    ensure_dir(Path::new(cwd))?;
-    chdir(cwd).map_err(|e| format!("chdir {cwd}: {e}"))?;
-
-    let mut env = spec.run.env.clone();
-    let has = |env: &[String], k: &str| {
-        env.iter()
-            .any(|kv| kv.split_once('=').is_some_and(|(key, _)| key == k))
-    };
-    if !has(&env, "PATH") {
-        env.push(format!("PATH={DEFAULT_PATH}"));
-    }
-    if !has(&env, "HOME") {
-        env.push(format!("HOME={}", id.home));
-    }
-    if !has(&env, "HOSTNAME") {
-        env.push(format!("HOSTNAME={hostname}"));
-    }
-    if spec.rootless && (id.uid != 0 || id.gid != 0) {
-        return Err(format!(
-            "user {:?} (uid {}, gid {}) needs subordinate ids, which rootless mode does not map yet; run as root or use USER root",
-            spec.run.user, id.uid, id.gid
-        ));
-    }
-    if !spec.rootless {
-        let groups: Vec<Gid> = id.groups.iter().map(|g| Gid::from_raw(*g)).collect();
-        setgroups(&groups).map_err(|e| format!("setgroups: {e}"))?;
-    }
-    setgid(Gid::from_raw(id.gid)).map_err(|e| format!("setgid {}: {e}", id.gid))?;
-    setuid(Uid::from_raw(id.uid)).map_err(|e| format!("setuid {}: {e}", id.uid))?;
-    nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
-
-    let program = spec.run.argv.first().ok_or("no command given")?;
-    let path_var = env
-        .iter()
-        .find_map(|kv| kv.strip_prefix("PATH="))
-        .unwrap_or(DEFAULT_PATH)
-        .to_string();
-    let resolved = find_program(program, &path_var)
-        .ok_or_else(|| format!("exec: \"{program}\": executable file not found in $PATH"))?;
-    let cstr =
-        |s: &str| CString::new(s).map_err(|_| format!("argument contains a NUL byte: {s:?}"));
-    let argv: Vec<CString> = spec
-        .run
-        .argv
-        .iter()
-        .map(|a| cstr(a))
-        .collect::<Result<_, _>>()?;
-    let envp: Vec<CString> = env.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?;
-    let e = nix::unistd::execve(&cstr(&resolved)?, &argv, &envp).unwrap_err();
-    Err(format!("exec {program}: {e}"))
-}
-
-/// Looks a program up as `execvp` would, but in the container's `PATH`.
-fn find_program(program: &str, path: &str) -> Option<String> {
-    if program.contains('/') {
-        return Some(program.to_string());
-    }
-    path.split(':')
-        .filter(|d| !d.is_empty())
-        .map(|d| format!("{d}/{program}"))
-        .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+    super::process::start_program(&spec.run, spec.rootless, hostname)
 }

@@ -6,7 +6,11 @@
 //! writes how it ended to a result file. Re-executing keeps `fork` out of the (possibly
 //! multi-threaded) caller, as runc's `init` and buildah's re-exec do.
 
+mod cgroup;
+mod confine;
+mod enter;
 mod init;
+mod process;
 mod user;
 
 use std::fs;
@@ -15,6 +19,7 @@ use std::process::{Command, Stdio};
 
 use serde::{Deserialize, Serialize};
 
+pub use enter::{ENTER_ARG, EnterAction, EnterTarget, enter_main};
 pub use init::init_main;
 
 use crate::{ExitStatus, RootFs, RunIo, RunOutcome, RunSpec, Sandbox, SandboxError, SandboxKind};
@@ -37,6 +42,9 @@ pub(crate) struct InitSpec {
     pub(crate) result: PathBuf,
     /// Not root: enter a user namespace first and mount overlay with `userxattr`.
     pub(crate) rootless: bool,
+    /// Where the helper writes the host PID of the container's PID 1, once it exists.
+    #[serde(default)]
+    pub(crate) pid_file: Option<PathBuf>,
 }
 
 /// How the run ended, as the helper reports it.
@@ -44,6 +52,18 @@ pub(crate) struct InitSpec {
 pub(crate) enum InitResult {
     Exited(ExitStatus),
     SetupFailed(String),
+}
+
+/// One helper run's directory, removed (and unlocked) when dropped.
+struct ScratchDir {
+    dir: tempfile::TempDir,
+    _lock: fs::File,
+}
+
+impl ScratchDir {
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
 }
 
 /// Runs processes in Linux namespaces with an overlayfs root.
@@ -67,6 +87,68 @@ impl ContainerSandbox {
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError {
     let what = what.into();
     move |source| SandboxError::Io { what, source }
+}
+
+/// Whether overlayfs marked `dir` opaque (its lower contents deleted), as root
+/// (`trusted.`) or rootless (`user.`) mounts do.
+fn is_opaque(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    ["trusted.overlay.opaque", "user.overlay.opaque"]
+        .iter()
+        .any(|name| {
+            let name = std::ffi::CString::new(*name).expect("no NUL in the name");
+            // SAFETY: both pointers are valid NUL-terminated strings for the call; a null
+            // buffer with size 0 asks only for the value's length.
+            #[allow(unsafe_code)]
+            let n =
+                unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+            n >= 0
+        })
+}
+
+/// The files under `/etc` that every container gets from the host side.
+const ETC_FILES: [&str; 3] = ["hosts", "resolv.conf", "hostname"];
+
+/// Removes the empty mount points the helper made for [`ETC_FILES`] that the image lacks, so
+/// they never reach a layer.
+fn remove_mount_stubs(rootfs: &RootFs) {
+    for name in ETC_FILES {
+        let rel = Path::new("etc").join(name);
+        let stub = rootfs.upper.join(&rel);
+        let empty_file = fs::symlink_metadata(&stub).is_ok_and(|m| m.is_file() && m.len() == 0);
+        let in_image = rootfs
+            .lower
+            .iter()
+            .any(|l| fs::symlink_metadata(l.join(&rel)).is_ok());
+        if empty_file && !in_image {
+            let _ = fs::remove_file(&stub);
+        }
+    }
+    // Overlay copied `/etc` up to hold the stubs: an empty copy that matches the image's
+    // carries no change, and would otherwise put `etc/` into every layer.
+    if !rootfs.direct {
+        let upper_etc = rootfs.upper.join("etc");
+        let empty = fs::read_dir(&upper_etc).is_ok_and(|mut d| d.next().is_none());
+        let same = |a: &fs::Metadata, b: &fs::Metadata| {
+            use std::os::unix::fs::MetadataExt;
+            a.mode() == b.mode() && a.uid() == b.uid() && a.gid() == b.gid()
+        };
+        let lower_etc = rootfs
+            .lower
+            .iter()
+            .find_map(|l| fs::symlink_metadata(l.join("etc")).ok());
+        if empty
+            && !is_opaque(&upper_etc)
+            && let (Ok(up), Some(low)) = (fs::symlink_metadata(&upper_etc), lower_etc)
+            && low.is_dir()
+            && same(&up, &low)
+        {
+            let _ = fs::remove_dir(&upper_etc);
+        }
+    }
 }
 
 fn write_etc_files(dir: &Path, hostname: &str) -> Result<(), SandboxError> {
@@ -111,15 +193,22 @@ impl Sandbox for ContainerSandbox {
         spec: &RunSpec,
         streams: RunIo,
     ) -> Result<RunOutcome, SandboxError> {
+        self.run_recording_pid(rootfs, spec, streams, None)
+    }
+}
+
+impl ContainerSandbox {
+    /// [`Sandbox::run`], and once the container's first process exists, its host PID goes to
+    /// `pid_file` (written atomically), for `kiln stop`, `exec` and `top`.
+    pub fn run_recording_pid(
+        &self,
+        rootfs: &RootFs,
+        spec: &RunSpec,
+        streams: RunIo,
+        pid_file: Option<&Path>,
+    ) -> Result<RunOutcome, SandboxError> {
         self.probe()?;
-        fs::create_dir_all(&self.state).map_err(io(format!("create {}", self.state.display())))?;
-        let dir = tempfile::Builder::new()
-            .prefix("run-")
-            .tempdir_in(&self.state)
-            .map_err(io(format!(
-                "create a directory in {}",
-                self.state.display()
-            )))?;
+        let dir = self.scratch_dir()?;
         let d = dir.path();
         let init = InitSpec {
             rootfs: rootfs.clone(),
@@ -129,6 +218,7 @@ impl Sandbox for ContainerSandbox {
             etc: d.join("etc"),
             result: d.join("result.json"),
             rootless: !nix::unistd::geteuid().is_root(),
+            pid_file: pid_file.map(Path::to_path_buf),
         };
         for p in [&init.merged, &init.empty] {
             fs::create_dir(p).map_err(io(format!("create {}", p.display())))?;
@@ -145,8 +235,94 @@ impl Sandbox for ContainerSandbox {
         let json = serde_json::to_vec(&init).expect("spec serializes");
         fs::write(&spec_path, json).map_err(io("write run spec"))?;
         tracing::debug!(argv = ?spec.argv, lower = rootfs.lower.len(), "container run");
+        let outcome = self.run_helper(INIT_ARG, &spec_path, &init.result, streams);
+        remove_mount_stubs(rootfs);
+        outcome
+    }
+
+    /// Runs `action` inside an existing container: `kiln exec` in a running one (the
+    /// process's streams as `streams` says), `kiln cp` in a running or stopped one (the tar
+    /// on the helper's stdout or stdin, which `streams` provides).
+    pub fn enter(
+        &self,
+        target: EnterTarget,
+        action: EnterAction,
+        streams: RunIo,
+    ) -> Result<RunOutcome, SandboxError> {
+        self.probe()?;
+        let dir = self.scratch_dir()?;
+        let d = dir.path();
+        let spec = enter::EnterSpec {
+            target,
+            action,
+            rootless: !nix::unistd::geteuid().is_root(),
+            scratch: d.to_path_buf(),
+            result: d.join("result.json"),
+        };
+        for p in [d.join("merged"), d.join("empty")] {
+            fs::create_dir(&p).map_err(io(format!("create {}", p.display())))?;
+        }
+        let spec_path = d.join("spec.json");
+        let json = serde_json::to_vec(&spec).expect("spec serializes");
+        fs::write(&spec_path, json).map_err(io("write enter spec"))?;
+        self.run_helper(ENTER_ARG, &spec_path, &spec.result, streams)
+    }
+
+    /// A fresh directory for one helper run under the state directory, locked while in use;
+    /// those of runs whose process died (killed before it could clean up) are removed first.
+    fn scratch_dir(&self) -> Result<ScratchDir, SandboxError> {
+        fs::create_dir_all(&self.state).map_err(io(format!("create {}", self.state.display())))?;
+        self.sweep_dead_runs();
+        let dir = tempfile::Builder::new()
+            .prefix("run-")
+            .tempdir_in(&self.state)
+            .map_err(io(format!(
+                "create a directory in {}",
+                self.state.display()
+            )))?;
+        let lock = fs::File::create(dir.path().join("lock")).map_err(io("create a run lock"))?;
+        lock.lock().map_err(io("lock a run directory"))?;
+        Ok(ScratchDir { dir, _lock: lock })
+    }
+
+    fn sweep_dead_runs(&self) {
+        let Ok(entries) = fs::read_dir(&self.state) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if !e.file_name().to_string_lossy().starts_with("run-") {
+                continue;
+            }
+            // A run locks its directory right after making it: an unlocked one that is not
+            // brand new belongs to a dead process.
+            let young = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age.as_secs() < 10));
+            let Ok(lock) = fs::File::open(path.join("lock")) else {
+                if !young {
+                    let _ = fs::remove_dir_all(&path);
+                }
+                continue;
+            };
+            if lock.try_lock().is_ok() {
+                let _ = fs::remove_dir_all(&path);
+            }
+        }
+    }
+
+    /// Starts the helper in mode `arg` on `spec_path` with `streams`, waits, and reads how it
+    /// ended from `result_path`.
+    fn run_helper(
+        &self,
+        arg: &str,
+        spec_path: &Path,
+        result_path: &Path,
+        streams: RunIo,
+    ) -> Result<RunOutcome, SandboxError> {
         let mut cmd = Command::new(&self.helper);
-        cmd.arg(INIT_ARG).arg(&spec_path);
+        cmd.arg(arg).arg(spec_path);
         match &streams {
             RunIo::Inherit => {}
             RunIo::OutputToStderr => {
@@ -157,12 +333,26 @@ impl Sandbox for ContainerSandbox {
                 let err = fd.try_clone().map_err(io("duplicate the output pipe"))?;
                 cmd.stdin(Stdio::null()).stdout(out).stderr(err);
             }
+            RunIo::Fds {
+                stdin,
+                stdout,
+                stderr,
+            } => {
+                let dup = |fd: &std::sync::Arc<std::os::fd::OwnedFd>| {
+                    fd.try_clone().map_err(io("duplicate a standard stream"))
+                };
+                match stdin {
+                    Some(fd) => cmd.stdin(dup(fd)?),
+                    None => cmd.stdin(Stdio::null()),
+                };
+                cmd.stdout(dup(stdout)?).stderr(dup(stderr)?);
+            }
         }
         let status = cmd.status().map_err(io(format!(
             "start sandbox helper {}",
             self.helper.display()
         )))?;
-        let result = fs::read(&init.result)
+        let result = fs::read(result_path)
             .ok()
             .and_then(|b| serde_json::from_slice::<InitResult>(&b).ok());
         match result {

@@ -1,0 +1,78 @@
+//! A process-count limit through the `pids` cgroup controller, for runs as root (where
+//! `RLIMIT_NPROC` does not bind: the kernel exempts the host's root user from it). Rootless
+//! runs use the rlimit, which binds inside a user namespace.
+//!
+//! The helper moves itself into `kiln/<its pid>` under the controller before it forks the
+//! container, so everything the container starts is counted; when the container has ended it
+//! moves back and removes the group.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// A `pids` cgroup the helper has joined; left and removed on drop.
+pub(super) struct PidsCgroup {
+    dir: PathBuf,
+    /// The cgroup the helper came from (its `cgroup.procs`).
+    home: PathBuf,
+}
+
+/// The `pids` hierarchy: cgroup v1's own mount, or v2's unified one where `pids` is enabled
+/// for children. Returns the mount point and this process's group path in it.
+fn pids_hierarchy() -> Option<(PathBuf, String)> {
+    let own = fs::read_to_string("/proc/self/cgroup").ok()?;
+    let v1 = Path::new("/sys/fs/cgroup/pids");
+    if v1.join("cgroup.procs").exists() {
+        let path = own.lines().find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+            ctrls
+                .split(',')
+                .any(|c| c == "pids")
+                .then(|| path.to_string())
+        })?;
+        return Some((v1.to_path_buf(), path));
+    }
+    let v2 = Path::new("/sys/fs/cgroup");
+    let enabled = fs::read_to_string(v2.join("cgroup.subtree_control")).ok()?;
+    if enabled.split_whitespace().any(|c| c == "pids") {
+        let path = own.lines().find_map(|l| l.strip_prefix("0::"))?;
+        return Some((v2.to_path_buf(), path.to_string()));
+    }
+    None
+}
+
+impl PidsCgroup {
+    /// Joins a new group allowing at most `max` processes. `None` where this host has no
+    /// usable `pids` controller (the limit then rests on `RLIMIT_NPROC`).
+    pub(super) fn join_new(max: u64) -> Option<Result<PidsCgroup, String>> {
+        let (mount, own) = pids_hierarchy()?;
+        let home = mount.join(own.trim_start_matches('/'));
+        let dir = mount.join("kiln").join(std::process::id().to_string());
+        let made = (|| -> Result<PidsCgroup, String> {
+            fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+            let group = PidsCgroup {
+                dir: dir.clone(),
+                home,
+            };
+            fs::write(dir.join("pids.max"), max.to_string())
+                .map_err(|e| format!("limit processes to {max}: {e}"))?;
+            fs::write(dir.join("cgroup.procs"), "0")
+                .map_err(|e| format!("join {}: {e}", dir.display()))?;
+            Ok(group)
+        })();
+        Some(made)
+    }
+}
+
+impl Drop for PidsCgroup {
+    fn drop(&mut self) {
+        let _ = fs::write(self.home.join("cgroup.procs"), "0");
+        // The container's last processes may take a moment to be reaped.
+        for _ in 0..100 {
+            if fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! The last steps before the contained program runs, shared by a container's first process
+//! and `kiln exec`: user, working directory, environment, terminal, confinement, `execve`.
+
+use std::convert::Infallible;
+use std::ffi::CString;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use nix::sys::signal::SigSet;
+use nix::unistd::{Gid, Uid, chdir, setgid, setgroups, setuid};
+
+use super::user::resolve_in_root;
+use crate::RunSpec;
+
+/// The default `PATH` when the image sets none (Docker's).
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// In the container's root (already `/`), becomes `run.user`, enters `run.cwd` (creating it),
+/// confines the process and executes `run.argv`. Returns only on failure.
+pub(super) fn start_program(
+    run: &RunSpec,
+    rootless: bool,
+    hostname: &str,
+) -> Result<Infallible, String> {
+    let id = resolve_in_root(&run.user)?;
+    let cwd = if run.cwd.is_empty() { "/" } else { &run.cwd };
+    super::init::ensure_dir(Path::new(cwd))?;
+    chdir(cwd).map_err(|e| format!("chdir {cwd}: {e}"))?;
+
+    let mut env = run.env.clone();
+    let has = |env: &[String], k: &str| {
+        env.iter()
+            .any(|kv| kv.split_once('=').is_some_and(|(key, _)| key == k))
+    };
+    if !has(&env, "PATH") {
+        env.push(format!("PATH={DEFAULT_PATH}"));
+    }
+    if !has(&env, "HOME") {
+        env.push(format!("HOME={}", id.home));
+    }
+    if !has(&env, "HOSTNAME") {
+        env.push(format!("HOSTNAME={hostname}"));
+    }
+    super::confine::limit_bounding_set()?;
+    if rootless && (id.uid != 0 || id.gid != 0) {
+        return Err(format!(
+            "user {:?} (uid {}, gid {}) needs subordinate ids, which rootless mode does not map yet; run as root or use USER root",
+            run.user, id.uid, id.gid
+        ));
+    }
+    if !rootless {
+        let groups: Vec<Gid> = id.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+        setgroups(&groups).map_err(|e| format!("setgroups: {e}"))?;
+    }
+    setgid(Gid::from_raw(id.gid)).map_err(|e| format!("setgid {}: {e}", id.gid))?;
+    setuid(Uid::from_raw(id.uid)).map_err(|e| format!("setuid {}: {e}", id.uid))?;
+    super::confine::set_capabilities(id.uid)?;
+    nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
+    super::confine::set_rlimits(run.limits.processes)?;
+
+    let program = run.argv.first().ok_or("no command given")?;
+    let path_var = env
+        .iter()
+        .find_map(|kv| kv.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH)
+        .to_string();
+    let resolved = find_program(program, &path_var)
+        .ok_or_else(|| format!("exec: \"{program}\": executable file not found in $PATH"))?;
+    let cstr =
+        |s: &str| CString::new(s).map_err(|_| format!("argument contains a NUL byte: {s:?}"));
+    let argv: Vec<CString> = run.argv.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?;
+    let envp: Vec<CString> = env.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?;
+    let filters = super::confine::seccomp_programs()?;
+    if run.tty {
+        nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+        crate::tty::make_controlling(std::io::stdin())
+            .map_err(|e| format!("make the terminal controlling: {e}"))?;
+    }
+    let program_path = cstr(&resolved)?;
+    // The signals the helper blocked (to forward them) are the program's to handle again.
+    let _ = SigSet::all().thread_unblock();
+    // Last: after this, mount, unshare and the rest are refused, to this code as well.
+    super::confine::apply_seccomp(&filters)?;
+    let e = nix::unistd::execve(&program_path, &argv, &envp).unwrap_err();
+    Err(format!("exec {program}: {e}"))
+}
+
+/// Looks a program up as `execvp` would, but in the container's `PATH`.
+fn find_program(program: &str, path: &str) -> Option<String> {
+    if program.contains('/') {
+        return Some(program.to_string());
+    }
+    path.split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| format!("{d}/{program}"))
+        .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}
