@@ -138,6 +138,10 @@ pub(crate) fn run(root: &Path, reg: &RegistryOptions, a: BuildArgs) -> anyhow::R
     let _gc = snapshotter::gc::GcLock::shared(root)?;
     let snapshots = Snapshots::open(root)?;
     let sandbox = super::sandbox(root)?;
+    // As root, one pids cgroup for the whole build (its steps find it and join no other).
+    let _process_limit = vm_sandbox::container::ProcessLimit::join(builder::STEP_MAX_PROCESSES)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     let quiet = a.quiet;
     let mode = Mode::choose(&a.progress, quiet).map_err(anyhow::Error::msg)?;
     let renderer = Renderer::new(mode);

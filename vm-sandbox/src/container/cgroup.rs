@@ -4,13 +4,15 @@
 //!
 //! The helper moves itself into `kiln/<its pid>` under the controller before it forks the
 //! container, so everything the container starts is counted; when the container has ended it
-//! moves back and removes the group.
+//! moves back and removes the group. Moving a process between cgroup v1 groups waits for an
+//! RCU grace period (milliseconds, tens under load), so a build joins one group for all its
+//! steps ([`ProcessLimit::join`]) and the helpers it starts see that they are bounded already.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
-/// A `pids` cgroup the helper has joined; left and removed on drop.
-pub(super) struct PidsCgroup {
+/// A `pids` cgroup this process has joined; left and removed on drop.
+pub struct ProcessLimit {
     dir: PathBuf,
     /// The cgroup the helper came from (its `cgroup.procs`).
     home: PathBuf,
@@ -41,16 +43,29 @@ fn pids_hierarchy() -> Option<(PathBuf, String)> {
     None
 }
 
-impl PidsCgroup {
-    /// Joins a new group allowing at most `max` processes. `None` where this host has no
-    /// usable `pids` controller (the limit then rests on `RLIMIT_NPROC`).
-    pub(super) fn join_new(max: u64) -> Option<Result<PidsCgroup, String>> {
+impl ProcessLimit {
+    /// Joins a new group allowing at most `max` processes (and threads) for this process and
+    /// everything it starts, unless its group allows no more than that already. `None` where
+    /// there is nothing to do: no usable `pids` controller (rootless runs rely on
+    /// `RLIMIT_NPROC`), not root, or bounded already.
+    pub fn join(max: u64) -> Option<Result<ProcessLimit, String>> {
+        if !nix::unistd::geteuid().is_root() {
+            return None;
+        }
         let (mount, own) = pids_hierarchy()?;
+        let current = mount.join(own.trim_start_matches('/')).join("pids.max");
+        if fs::read_to_string(current)
+            .ok()
+            .and_then(|m| m.trim().parse::<u64>().ok())
+            .is_some_and(|m| m <= max)
+        {
+            return None;
+        }
         let home = mount.join(own.trim_start_matches('/'));
         let dir = mount.join("kiln").join(std::process::id().to_string());
-        let made = (|| -> Result<PidsCgroup, String> {
+        let made = (|| -> Result<ProcessLimit, String> {
             fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-            let group = PidsCgroup {
+            let group = ProcessLimit {
                 dir: dir.clone(),
                 home,
             };
@@ -64,7 +79,7 @@ impl PidsCgroup {
     }
 }
 
-impl Drop for PidsCgroup {
+impl Drop for ProcessLimit {
     fn drop(&mut self) {
         let _ = fs::write(self.home.join("cgroup.procs"), "0");
         // The container's last processes may take a moment to be reaped.

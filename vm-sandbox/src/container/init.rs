@@ -50,6 +50,8 @@ fn run(spec: &InitSpec) -> Result<ExitStatus, String> {
     if spec.rootless {
         enter_user_namespace()?;
     }
+    // Forked before the PID namespace exists, so that it can outlive the container.
+    let reaper = start_reaper();
     // Only the PID namespace is entered here (it applies to children); the child makes its own
     // mount namespace, so its pivot_root does not move this helper's root.
     unshare(CloneFlags::CLONE_NEWPID).map_err(|e| format!("create a pid namespace: {e}"))?;
@@ -58,7 +60,7 @@ fn run(spec: &InitSpec) -> Result<ExitStatus, String> {
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     // As root, the process limit is a pids cgroup around everything the container starts.
     let _pids = match (spec.rootless, spec.run.limits.processes) {
-        (false, Some(max)) => super::cgroup::PidsCgroup::join_new(max).transpose()?,
+        (false, Some(max)) => super::cgroup::ProcessLimit::join(max).transpose()?,
         _ => None,
     };
     // Signals meant for the container are blocked here and forwarded to it by the wait loop;
@@ -87,6 +89,12 @@ fn run(spec: &InitSpec) -> Result<ExitStatus, String> {
             }
             let mut msg = String::new();
             let _ = fs::File::from(err_read).read_to_string(&mut msg);
+            if let Some(tell) = reaper {
+                // The child has exec'd (the error pipe closed): its mount namespace is final.
+                let _ = nix::unistd::write(&tell, format!("{child}\n").as_bytes());
+                // Open until this helper exits, which tells the reaper to let go.
+                std::mem::forget(tell);
+            }
             let status = forward_signals_until_exit(child, &forwarded)?;
             if msg.is_empty() { Ok(status) } else { Err(msg) }
         }
@@ -128,6 +136,49 @@ pub(super) fn forward_signals_until_exit(child: Pid, set: &SigSet) -> Result<Exi
             Ok(sig) => {
                 let _ = nix::sys::signal::kill(child, sig);
             }
+        }
+    }
+}
+
+/// Starts the reaper: a process that holds the container's mount namespace (whose PID 1's
+/// PID it reads from the returned pipe) until this helper has exited. Unmounting a
+/// container's tree waits for an RCU grace period, tens of milliseconds; without the reaper,
+/// the container's exit would pay it before its status reached the caller.
+fn start_reaper() -> Option<std::os::fd::OwnedFd> {
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ok()?;
+    // SAFETY: the helper is single-threaded (see init_main), so the child may run any code.
+    #[allow(unsafe_code)]
+    let forked = unsafe { fork() };
+    match forked.ok()? {
+        ForkResult::Child => {
+            drop(write);
+            // Nothing of the container's output may stay open here.
+            if let Ok(null) = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+            {
+                let _ = nix::unistd::dup2_stdin(&null);
+                let _ = nix::unistd::dup2_stdout(&null);
+                let _ = nix::unistd::dup2_stderr(&null);
+            }
+            let mut from_helper = std::io::BufReader::new(fs::File::from(read));
+            let mut line = String::new();
+            let _ = std::io::BufRead::read_line(&mut from_helper, &mut line);
+            let ns = line
+                .trim()
+                .parse::<i32>()
+                .ok()
+                .and_then(|pid| fs::File::open(format!("/proc/{pid}/ns/mnt")).ok());
+            // EOF once the helper has exited; then the namespace goes, with its mounts.
+            let mut rest = Vec::new();
+            let _ = from_helper.read_to_end(&mut rest);
+            drop(ns);
+            std::process::exit(0);
+        }
+        ForkResult::Parent { .. } => {
+            drop(read);
+            Some(write)
         }
     }
 }

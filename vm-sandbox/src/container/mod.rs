@@ -19,6 +19,7 @@ use std::process::{Command, Stdio};
 
 use serde::{Deserialize, Serialize};
 
+pub use cgroup::ProcessLimit;
 pub use enter::{ENTER_ARG, EnterAction, EnterTarget, enter_main};
 pub use init::init_main;
 
