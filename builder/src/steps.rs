@@ -536,7 +536,8 @@ impl Builder<'_> {
                 .run(rootfs, spec, RunIo::OutputToStderr)
                 .map_err(|e| e.to_string());
         }
-        let (read, write) = nix::unistd::pipe().map_err(|e| format!("create a pipe: {e}"))?;
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| format!("create a pipe: {e}"))?;
         std::thread::scope(|s| {
             let reader = s.spawn(move || {
                 use std::io::BufRead as _;

@@ -105,6 +105,25 @@ pub(crate) enum Command {
     Search(SearchArgs),
 }
 
+impl Command {
+    /// Whether the command writes layers, snapshots or containers' files into the store (and
+    /// so, rootless, runs in the user namespace with subordinate ids mapped).
+    pub(crate) fn writes_store(&self) -> bool {
+        matches!(
+            self,
+            Command::Import(_)
+                | Command::Rmi(_)
+                | Command::Load(_)
+                | Command::System(_)
+                | Command::Layer(_)
+                | Command::Build(_)
+                | Command::Run(_)
+                | Command::Pull(_)
+                | Command::Rm(_)
+        )
+    }
+}
+
 #[derive(clap::Args, Debug)]
 pub(crate) struct PullArgs {
     /// Platform to pick from a multi-platform image (os/arch[/variant]) [default: the host's]

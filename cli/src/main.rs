@@ -74,6 +74,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Without root, commands that write the store run in a user namespace with the caller's
+    // subordinate ids mapped (while this process has no threads), so that layers keep their
+    // owners. Commands that act on running containers stay outside, where they may join them.
+    if !nix::unistd::geteuid().is_root()
+        && cli.command.writes_store()
+        && vm_sandbox::container::subordinate_ranges().is_some()
+        && !vm_sandbox::container::in_user_namespace()
+        && let Err(e) = vm_sandbox::container::enter_user_namespace()
+    {
+        eprintln!("kiln: error: {e}");
+        return ExitCode::from(1);
+    }
     init_logging(&cli);
     match run(cli) {
         Ok(code) => code,

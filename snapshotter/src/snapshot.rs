@@ -35,14 +35,13 @@ pub fn is_opaque(dir: &Path) -> bool {
 }
 
 /// Marks a directory opaque with the xattr this process's overlay mounts read: `trusted.*`
-/// as root, `user.*` otherwise (rootless, `userxattr`).
+/// as root, `user.*` where that is out of reach (rootless, in a user namespace, where
+/// overlay is mounted with `userxattr`).
 pub fn mark_opaque(dir: &Path) -> Result<()> {
-    let name = if nix::unistd::geteuid().is_root() {
-        OPAQUE_XATTR
-    } else {
-        USER_OPAQUE_XATTR
-    };
-    xattr::set(dir, name, b"y").at("mark opaque", dir)
+    if nix::unistd::geteuid().is_root() && xattr::set(dir, OPAQUE_XATTR, b"y").is_ok() {
+        return Ok(());
+    }
+    xattr::set(dir, USER_OPAQUE_XATTR, b"y").at("mark opaque", dir)
 }
 
 /// The chain ID of a layer on top of `parent` (OCI image spec): the ID of a stack of layers.

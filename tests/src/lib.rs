@@ -296,6 +296,23 @@ impl TestContext {
         self.user.is_some() || !is_root()
     }
 
+    /// Whether kiln has every user of an image: as root, or rootless with subordinate id
+    /// ranges in `/etc/subuid` and `/etc/subgid` (which `useradd` grants) and `newuidmap`.
+    pub fn maps_all_users(&self) -> bool {
+        if !self.rootless() {
+            return true;
+        }
+        let name = match &self.user {
+            Some(u) => u.clone(),
+            None => std::env::var("USER").unwrap_or_default(),
+        };
+        let granted = |f: &str| {
+            std::fs::read_to_string(f)
+                .is_ok_and(|t| t.lines().any(|l| l.starts_with(&format!("{name}:"))))
+        };
+        granted("/etc/subuid") && granted("/etc/subgid") && have_program("newuidmap")
+    }
+
     /// Gives a file or directory the test made to the user kiln runs as.
     pub fn give(&self, path: &Path) {
         if let Some(u) = &self.user {

@@ -51,7 +51,11 @@ fn run_flags(ctx: &TestContext) {
 
     // -e, --env-file, -w, -u, --hostname.
     let env_file = write(ctx, "env.list", "# comment\nB=from-file\n\nC=3\n");
-    let user = if ctx.rootless() { "root" } else { "nobody" };
+    let user = if ctx.maps_all_users() {
+        "nobody"
+    } else {
+        "root"
+    };
     let o = k(
         ctx,
         &[
@@ -544,9 +548,10 @@ fn nothing_left_behind(ctx: &TestContext, tag: &str) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // The container's own process: its whole command line, not kiln's, which contains it.
     let processes = |pattern: &str| {
         let o = Command::new("pgrep")
-            .args(["-f", pattern])
+            .args(["-f", &format!("^{pattern}$")])
             .output()
             .unwrap();
         String::from_utf8_lossy(&o.stdout).lines().count()

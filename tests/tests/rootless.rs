@@ -111,7 +111,19 @@ fn an_unprivileged_user_builds_and_runs() {
         ok(&kiln_as_user(&store, &["run", "hello"])),
         "hello from a kiln-built image\nbuilt by kiln on Linux\n"
     );
-    // Inside, the user is root; the mapping is one id.
+    // Inside, the user is root; with subordinate ranges (useradd grants them), the other
+    // ids are those ranges.
+    let name = if is_root() {
+        USER.to_string()
+    } else {
+        std::env::var("USER").unwrap_or_default()
+    };
+    let granted = |f: &str| {
+        std::fs::read_to_string(f)
+            .is_ok_and(|t| t.lines().any(|l| l.starts_with(&format!("{name}:"))))
+    };
+    let mapped =
+        granted("/etc/subuid") && granted("/etc/subgid") && tests::have_program("newuidmap");
     let id = ok(&kiln_as_user(
         &store,
         &[
@@ -122,22 +134,22 @@ fn an_unprivileged_user_builds_and_runs() {
             "id -u; cat /proc/self/uid_map",
         ],
     ));
-    let mut lines = id.lines();
-    assert_eq!(lines.next(), Some("0"));
-    assert!(
-        lines.next().unwrap().split_whitespace().nth(2) == Some("1"),
-        "{id}"
-    );
+    let lines: Vec<&str> = id.lines().collect();
+    assert_eq!(lines[0], "0");
+    assert_eq!(lines.len(), if mapped { 3 } else { 2 }, "{id}");
     // The layers the user wrote are root's, not the user's.
-    let listing = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "for b in {}/blobs/sha256/*; do tar -tzvf $b --numeric-owner 2>/dev/null; done",
-            store.display()
-        ))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&listing.stdout);
+    let listing = |store: &Path| {
+        let o = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "for b in {}/blobs/sha256/*; do tar -tzvf $b --numeric-owner 2>/dev/null; done",
+                store.display()
+            ))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let text = listing(&store);
     assert!(text.contains("app/built.txt"), "{text}");
     for line in text.lines() {
         assert!(
@@ -145,12 +157,74 @@ fn an_unprivileged_user_builds_and_runs() {
             "not root-owned: {line}"
         );
     }
-    // A non-root USER needs subordinate ids, which rootless mode does not map yet: a clear error.
-    let o = kiln_as_user(&store, &["run", "-u", "nobody", "busybox", "id"]);
-    assert!(!o.status.success());
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("needs subordinate ids"),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
+    if !mapped {
+        // Without subordinate ids only root exists inside: a clear error for another user.
+        let o = kiln_as_user(&store, &["run", "-u", "nobody", "busybox", "id"]);
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("subordinate ids"), "{err}");
+        return;
+    }
+    // With them, a non-root USER runs as itself, and a step's files keep their owners in the
+    // layer, as with root.
+    assert_eq!(
+        ok(&kiln_as_user(
+            &store,
+            &["run", "--rm", "-u", "nobody", "busybox", "id"]
+        )),
+        "uid=65534(nobody) gid=65534(nogroup)\n"
     );
+    let multi = dir.path().join("multi");
+    std::fs::create_dir(&multi).unwrap();
+    std::fs::write(
+        multi.join("Dockerfile"),
+        "FROM busybox\nRUN mkdir /owned && touch /owned/f && chown -R 1234:5678 /owned\nUSER nobody\nRUN touch /tmp/by-nobody\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&multi, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        multi.join("Dockerfile"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let multi_store = dir.path().join("multi-store");
+    ok(&kiln_as_user(
+        &multi_store,
+        &[
+            "import",
+            "-c",
+            "CMD [\"sh\"]",
+            tar.to_str().unwrap(),
+            "busybox",
+        ],
+    ));
+    ok(&kiln_as_user(
+        &multi_store,
+        &["build", "-q", "-t", "multi", multi.to_str().unwrap()],
+    ));
+    let text = listing(&multi_store);
+    assert!(
+        text.lines()
+            .any(|l| l.contains("1234/5678") && l.ends_with("owned/f")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("65534/65534") && l.ends_with("tmp/by-nobody")),
+        "{text}"
+    );
+    // And the containers of such images can be removed again.
+    ok(&kiln_as_user(
+        &multi_store,
+        &[
+            "run",
+            "--name",
+            "c",
+            "multi",
+            "sh",
+            "-c",
+            "mkdir -p /tmp/d/e && touch /tmp/d/e/f && chmod 700 /tmp/d",
+        ],
+    ));
+    ok(&kiln_as_user(&multi_store, &["rm", "c"]));
 }

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use nix::sys::signal::Signal;
-use nix::unistd::Pid;
 use serde_json::json;
 
 use crate::args::{ContainersArgs, KillArgs, LogsArgs, PsArgs, RmArgs, StopArgs, TopArgs};
@@ -69,15 +68,14 @@ fn wait_exited(c: &Container, timeout: Option<Duration>) -> bool {
 }
 
 fn signal(c: &Container, sig: Signal) -> anyhow::Result<()> {
-    let State::Running { pid } = c.state() else {
+    let State::Running { .. } = c.state() else {
         bail!(
             "cannot kill container {}: container {} is not running",
             c.config.name,
             &c.config.id[..12]
         );
     };
-    nix::sys::signal::kill(Pid::from_raw(pid), sig)
-        .with_context(|| format!("signal container {}", c.config.name))
+    c.signal(sig)
 }
 
 pub(crate) fn kill(root: &Path, a: KillArgs) -> anyhow::Result<ExitCode> {
@@ -91,11 +89,11 @@ pub(crate) fn kill(root: &Path, a: KillArgs) -> anyhow::Result<ExitCode> {
 
 pub(crate) fn stop(root: &Path, a: StopArgs) -> anyhow::Result<ExitCode> {
     for_each(root, &a.containers, |_, c, name| {
-        if let State::Running { pid } = c.state() {
+        if let State::Running { .. } = c.state() {
             let sig = parse_signal(&c.config.stop_signal).unwrap_or(Signal::SIGTERM);
-            let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
+            let _ = c.signal(sig);
             if !wait_exited(c, Some(Duration::from_secs(a.time))) {
-                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+                let _ = c.signal(Signal::SIGKILL);
                 wait_exited(c, Some(Duration::from_secs(30)));
             }
         }
@@ -115,14 +113,14 @@ pub(crate) fn wait(root: &Path, a: ContainersArgs) -> anyhow::Result<ExitCode> {
 
 pub(crate) fn rm(root: &Path, a: RmArgs) -> anyhow::Result<ExitCode> {
     for_each(root, &a.containers, |containers, c, name| {
-        if let State::Running { pid } = c.state() {
+        if let State::Running { .. } = c.state() {
             if !a.force {
                 bail!(
                     "you cannot remove a running container {}; stop the container before attempting removal or force remove",
                     &c.config.id[..12]
                 );
             }
-            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = c.signal(Signal::SIGKILL);
             wait_exited(c, Some(Duration::from_secs(30)));
         }
         // A container run with --rm may be removing itself.

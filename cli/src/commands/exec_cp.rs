@@ -158,7 +158,8 @@ pub(crate) fn cp(root: &Path, a: CpArgs) -> anyhow::Result<ExitCode> {
                     run(dup(std::io::stdout(), "stdout")?)?;
                 }
                 Place::Host(dest) => {
-                    let (r, w) = nix::unistd::pipe().context("create a pipe")?;
+                    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                        .context("create a pipe")?;
                     let w = Arc::new(w);
                     let extract = {
                         let dest = dest.clone();
@@ -197,7 +198,8 @@ pub(crate) fn cp(root: &Path, a: CpArgs) -> anyhow::Result<ExitCode> {
                         .with_context(|| format!("lstat {}", src.display()))?;
                     let src_text = src.to_string_lossy().into_owned();
                     let top = top_name(&src_text);
-                    let (r, w) = nix::unistd::pipe().context("create a pipe")?;
+                    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                        .context("create a pipe")?;
                     let archive = {
                         let top = top.clone();
                         std::thread::spawn(move || archive_on_host(&src, &top, File::from(w)))

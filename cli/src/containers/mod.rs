@@ -297,11 +297,28 @@ impl Container {
         process_start_time(pid) == Some(start)
     }
 
+    /// The host PIDs of its first process and of the sandbox helper above it, while it runs.
+    fn pids(&self) -> Option<(i32, Option<i32>)> {
+        let text = fs::read_to_string(self.pid_path()).ok()?;
+        let mut it = text.split_whitespace().map(|p| p.parse::<i32>().ok());
+        Some((it.next()??, it.next().flatten()))
+    }
+
     /// The host PID of its first process, while it runs.
     pub(crate) fn pid(&self) -> Option<i32> {
-        fs::read_to_string(self.pid_path())
-            .ok()
-            .and_then(|p| p.trim().parse().ok())
+        self.pids().map(|(p, _)| p)
+    }
+
+    /// Sends `sig` to the container: through its sandbox helper, which forwards it (it runs as
+    /// the caller, so this works whatever user the container's process runs as, and from any
+    /// user namespace); `SIGKILL` to the helper takes the container down with it.
+    pub(crate) fn signal(&self, sig: nix::sys::signal::Signal) -> anyhow::Result<()> {
+        use nix::sys::signal::kill;
+        use nix::unistd::Pid;
+        let (first, helper) = self.pids().context("the container is not running")?;
+        let target = helper.unwrap_or(first);
+        kill(Pid::from_raw(target), sig)
+            .with_context(|| format!("signal container {}", self.config.name))
     }
 
     pub(crate) fn state(&self) -> State {

@@ -74,7 +74,8 @@ pub(crate) fn supervise(
         };
         let mut ends = Vec::new();
         for stream in ["stdout", "stderr"] {
-            let (r, w) = nix::unistd::pipe().context("create a pipe")?;
+            let (r, w) =
+                nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("create a pipe")?;
             let log2 = log.clone();
             let echo = attach != Attach::Detached;
             pumps.push(std::thread::spawn(move || {

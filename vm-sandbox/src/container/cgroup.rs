@@ -49,7 +49,7 @@ impl ProcessLimit {
     /// there is nothing to do: no usable `pids` controller (rootless runs rely on
     /// `RLIMIT_NPROC`), not root, or bounded already.
     pub fn join(max: u64) -> Option<Result<ProcessLimit, String>> {
-        if !nix::unistd::geteuid().is_root() {
+        if !nix::unistd::geteuid().is_root() || super::idmap::in_user_namespace() {
             return None;
         }
         let (mount, own) = pids_hierarchy()?;

@@ -71,8 +71,9 @@ pub(crate) struct EnterSpec {
 /// Entry point of the enter helper (`kiln __kiln-sandbox-enter SPEC`). Must run while the
 /// process is single-threaded.
 pub fn enter_main(spec_path: &Path) -> i32 {
-    // The helper (and with it the container) ends when kiln does, even when killed.
-    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+    if !super::die_with_parent() {
+        return 2;
+    }
     let spec: EnterSpec = match fs::read(spec_path)
         .map_err(|e| e.to_string())
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
@@ -116,7 +117,7 @@ fn enter(spec: &EnterSpec) -> Result<ExitStatus, String> {
         }
     }
     match &spec.action {
-        EnterAction::Exec(run) => exec(run, spec.rootless),
+        EnterAction::Exec(run) => exec(run),
         EnterAction::ArchiveOut { path } => archive_out(path).map(|()| ExitStatus::Code(0)),
         EnterAction::ArchiveIn { dest, top } => {
             archive_in(dest, top.as_deref()).map(|()| ExitStatus::Code(0))
@@ -173,8 +174,8 @@ fn join(pid: i32, all: bool) -> Result<(), String> {
 
 /// Mounts a stopped container's root privately and takes it as `/`.
 fn mount_root(rootfs: &RootFs, scratch: &Path, rootless: bool) -> Result<(), String> {
-    if rootless {
-        super::init::enter_user_namespace()?;
+    if !nix::unistd::geteuid().is_root() {
+        super::idmap::enter_user_namespace()?;
     }
     unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("create a mount namespace: {e}"))?;
     nix::mount::mount(
@@ -198,7 +199,7 @@ fn mount_root(rootfs: &RootFs, scratch: &Path, rootless: bool) -> Result<(), Str
 }
 
 /// Forks into the joined PID namespace and runs the process there.
-fn exec(run: &RunSpec, rootless: bool) -> Result<ExitStatus, String> {
+fn exec(run: &RunSpec) -> Result<ExitStatus, String> {
     let forwarded = super::init::forwarded_signals();
     forwarded
         .thread_block()
@@ -213,7 +214,7 @@ fn exec(run: &RunSpec, rootless: bool) -> Result<ExitStatus, String> {
         ForkResult::Child => {
             drop(err_read);
             let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
-            let Err(msg) = super::process::start_program(run, rootless, "");
+            let Err(msg) = super::process::start_program(run, "");
             let _ = nix::unistd::write(&err_write, msg.as_bytes());
             std::process::exit(127);
         }

@@ -19,8 +19,9 @@ use crate::{ExitStatus, Network};
 /// the process is still single-threaded. Returns the helper's exit code; how the contained
 /// process ended goes to the result file named in the spec.
 pub fn init_main(spec_path: &Path) -> i32 {
-    // The helper (and with it the container) ends when kiln does, even when killed.
-    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+    if !super::die_with_parent() {
+        return 2;
+    }
     let spec: InitSpec = match fs::read(spec_path)
         .map_err(|e| e.to_string())
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
@@ -47,8 +48,8 @@ pub fn init_main(spec_path: &Path) -> i32 {
 
 fn run(spec: &InitSpec) -> Result<ExitStatus, String> {
     // Rootless: a user namespace first, where this user is root (one uid and gid mapped).
-    if spec.rootless {
-        enter_user_namespace()?;
+    if !nix::unistd::geteuid().is_root() {
+        super::idmap::enter_user_namespace()?;
     }
     // Forked before the PID namespace exists, so that it can outlive the container.
     let reaper = start_reaper();
@@ -85,7 +86,10 @@ fn run(spec: &InitSpec) -> Result<ExitStatus, String> {
         ForkResult::Parent { child } => {
             drop(err_write);
             if let Some(pid_file) = &spec.pid_file {
-                write_atomically(pid_file, child.as_raw().to_string().as_bytes())?;
+                // The container's first process, then this helper (which signals reach the
+                // container through, whatever user the first process runs as).
+                let pids = format!("{} {}", child.as_raw(), std::process::id());
+                write_atomically(pid_file, pids.as_bytes())?;
             }
             let mut msg = String::new();
             let _ = fs::File::from(err_read).read_to_string(&mut msg);
@@ -116,6 +120,18 @@ pub(super) fn forwarded_signals() -> SigSet {
         Signal::SIGWINCH,
         Signal::SIGCONT,
         Signal::SIGTSTP,
+        Signal::SIGTTIN,
+        Signal::SIGTTOU,
+        Signal::SIGPIPE,
+        Signal::SIGALRM,
+        Signal::SIGURG,
+        Signal::SIGXCPU,
+        Signal::SIGXFSZ,
+        Signal::SIGVTALRM,
+        Signal::SIGPROF,
+        Signal::SIGIO,
+        Signal::SIGPWR,
+        Signal::SIGSYS,
     ] {
         set.add(s);
     }
@@ -189,18 +205,6 @@ fn write_atomically(path: &Path, data: &[u8]) -> Result<(), String> {
     fs::write(&tmp, data)
         .and_then(|()| fs::rename(&tmp, path))
         .map_err(|e| format!("write {}: {e}", path.display()))
-}
-
-/// Maps the calling user to root in a new user namespace (a single id each way).
-pub(super) fn enter_user_namespace() -> Result<(), String> {
-    let (uid, gid) = (nix::unistd::getuid(), nix::unistd::getgid());
-    unshare(CloneFlags::CLONE_NEWUSER).map_err(|e| format!("create a user namespace: {e}"))?;
-    let write =
-        |file: &str, text: String| fs::write(file, text).map_err(|e| format!("write {file}: {e}"));
-    write("/proc/self/setgroups", "deny".into())?;
-    write("/proc/self/uid_map", format!("0 {uid} 1\n"))?;
-    write("/proc/self/gid_map", format!("0 {gid} 1\n"))?;
-    Ok(())
 }
 
 pub(super) fn ensure_dir(p: &Path) -> Result<(), String> {
@@ -489,5 +493,5 @@ fn container_init(spec: &InitSpec) -> Result<Infallible, String> {
     };
     sethostname(hostname).map_err(|e| format!("sethostname: {e}"))?;
 
-    super::process::start_program(&spec.run, spec.rootless, hostname)
+    super::process::start_program(&spec.run, hostname)
 }

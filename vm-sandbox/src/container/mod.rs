@@ -9,11 +9,13 @@
 mod cgroup;
 mod confine;
 mod enter;
+mod idmap;
 mod init;
 mod process;
 mod user;
 
 use std::fs;
+use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -21,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 pub use cgroup::ProcessLimit;
 pub use enter::{ENTER_ARG, EnterAction, EnterTarget, enter_main};
+pub use idmap::{enter_user_namespace, in_user_namespace, subordinate_ranges};
 pub use init::init_main;
 
 use crate::{ExitStatus, RootFs, RunIo, RunOutcome, RunSpec, Sandbox, SandboxError, SandboxKind};
@@ -108,6 +111,23 @@ fn is_opaque(dir: &Path) -> bool {
                 unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
             n >= 0
         })
+}
+
+/// The variable that tells a helper which process started it.
+const PARENT_VAR: &str = "KILN_SANDBOX_PARENT";
+
+/// Makes this helper (and with it its container) end when the kiln process that started it
+/// does, even when killed. False if that process is gone already (it died between starting
+/// this one and now, before the parent-death signal was armed).
+pub(crate) fn die_with_parent() -> bool {
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+    match std::env::var(PARENT_VAR)
+        .ok()
+        .and_then(|p| p.parse::<i32>().ok())
+    {
+        Some(parent) => nix::unistd::getppid().as_raw() == parent,
+        None => true,
+    }
 }
 
 /// The files under `/etc` that every container gets from the host side.
@@ -218,7 +238,7 @@ impl ContainerSandbox {
             empty: d.join("empty"),
             etc: d.join("etc"),
             result: d.join("result.json"),
-            rootless: !nix::unistd::geteuid().is_root(),
+            rootless: !nix::unistd::geteuid().is_root() || idmap::in_user_namespace(),
             pid_file: pid_file.map(Path::to_path_buf),
         };
         for p in [&init.merged, &init.empty] {
@@ -256,7 +276,7 @@ impl ContainerSandbox {
         let spec = enter::EnterSpec {
             target,
             action,
-            rootless: !nix::unistd::geteuid().is_root(),
+            rootless: !nix::unistd::geteuid().is_root() || idmap::in_user_namespace(),
             scratch: d.to_path_buf(),
             result: d.join("result.json"),
         };
@@ -323,7 +343,9 @@ impl ContainerSandbox {
         streams: RunIo,
     ) -> Result<RunOutcome, SandboxError> {
         let mut cmd = Command::new(&self.helper);
-        cmd.arg(arg).arg(spec_path);
+        cmd.arg(arg)
+            .arg(spec_path)
+            .env(PARENT_VAR, std::process::id().to_string());
         match &streams {
             RunIo::Inherit => {}
             RunIo::OutputToStderr => {
@@ -359,6 +381,11 @@ impl ContainerSandbox {
         match result {
             Some(InitResult::Exited(status)) => Ok(RunOutcome { status }),
             Some(InitResult::SetupFailed(msg)) => Err(SandboxError::Setup(msg)),
+            // Killed (`kiln stop` and `kill` end a container through its helper): the
+            // container died with it.
+            None if status.signal() == Some(9) => Ok(RunOutcome {
+                status: ExitStatus::Signal(9),
+            }),
             None => Err(SandboxError::Setup(format!(
                 "sandbox helper ended without a result ({status})"
             ))),

@@ -10,6 +10,7 @@ use std::path::Path;
 use nix::sys::signal::SigSet;
 use nix::unistd::{Gid, Uid, chdir, setgid, setgroups, setuid};
 
+use super::idmap::is_mapped;
 use super::user::resolve_in_root;
 use crate::RunSpec;
 
@@ -18,11 +19,7 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 
 /// In the container's root (already `/`), becomes `run.user`, enters `run.cwd` (creating it),
 /// confines the process and executes `run.argv`. Returns only on failure.
-pub(super) fn start_program(
-    run: &RunSpec,
-    rootless: bool,
-    hostname: &str,
-) -> Result<Infallible, String> {
+pub(super) fn start_program(run: &RunSpec, hostname: &str) -> Result<Infallible, String> {
     let id = resolve_in_root(&run.user)?;
     let cwd = if run.cwd.is_empty() { "/" } else { &run.cwd };
     super::init::ensure_dir(Path::new(cwd))?;
@@ -43,18 +40,29 @@ pub(super) fn start_program(
         env.push(format!("HOSTNAME={hostname}"));
     }
     super::confine::limit_bounding_set()?;
-    if rootless && (id.uid != 0 || id.gid != 0) {
+    let read = |f: &str| fs::read_to_string(f).unwrap_or_default();
+    let (uid_map, gid_map) = (read("/proc/self/uid_map"), read("/proc/self/gid_map"));
+    if !is_mapped(&uid_map, id.uid) || !is_mapped(&gid_map, id.gid) {
         return Err(format!(
-            "user {:?} (uid {}, gid {}) needs subordinate ids, which rootless mode does not map yet; run as root or use USER root",
+            "user {:?} (uid {}, gid {}) does not exist in this rootless user namespace: give the user subordinate ids in /etc/subuid and /etc/subgid (and install uidmap), or run as root",
             run.user, id.uid, id.gid
         ));
     }
-    if !rootless {
-        let groups: Vec<Gid> = id.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+    // Where the namespace was mapped without newgidmap, setgroups is denied.
+    if read("/proc/self/setgroups").trim() != "deny" {
+        let groups: Vec<Gid> = id
+            .groups
+            .iter()
+            .filter(|g| is_mapped(&gid_map, **g))
+            .map(|g| Gid::from_raw(*g))
+            .collect();
         setgroups(&groups).map_err(|e| format!("setgroups: {e}"))?;
     }
     setgid(Gid::from_raw(id.gid)).map_err(|e| format!("setgid {}: {e}", id.gid))?;
     setuid(Uid::from_raw(id.uid)).map_err(|e| format!("setuid {}: {e}", id.uid))?;
+    // A change of user clears the parent-death signal: the process must still die with its
+    // helper (which is how `kiln stop` and `kill` reach a container of any user).
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
     super::confine::set_capabilities(id.uid)?;
     nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
     super::confine::set_rlimits(run.limits.processes)?;
