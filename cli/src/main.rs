@@ -87,7 +87,10 @@ fn main() -> ExitCode {
         return ExitCode::from(1);
     }
     init_logging(&cli);
-    match run(cli) {
+    let result = run(cli);
+    // Snapshots dropped during the command are deleted on threads: let them finish.
+    snapshotter::snapshot::finish_removals();
+    match result {
         Ok(code) => code,
         Err(e) => {
             // One line (the whole cause chain joined, as `a: b: c`), except that Dockerfile

@@ -109,8 +109,52 @@ impl Active {
 impl Drop for Active {
     fn drop(&mut self) {
         if self.dir.exists() {
-            let _ = fs::remove_dir_all(&self.dir);
+            remove_in_background(&self.dir);
         }
+    }
+}
+
+/// Renames `dir` aside and deletes it on a thread of its own. A step's overlay work directory
+/// can take milliseconds to delete while the kernel is still unmounting it; the next step
+/// need not wait for that ([`finish_removals`] does, at the end). What a killed process
+/// leaves is under `snapshots/tmp`, which `kiln system prune` empties.
+fn remove_in_background(dir: &Path) {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let trash = dir.with_file_name(format!("trash-{name}"));
+    let doomed = if fs::rename(dir, &trash).is_ok() {
+        trash
+    } else {
+        dir.to_path_buf()
+    };
+    let spawned = std::thread::Builder::new().name("remove".into()).spawn({
+        let doomed = doomed.clone();
+        move || {
+            let _ = fs::remove_dir_all(&doomed);
+        }
+    });
+    match spawned {
+        Ok(handle) => REMOVALS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(handle),
+        Err(_) => {
+            let _ = fs::remove_dir_all(&doomed);
+        }
+    }
+}
+
+/// Deletions still running on their threads.
+static REMOVALS: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Waits for the snapshots dropped so far to be deleted (call before exiting).
+pub fn finish_removals() {
+    let pending = std::mem::take(&mut *REMOVALS.lock().unwrap_or_else(|p| p.into_inner()));
+    for h in pending {
+        let _ = h.join();
     }
 }
 
