@@ -158,6 +158,27 @@ impl Output {
         );
         &self.stderr
     }
+
+    /// Asserts failure with exactly one line on stderr and returns it.
+    #[track_caller]
+    pub fn one_error_line(&self) -> &str {
+        let err = self.fails();
+        assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+        err
+    }
+}
+
+/// Polls `cond` until it holds; panics naming `what` after 20 seconds.
+#[track_caller]
+pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// A `kiln` invocation being built.
@@ -338,6 +359,11 @@ impl TestContext {
     /// A scratch directory for the test's own files.
     pub fn work(&self) -> PathBuf {
         self.dir.path().join("work")
+    }
+
+    /// Runs `kiln` with these arguments to completion.
+    pub fn run_kiln(&self, args: &[&str]) -> Output {
+        self.kiln().args(args).run()
     }
 
     /// `kiln --root <this test's store>`, with a clean environment for kiln's variables.
