@@ -192,6 +192,71 @@ fn eight_builds_at_once_share_one_store() {
     ctx.kiln().args(["system", "check"]).run().ok();
 }
 
+/// Two pushes of one image to one name at the same time (with a prune alongside): both
+/// succeed with the same digest, and the registry serves an image that pulls back whole.
+#[test]
+fn two_pushes_of_one_image_at_once() {
+    if !tests::builds_as_root() {
+        return;
+    }
+    let ctx = TestContext::new();
+    let Some(reg) = ctx.registry() else { return };
+    ctx.base_image();
+    let dir = ctx.work().join("ctx");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("big.bin"), vec![7u8; 8 << 20]).unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM busybox\nCOPY big.bin /\nRUN echo pushed > /p\n",
+    )
+    .unwrap();
+    ctx.kiln()
+        .args(["build", "-q", "-t", "twice"])
+        .arg(&dir)
+        .run()
+        .ok();
+    let dest = format!("{reg}/concurrency/twice:{}", std::process::id());
+    let pushes: Vec<_> = (0..2)
+        .map(|_| {
+            ctx.kiln()
+                .args(["push", "-q", "twice", &dest])
+                .into_command()
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let prune = ctx.kiln().args(["system", "prune"]).run();
+    assert_eq!(prune.code, Some(0), "{}", prune.stderr);
+    let digests: Vec<String> = pushes
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "push: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        })
+        .collect();
+    assert_eq!(digests[0], digests[1]);
+    assert!(digests[0].starts_with("sha256:"), "{digests:?}");
+    let other = TestContext::new();
+    other.kiln().args(["pull", "-q", &dest]).run().ok();
+    assert_eq!(
+        other
+            .kiln()
+            .args(["run", "--rm", &dest, "cat", "/p"])
+            .run()
+            .ok(),
+        "pushed\n"
+    );
+    other.kiln().args(["system", "check"]).run().ok();
+    ctx.kiln().args(["system", "check"]).run().ok();
+}
+
 #[test]
 fn a_full_disk_fails_in_one_line_and_leaves_a_usable_store() {
     if !tests::builds_as_root() {
