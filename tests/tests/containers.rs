@@ -191,6 +191,14 @@ fn volumes(ctx: &TestContext) {
     assert_eq!(count(), 1);
 }
 
+/// Waits until the container printed `ready`: its shell has set its traps (a signal without
+/// a handler is ignored by a PID 1).
+fn ready(ctx: &TestContext, name: &str) {
+    wait_for("the container's traps", || {
+        ctx.run_kiln(&["logs", name]).stdout.contains("ready")
+    });
+}
+
 fn detached(ctx: &TestContext) {
     let img = ctx.base_image();
     let script = "echo one; echo two >&2; trap 'echo got-term; exit 7' TERM; \
@@ -373,11 +381,12 @@ fn detached(ctx: &TestContext) {
         img,
         "sh",
         "-c",
-        "trap 'exit 42' USR1; while true; do sleep 0.1; done",
+        "trap 'exit 42' USR1; echo ready; while true; do sleep 0.1; done",
     ])
     .ok();
     // stop sends --stop-signal first; the handler ends the container before any SIGKILL.
     let t = Instant::now();
+    ready(ctx, "k2");
     assert_eq!(ctx.run_kiln(&["stop", "-t", "20", "k2"]).ok(), "k2\n");
     assert!(t.elapsed() < Duration::from_secs(10));
     assert_eq!(ctx.run_kiln(&["wait", "k2"]).ok(), "42\n");
@@ -387,7 +396,7 @@ fn detached(ctx: &TestContext) {
     std::fs::write(
         dir.join("Dockerfile"),
         format!(
-            "FROM {img}\nSTOPSIGNAL SIGUSR2\nCMD [\"sh\", \"-c\", \"trap 'exit 43' USR2; trap 'exit 44' HUP; while true; do sleep 0.1; done\"]\n"
+            "FROM {img}\nSTOPSIGNAL SIGUSR2\nCMD [\"sh\", \"-c\", \"trap 'exit 43' USR2; trap 'exit 44' HUP; echo ready; while true; do sleep 0.1; done\"]\n"
         ),
     )
     .unwrap();
@@ -395,9 +404,11 @@ fn detached(ctx: &TestContext) {
     ctx.run_kiln(&["build", "-q", "-t", "stopsig", dir.to_str().unwrap()])
         .ok();
     ctx.run_kiln(&["run", "-d", "--name", "k5", "stopsig"]).ok();
+    ready(ctx, "k5");
     assert_eq!(ctx.run_kiln(&["stop", "k5"]).ok(), "k5\n");
     assert_eq!(ctx.run_kiln(&["wait", "k5"]).ok(), "43\n");
     ctx.run_kiln(&["run", "-d", "--name", "k6", "stopsig"]).ok();
+    ready(ctx, "k6");
     assert_eq!(ctx.run_kiln(&["kill", "-s", "HUP", "k6"]).ok(), "k6\n");
     assert_eq!(ctx.run_kiln(&["wait", "k6"]).ok(), "44\n");
     ctx.run_kiln(&["rm", "k5", "k6"]).ok();
