@@ -88,6 +88,7 @@ pub(super) fn start_program(run: &RunSpec, hostname: &str) -> Result<Infallible,
     let program_path = cstr(&resolved)?;
     // The signals the helper blocked (to forward them) are the program's to handle again.
     let _ = SigSet::all().thread_unblock();
+    reset_signal_dispositions();
     // Last: after this, mount, unshare and the rest are refused, to this code as well.
     super::confine::apply_seccomp(&filters)?;
     let e = nix::unistd::execve(&program_path, &argv, &envp).unwrap_err();
@@ -103,4 +104,20 @@ fn find_program(program: &str, path: &str) -> Option<String> {
         .filter(|d| !d.is_empty())
         .map(|d| format!("{d}/{program}"))
         .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}
+
+/// Puts every signal back to its default action, as runc does for a container's process: an
+/// ignored disposition survives `execve`, and a shell cannot trap a signal that was ignored
+/// when it started (kiln itself may run under `nohup`, which ignores SIGHUP).
+fn reset_signal_dispositions() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    for sig in Signal::iterator() {
+        if matches!(sig, Signal::SIGKILL | Signal::SIGSTOP) {
+            continue;
+        }
+        // SAFETY: SIG_DFL installs no handler code, so no async-signal-safety concern arises;
+        // nothing in this single-threaded process relies on the previous dispositions.
+        #[allow(unsafe_code)]
+        let _ = unsafe { signal(sig, SigHandler::SigDfl) };
+    }
 }
