@@ -279,6 +279,8 @@ pub(crate) struct BuildArgs {
     /// Push every tag (-t) to its registry after the build
     #[arg(long)]
     pub(crate) push: bool,
+    #[command(flatten)]
+    pub(crate) isolation: IsolationArgs,
     /// The build context directory
     pub(crate) context: PathBuf,
 }
@@ -336,9 +338,8 @@ pub(crate) struct RunArgs {
     /// Most processes the container may have at once
     #[arg(long)]
     pub(crate) pids_limit: Option<u64>,
-    /// Isolation: container (namespaces) or vm (a microVM)
-    #[arg(long, default_value = "container")]
-    pub(crate) isolation: String,
+    #[command(flatten)]
+    pub(crate) isolation: IsolationArgs,
     /// The image
     pub(crate) image: String,
     /// Command and arguments [default: the image's CMD]
@@ -586,4 +587,24 @@ pub(crate) struct LayerCreateArgs {
     pub(crate) compression: String,
     /// The directory (overlay whiteouts and opaque markers in it are converted)
     pub(crate) dir: PathBuf,
+}
+
+/// How RUN steps and containers are isolated.
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct IsolationArgs {
+    /// Isolation: container (Linux namespaces) or vm (a throwaway microVM per run)
+    #[arg(long, env = "KILN_ISOLATION", default_value = "container")]
+    pub(crate) isolation: String,
+    /// The microVM's VMM: auto, builtin or qemu
+    #[arg(long, env = "KILN_VMM", default_value = "auto")]
+    pub(crate) vmm: String,
+    /// The microVM's kernel [default: KILN_VM_KERNEL, else /boot/vmlinuz-*-cloud-amd64]
+    #[arg(long)]
+    pub(crate) vm_kernel: Option<PathBuf>,
+    /// Longest one microVM run may take (90, 90s, 30m, 2h) [default: no limit]
+    #[arg(long, env = "KILN_VM_TIMEOUT")]
+    pub(crate) vm_timeout: Option<String>,
+    /// The microVM's memory (512m, 2g; plain numbers are MiB)
+    #[arg(long, env = "KILN_VM_MEMORY", default_value = "1g")]
+    pub(crate) vm_memory: String,
 }

@@ -10,6 +10,8 @@
 //!   `--network=none`), an overlayfs root with `pivot_root`, `/proc`, a minimal `/dev` and a
 //!   read-only `/sys`. The namespace work happens in a re-executed helper process
 //!   ([`container::init_main`]), so the caller never forks a multi-threaded process.
+//! - [`MicroVmSandbox`]: a throwaway microVM per run (qemu `-M microvm`), with kiln's own
+//!   static guest init; the step's changes come back as a layer tar on a virtio disk.
 //! - [`FakeSandbox`]: the test double: records every spec and applies scripted effects.
 //!
 //! Running a non-zero exit is a result ([`ExitStatus::Code`]), not an error; errors are for
@@ -19,6 +21,7 @@ pub mod container;
 mod fake;
 mod scoped;
 pub mod tty;
+pub mod vm;
 
 use std::path::PathBuf;
 
@@ -27,6 +30,7 @@ use serde::{Deserialize, Serialize};
 pub use container::ContainerSandbox;
 pub use fake::FakeSandbox;
 pub use scoped::scoped_path;
+pub use vm::{MicroVmSandbox, VmOptions, Vmm};
 
 /// The root filesystem of one run: overlay lower directories (top-most first) and the upper
 /// directory that receives every write; or, where overlayfs is not available, one plain

@@ -137,7 +137,7 @@ pub(crate) fn run(root: &Path, reg: &RegistryOptions, a: BuildArgs) -> anyhow::R
     let store = super::open_store(root)?;
     let _gc = snapshotter::gc::GcLock::shared(root)?;
     let snapshots = Snapshots::open(root)?;
-    let sandbox = super::sandbox(root)?;
+    let sandbox = super::sandbox_for(root, &a.isolation)?;
     // As root, one pids cgroup for the whole build (its steps find it and join no other).
     let _process_limit = vm_sandbox::container::ProcessLimit::join(builder::STEP_MAX_PROCESSES)
         .transpose()
@@ -169,7 +169,7 @@ pub(crate) fn run(root: &Path, reg: &RegistryOptions, a: BuildArgs) -> anyhow::R
         root_mode: snapshotter::snapshot::RootMode::detect(),
         store: &store,
         snapshots: &snapshots,
-        sandbox: &sandbox,
+        sandbox: &*sandbox,
         progress: &progress,
         capture_output: mode.captures_output(),
         remote_cache: remote_cache.as_ref(),

@@ -13,17 +13,25 @@ use vm_sandbox::{Limits, Network, RunSpec, SandboxMount, SandboxMountKind};
 
 use crate::args::RunArgs;
 use crate::containers::monitor::{Attach, MONITOR_ARG, supervise};
-use crate::containers::{ContainerConfig, Containers, State, now_rfc3339};
+use crate::containers::{ContainerConfig, Containers, State, VmSettings, now_rfc3339};
 
 pub(crate) fn run(
     root: &Path,
     reg: &builder::registry::RegistryOptions,
     a: RunArgs,
 ) -> anyhow::Result<ExitCode> {
-    match a.isolation.as_str() {
-        "container" | "default" => {}
-        "vm" => bail!("--isolation vm is not available yet: the microVM backend is not built"),
-        other => bail!("unknown isolation {other:?} (use container or vm)"),
+    let vm = super::vm_options(&a.isolation)?;
+    if vm.is_some() {
+        if a.detach {
+            bail!(
+                "-d is not supported with --isolation vm yet: the microVM runs in the foreground"
+            );
+        }
+        if a.interactive || a.tty {
+            bail!(
+                "-i and -t are not supported with --isolation vm yet: the guest has no input channel"
+            );
+        }
     }
     let network = match a.network.as_str() {
         "none" => Network::None,
@@ -125,6 +133,7 @@ pub(crate) fn run(
                 direct,
                 stop_signal,
                 auto_remove: a.rm,
+                vm: vm.as_ref().map(VmSettings::from),
                 anonymous_volumes: volumes.anonymous.clone(),
             })
         })?

@@ -47,6 +47,9 @@ pub(crate) struct ContainerConfig {
     /// Volumes made for this container alone (`-v /path`), removed by `rm -v`.
     #[serde(default)]
     pub(crate) anonymous_volumes: Vec<String>,
+    /// Runs in a microVM (`--isolation vm`) with these settings.
+    #[serde(default)]
+    pub(crate) vm: Option<VmSettings>,
 }
 
 /// How a container ended.
@@ -375,4 +378,40 @@ pub(crate) fn images_in_use(root: &Path) -> anyhow::Result<Vec<snapshotter::Dige
         .into_iter()
         .filter_map(|c| c.config.manifest.parse().ok())
         .collect())
+}
+
+/// A container's microVM settings, as recorded.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct VmSettings {
+    pub(crate) vmm: String,
+    pub(crate) kernel: Option<PathBuf>,
+    pub(crate) timeout_secs: Option<u64>,
+    pub(crate) memory_mib: u32,
+}
+
+impl From<&vm_sandbox::VmOptions> for VmSettings {
+    fn from(o: &vm_sandbox::VmOptions) -> Self {
+        VmSettings {
+            vmm: match o.vmm {
+                vm_sandbox::Vmm::Auto => "auto",
+                vm_sandbox::Vmm::Builtin => "builtin",
+                vm_sandbox::Vmm::Qemu => "qemu",
+            }
+            .into(),
+            kernel: o.kernel.clone(),
+            timeout_secs: o.timeout.map(|t| t.as_secs()),
+            memory_mib: o.memory_mib,
+        }
+    }
+}
+
+impl VmSettings {
+    pub(crate) fn options(&self) -> vm_sandbox::VmOptions {
+        vm_sandbox::VmOptions {
+            vmm: self.vmm.parse().unwrap_or_default(),
+            kernel: self.kernel.clone(),
+            timeout: self.timeout_secs.map(std::time::Duration::from_secs),
+            memory_mib: self.memory_mib,
+        }
+    }
 }

@@ -113,7 +113,16 @@ pub(crate) fn supervise(
         blocked.add(s);
     }
     let _ = blocked.thread_block();
-    let outcome = sandbox.run_recording_pid(&rootfs, spec, io, Some(&ctr.pid_path()));
+    let outcome = match &ctr.config.vm {
+        Some(vm) => {
+            // Signals reach this process (and end the VM with it): qemu would inherit a
+            // blocked mask.
+            let _ = blocked.thread_unblock();
+            use vm_sandbox::Sandbox as _;
+            vm_sandbox::MicroVmSandbox::new(vm.options(), root.join("vm")).run(&rootfs, spec, io)
+        }
+        None => sandbox.run_recording_pid(&rootfs, spec, io, Some(&ctr.pid_path())),
+    };
     for p in pumps {
         let _ = p.join();
     }

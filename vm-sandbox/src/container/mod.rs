@@ -59,13 +59,13 @@ pub(crate) enum InitResult {
 }
 
 /// One helper run's directory, removed (and unlocked) when dropped.
-struct ScratchDir {
+pub(crate) struct ScratchDir {
     dir: tempfile::TempDir,
     _lock: fs::File,
 }
 
 impl ScratchDir {
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 }
@@ -95,7 +95,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError {
 
 /// Whether overlayfs marked `dir` opaque (its lower contents deleted), as root
 /// (`trusted.`) or rootless (`user.`) mounts do.
-fn is_opaque(dir: &Path) -> bool {
+pub(crate) fn is_opaque(dir: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
     let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
         return false;
@@ -131,11 +131,11 @@ pub(crate) fn die_with_parent() -> bool {
 }
 
 /// The files under `/etc` that every container gets from the host side.
-const ETC_FILES: [&str; 3] = ["hosts", "resolv.conf", "hostname"];
+pub(crate) const ETC_FILES: [&str; 3] = ["hosts", "resolv.conf", "hostname"];
 
 /// Removes the empty mount points the helper made for [`ETC_FILES`] that the image lacks, so
 /// they never reach a layer.
-fn remove_mount_stubs(rootfs: &RootFs) {
+pub(crate) fn remove_mount_stubs(rootfs: &RootFs) {
     for name in ETC_FILES {
         let rel = Path::new("etc").join(name);
         let stub = rootfs.upper.join(&rel);
@@ -172,7 +172,7 @@ fn remove_mount_stubs(rootfs: &RootFs) {
     }
 }
 
-fn write_etc_files(dir: &Path, hostname: &str) -> Result<(), SandboxError> {
+pub(crate) fn write_etc_files(dir: &Path, hostname: &str) -> Result<(), SandboxError> {
     fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
     let hosts = format!(
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
@@ -229,7 +229,7 @@ impl ContainerSandbox {
         pid_file: Option<&Path>,
     ) -> Result<RunOutcome, SandboxError> {
         self.probe()?;
-        let dir = self.scratch_dir()?;
+        let dir = scratch_dir(&self.state)?;
         let d = dir.path();
         let init = InitSpec {
             rootfs: rootfs.clone(),
@@ -271,7 +271,7 @@ impl ContainerSandbox {
         streams: RunIo,
     ) -> Result<RunOutcome, SandboxError> {
         self.probe()?;
-        let dir = self.scratch_dir()?;
+        let dir = scratch_dir(&self.state)?;
         let d = dir.path();
         let spec = enter::EnterSpec {
             target,
@@ -287,50 +287,6 @@ impl ContainerSandbox {
         let json = serde_json::to_vec(&spec).expect("spec serializes");
         fs::write(&spec_path, json).map_err(io("write enter spec"))?;
         self.run_helper(ENTER_ARG, &spec_path, &spec.result, streams)
-    }
-
-    /// A fresh directory for one helper run under the state directory, locked while in use;
-    /// those of runs whose process died (killed before it could clean up) are removed first.
-    fn scratch_dir(&self) -> Result<ScratchDir, SandboxError> {
-        fs::create_dir_all(&self.state).map_err(io(format!("create {}", self.state.display())))?;
-        self.sweep_dead_runs();
-        let dir = tempfile::Builder::new()
-            .prefix("run-")
-            .tempdir_in(&self.state)
-            .map_err(io(format!(
-                "create a directory in {}",
-                self.state.display()
-            )))?;
-        let lock = fs::File::create(dir.path().join("lock")).map_err(io("create a run lock"))?;
-        lock.lock().map_err(io("lock a run directory"))?;
-        Ok(ScratchDir { dir, _lock: lock })
-    }
-
-    fn sweep_dead_runs(&self) {
-        let Ok(entries) = fs::read_dir(&self.state) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let path = e.path();
-            if !e.file_name().to_string_lossy().starts_with("run-") {
-                continue;
-            }
-            // A run locks its directory right after making it: an unlocked one that is not
-            // brand new belongs to a dead process.
-            let young = e
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age.as_secs() < 10));
-            let Ok(lock) = fs::File::open(path.join("lock")) else {
-                if !young {
-                    let _ = fs::remove_dir_all(&path);
-                }
-                continue;
-            };
-            if lock.try_lock().is_ok() {
-                let _ = fs::remove_dir_all(&path);
-            }
-        }
     }
 
     /// Starts the helper in mode `arg` on `spec_path` with `streams`, waits, and reads how it
@@ -389,6 +345,47 @@ impl ContainerSandbox {
             None => Err(SandboxError::Setup(format!(
                 "sandbox helper ended without a result ({status})"
             ))),
+        }
+    }
+}
+
+/// A fresh directory for one helper run under the state directory, locked while in use;
+/// those of runs whose process died (killed before it could clean up) are removed first.
+pub(crate) fn scratch_dir(state: &Path) -> Result<ScratchDir, SandboxError> {
+    fs::create_dir_all(state).map_err(io(format!("create {}", state.display())))?;
+    sweep_dead_runs(state);
+    let dir = tempfile::Builder::new()
+        .prefix("run-")
+        .tempdir_in(state)
+        .map_err(io(format!("create a directory in {}", state.display())))?;
+    let lock = fs::File::create(dir.path().join("lock")).map_err(io("create a run lock"))?;
+    lock.lock().map_err(io("lock a run directory"))?;
+    Ok(ScratchDir { dir, _lock: lock })
+}
+
+fn sweep_dead_runs(state: &Path) {
+    let Ok(entries) = fs::read_dir(state) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if !e.file_name().to_string_lossy().starts_with("run-") {
+            continue;
+        }
+        // A run locks its directory right after making it: an unlocked one that is not
+        // brand new belongs to a dead process.
+        let young = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age.as_secs() < 10));
+        let Ok(lock) = fs::File::open(path.join("lock")) else {
+            if !young {
+                let _ = fs::remove_dir_all(&path);
+            }
+            continue;
+        };
+        if lock.try_lock().is_ok() {
+            let _ = fs::remove_dir_all(&path);
         }
     }
 }

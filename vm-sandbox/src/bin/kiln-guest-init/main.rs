@@ -1,0 +1,395 @@
+//! kiln's guest init: PID 1 of a step's microVM.
+//!
+//! It reads the step's spec from the initramfs ([`protocol::SPEC_PATH`]), loads the kernel
+//! modules it names (virtio, overlay), mounts the image's root (`/lower`, unpacked from the
+//! initramfs) under a tmpfs overlay upper, builds `/proc`, `/dev`, `/sys` and the `/etc`
+//! files as the container backend does, and runs the step as the spec's user. The step's
+//! output goes to the serial console as frames; afterwards the upper directory goes to the
+//! output disk (`/dev/vda`) as a layer tar, and the VM stops through qemu's exit port.
+//!
+//! The build compiles this file with a plain `rustc -C target-feature=+crt-static`, so it
+//! uses `std` only (C calls are declared in `sys`).
+
+#![allow(unsafe_code)]
+
+mod layer_tar;
+#[path = "../../vm/protocol.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod protocol;
+mod sys;
+#[path = "../../container/user.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod user;
+
+use std::fs;
+use std::io::{Read as _, Write as _};
+use std::os::fd::AsRawFd as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use protocol::{Frame, GuestMount, GuestSpec};
+
+/// The default `PATH` when the image sets none (Docker's).
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+const ROOT: &str = "/merged";
+
+/// The serial console frames go to.
+static CONSOLE: Mutex<Option<fs::File>> = Mutex::new(None);
+
+fn send(frame: &Frame) {
+    let mut console = CONSOLE.lock().unwrap_or_else(|e| e.into_inner());
+    match console.as_mut() {
+        Some(c) => {
+            let _ = c.write_all(&frame.encode());
+        }
+        None => {
+            let _ = std::io::stderr().write_all(&frame.encode());
+        }
+    }
+}
+
+fn main() {
+    if std::process::id() != 1 {
+        eprintln!("kiln-guest-init: runs only as the init of a kiln microVM");
+        std::process::exit(2);
+    }
+    if let Err(msg) = run() {
+        send(&Frame::Failed(msg));
+    }
+    if let Some(c) = CONSOLE.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        sys::drain(c.as_raw_fd());
+    }
+    sys::power_off(protocol::EXIT_PORT)
+}
+
+fn ensure_dir(p: &Path) -> Result<(), String> {
+    fs::create_dir_all(p).map_err(|e| format!("create {}: {e}", p.display()))
+}
+
+fn run() -> Result<(), String> {
+    let nosuid = sys::MS_NOSUID | sys::MS_NODEV | sys::MS_NOEXEC;
+    sys::mount_fs(Some("proc"), Path::new("/proc"), Some("proc"), nosuid, None)?;
+    sys::mount_fs(Some("dev"), Path::new("/dev"), Some("devtmpfs"), 0, None)?;
+    let console = fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/ttyS0")
+        .map_err(|e| format!("open the serial console: {e}"))?;
+    *CONSOLE.lock().unwrap_or_else(|e| e.into_inner()) = Some(console);
+
+    let raw = fs::read(protocol::SPEC_PATH).map_err(|e| format!("read the step's spec: {e}"))?;
+    let spec = GuestSpec::decode(&raw)?;
+    for m in &spec.modules {
+        sys::load_module(Path::new(m))?;
+    }
+    sys::mount_fs(
+        Some("tmpfs"),
+        Path::new("/run"),
+        Some("tmpfs"),
+        sys::MS_NOSUID | sys::MS_NODEV,
+        Some("mode=755"),
+    )?;
+    for d in ["/run/upper", "/run/work", "/run/etc"] {
+        ensure_dir(Path::new(d))?;
+    }
+    // Plain copies up: no metadata-only copy-ups or redirects, which a layer cannot express.
+    sys::mount_fs(
+        Some("overlay"),
+        Path::new(ROOT),
+        Some("overlay"),
+        0,
+        Some(
+            "lowerdir=/lower,upperdir=/run/upper,workdir=/run/work,redirect_dir=off,index=off,metacopy=off",
+        ),
+    )?;
+    let mounted = prepare_root(&spec)?;
+    let oom_before = oom_kills();
+    let outcome = start_and_wait(&spec);
+    for m in mounted.iter().rev() {
+        sys::unmount(m);
+    }
+    sys::unmount(Path::new(ROOT));
+    let status = outcome?;
+
+    let disk = fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/vda")
+        .map_err(|e| format!("open the output disk: {e}"))?;
+    let written = layer_tar::write_layer(Path::new("/run/upper"), &disk)
+        .map_err(|e| format!("write the step's changes: {e}"))?;
+    disk.sync_all()
+        .map_err(|e| format!("write the step's changes: {e}"))?;
+    send(&Frame::Output(written));
+    send(&match status {
+        sys::Waited::Exited(code) => Frame::Exited(code),
+        sys::Waited::Signaled(signal) => Frame::Killed {
+            signal,
+            oom: signal == sys::SIGKILL && oom_kills() > oom_before,
+        },
+    });
+    Ok(())
+}
+
+/// The OOM killer's count so far.
+fn oom_kills() -> u64 {
+    fs::read_to_string("/proc/vmstat")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Builds the step's `/proc`, `/dev`, `/sys`, `/etc` files and mounts as the container backend
+/// does; returns the mount points, in the order made.
+fn prepare_root(spec: &GuestSpec) -> Result<Vec<PathBuf>, String> {
+    let root = Path::new(ROOT);
+    let at = |p: &str| root.join(p.trim_start_matches('/'));
+    let mut mounted = Vec::new();
+    let mut mount = |src: &str,
+                     target: PathBuf,
+                     fstype: Option<&str>,
+                     flags: std::ffi::c_ulong,
+                     data: Option<&str>| {
+        sys::mount_fs(Some(src), &target, fstype, flags, data)?;
+        mounted.push(target);
+        Ok::<(), String>(())
+    };
+    let nosuid = sys::MS_NOSUID | sys::MS_NODEV | sys::MS_NOEXEC;
+    ensure_dir(&at("proc"))?;
+    mount("proc", at("proc"), Some("proc"), nosuid, None)?;
+    ensure_dir(&at("dev"))?;
+    mount(
+        "tmpfs",
+        at("dev"),
+        Some("tmpfs"),
+        sys::MS_NOSUID | sys::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+    )?;
+    for (name, major, minor) in [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ] {
+        let p = at("dev").join(name);
+        sys::make_char_device(&p, major, minor).map_err(|e| format!("create /dev/{name}: {e}"))?;
+        let _ = fs::set_permissions(&p, fs::Permissions::from_mode(0o666));
+    }
+    ensure_dir(&at("dev/pts"))?;
+    mount(
+        "devpts",
+        at("dev/pts"),
+        Some("devpts"),
+        sys::MS_NOSUID | sys::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    )?;
+    ensure_dir(&at("dev/shm"))?;
+    mount(
+        "shm",
+        at("dev/shm"),
+        Some("tmpfs"),
+        nosuid,
+        Some("mode=1777,size=65536k"),
+    )?;
+    for (link, target) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        std::os::unix::fs::symlink(target, at("dev").join(link))
+            .map_err(|e| format!("create /dev/{link}: {e}"))?;
+    }
+    if !spec.inline_files.is_empty() {
+        let pipes = at("dev/pipes");
+        ensure_dir(&pipes)?;
+        for (name, body) in &spec.inline_files {
+            if name.is_empty() || name.contains('/') || name.starts_with('.') {
+                return Err(format!("bad inline file name {name:?}"));
+            }
+            let p = pipes.join(name);
+            fs::write(&p, body).map_err(|e| format!("create /dev/pipes/{name}: {e}"))?;
+            let _ = fs::set_permissions(&p, fs::Permissions::from_mode(0o755));
+        }
+    }
+    ensure_dir(&at("sys"))?;
+    mount(
+        "sysfs",
+        at("sys"),
+        Some("sysfs"),
+        nosuid | sys::MS_RDONLY,
+        None,
+    )?;
+    // The /etc files go over the image's (an empty stub where it has none, which the host
+    // removes afterwards, as for containers).
+    for (name, body) in &spec.etc_files {
+        let target = at("etc").join(name);
+        let present = match fs::symlink_metadata(&target) {
+            Ok(m) => m.is_file(),
+            Err(_) => fs::create_dir_all(at("etc"))
+                .and_then(|()| fs::File::create(&target).map(drop))
+                .is_ok(),
+        };
+        if present {
+            let src = Path::new("/run/etc").join(name);
+            fs::write(&src, body).map_err(|e| format!("write {}: {e}", src.display()))?;
+            mount(&src.display().to_string(), target, None, sys::MS_BIND, None)?;
+        }
+    }
+    for m in &spec.mounts {
+        match m {
+            GuestMount::Tmpfs { target, size } => {
+                let t = at(target);
+                ensure_dir(&t)?;
+                let opts = size.map(|s| format!("size={s}"));
+                mount("tmpfs", t, Some("tmpfs"), 0, opts.as_deref())?;
+            }
+            GuestMount::Copy { target, source } => {
+                let t = at(target);
+                if Path::new(source).is_dir() {
+                    ensure_dir(&t)?;
+                } else if fs::symlink_metadata(&t).is_err() {
+                    if let Some(parent) = t.parent() {
+                        ensure_dir(parent)?;
+                    }
+                    fs::File::create(&t).map_err(|e| format!("create {target}: {e}"))?;
+                }
+                mount(source, t.clone(), None, sys::MS_BIND, None)?;
+                sys::mount_fs(
+                    None,
+                    &t,
+                    None,
+                    sys::MS_BIND | sys::MS_REMOUNT | sys::MS_RDONLY,
+                    None,
+                )?;
+            }
+        }
+    }
+    if spec.read_only {
+        sys::mount_fs(
+            None,
+            root,
+            None,
+            sys::MS_BIND | sys::MS_REMOUNT | sys::MS_RDONLY,
+            None,
+        )?;
+    }
+    Ok(mounted)
+}
+
+/// Runs the step and waits for it; its output goes out as frames meanwhile. Every other
+/// process is killed once it has ended.
+fn start_and_wait(spec: &GuestSpec) -> Result<sys::Waited, String> {
+    let pipe = |what| sys::pipe().map_err(|e| format!("create the {what} pipe: {e}"));
+    let (out_r, out_w) = pipe("stdout")?;
+    let (err_r, err_w) = pipe("stderr")?;
+    let (fail_r, fail_w) = pipe("status")?;
+    let null = fs::File::open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?;
+    let pid = sys::fork_process().map_err(|e| format!("fork: {e}"))?;
+    if pid == 0 {
+        let wired = sys::duplicate_to(null.as_raw_fd(), 0)
+            .and_then(|()| sys::duplicate_to(out_w.as_raw_fd(), 1))
+            .and_then(|()| sys::duplicate_to(err_w.as_raw_fd(), 2));
+        let msg = match wired {
+            Ok(()) => start_program(spec),
+            Err(e) => format!("set up the standard streams: {e}"),
+        };
+        let mut fail_w = fail_w;
+        let _ = fail_w.write_all(msg.as_bytes());
+        sys::exit_now(127);
+    }
+    drop((out_w, err_w, fail_w, null));
+    let forward = |mut r: fs::File, make: fn(Vec<u8>) -> Frame| {
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; protocol::MAX_CHUNK];
+            loop {
+                match r.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => send(&make(buf[..n].to_vec())),
+                }
+            }
+        })
+    };
+    let readers = [forward(out_r, Frame::Stdout), forward(err_r, Frame::Stderr)];
+    let mut failure = String::new();
+    let mut fail_r = fail_r;
+    let _ = fail_r.read_to_string(&mut failure);
+    let mut status = None;
+    while let Some((p, how)) = sys::wait_any() {
+        if p == pid {
+            status = Some(how);
+            break;
+        }
+    }
+    sys::kill_all(sys::SIGKILL);
+    while sys::wait_any().is_some() {}
+    for r in readers {
+        let _ = r.join();
+    }
+    if !failure.is_empty() {
+        return Err(failure);
+    }
+    status.ok_or_else(|| "the step's process vanished".to_string())
+}
+
+/// In the forked child: enters the root, becomes the user, executes the program. Returns only
+/// the reason it could not.
+fn start_program(spec: &GuestSpec) -> String {
+    match prepare_process(spec) {
+        Ok((path, env)) => sys::exec(&path, &spec.argv, &env),
+        Err(e) => e,
+    }
+}
+
+fn prepare_process(spec: &GuestSpec) -> Result<(String, Vec<String>), String> {
+    std::os::unix::fs::chroot(ROOT).map_err(|e| format!("chroot: {e}"))?;
+    std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
+    let hostname = if spec.hostname.is_empty() {
+        "kiln"
+    } else {
+        &spec.hostname
+    };
+    sys::set_hostname(hostname)?;
+    let id = user::resolve_in_root(&spec.user)?;
+    let cwd = if spec.cwd.is_empty() { "/" } else { &spec.cwd };
+    ensure_dir(Path::new(cwd))?;
+    std::env::set_current_dir(cwd).map_err(|e| format!("chdir {cwd}: {e}"))?;
+    let mut env = spec.env.clone();
+    let has = |env: &[String], k: &str| {
+        env.iter()
+            .any(|kv| kv.split_once('=').is_some_and(|(key, _)| key == k))
+    };
+    if !has(&env, "PATH") {
+        env.push(format!("PATH={DEFAULT_PATH}"));
+    }
+    if !has(&env, "HOME") {
+        env.push(format!("HOME={}", id.home));
+    }
+    if !has(&env, "HOSTNAME") {
+        env.push(format!("HOSTNAME={hostname}"));
+    }
+    sys::become_user(id.uid, id.gid, &id.groups)?;
+    let program = spec.argv.first().ok_or("no command given")?;
+    let path_var = env
+        .iter()
+        .find_map(|kv| kv.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
+    let resolved = find_program(program, path_var)
+        .ok_or_else(|| format!("exec: \"{program}\": executable file not found in $PATH"))?;
+    Ok((resolved, env))
+}
+
+/// Looks a program up as `execvp` would, in the step's `PATH`.
+fn find_program(program: &str, path: &str) -> Option<String> {
+    if program.contains('/') {
+        return Some(program.to_string());
+    }
+    path.split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| format!("{d}/{program}"))
+        .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}

@@ -1,0 +1,293 @@
+//! The few C library calls the guest init needs beyond `std`, declared by hand: the init is
+//! compiled by a plain `rustc` call (to link it statically), so it has no crates.
+
+use std::ffi::{CString, c_char, c_int, c_long, c_ulong, c_void};
+use std::io;
+use std::os::unix::ffi::OsStrExt as _;
+use std::path::Path;
+
+pub(crate) const MS_RDONLY: c_ulong = 1;
+pub(crate) const MS_NOSUID: c_ulong = 2;
+pub(crate) const MS_NODEV: c_ulong = 4;
+pub(crate) const MS_NOEXEC: c_ulong = 8;
+pub(crate) const MS_REMOUNT: c_ulong = 32;
+pub(crate) const MS_BIND: c_ulong = 4096;
+pub(crate) const MS_STRICTATIME: c_ulong = 1 << 24;
+const MNT_DETACH: c_int = 2;
+const S_IFCHR: u32 = 0o020000;
+const SYS_FINIT_MODULE: c_long = 313;
+const O_CLOEXEC: c_int = 0o2000000;
+const RB_POWER_OFF: c_int = 0x4321_fedc_u32 as c_int;
+pub(crate) const SIGKILL: c_int = 9;
+
+unsafe extern "C" {
+    fn mount(
+        src: *const c_char,
+        target: *const c_char,
+        fstype: *const c_char,
+        flags: c_ulong,
+        data: *const c_void,
+    ) -> c_int;
+    fn umount2(target: *const c_char, flags: c_int) -> c_int;
+    fn mknod(path: *const c_char, mode: u32, dev: u64) -> c_int;
+    fn syscall(n: c_long, ...) -> c_long;
+    fn fork() -> c_int;
+    fn waitpid(pid: c_int, status: *mut c_int, options: c_int) -> c_int;
+    fn kill(pid: c_int, sig: c_int) -> c_int;
+    fn setgroups(n: usize, list: *const u32) -> c_int;
+    fn setgid(gid: u32) -> c_int;
+    fn setuid(uid: u32) -> c_int;
+    fn sethostname(name: *const c_char, len: usize) -> c_int;
+    fn execve(path: *const c_char, argv: *const *const c_char, envp: *const *const c_char)
+    -> c_int;
+    fn pipe2(fds: *mut c_int, flags: c_int) -> c_int;
+    fn dup2(from: c_int, to: c_int) -> c_int;
+    fn _exit(code: c_int) -> !;
+    fn iopl(level: c_int) -> c_int;
+    fn reboot(cmd: c_int) -> c_int;
+    fn sync();
+    fn lgetxattr(
+        path: *const c_char,
+        name: *const c_char,
+        value: *mut c_void,
+        size: usize,
+    ) -> isize;
+    fn llistxattr(path: *const c_char, list: *mut c_char, size: usize) -> isize;
+    fn tcdrain(fd: c_int) -> c_int;
+}
+
+fn cpath(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::other("path holds a NUL byte"))
+}
+
+fn cstr(s: &str) -> io::Result<CString> {
+    CString::new(s).map_err(|_| io::Error::other(format!("{s:?} holds a NUL byte")))
+}
+
+fn check(rc: c_int) -> io::Result<()> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// mount(2); `src` and `data` may be absent.
+pub(crate) fn mount_fs(
+    src: Option<&str>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: c_ulong,
+    data: Option<&str>,
+) -> Result<(), String> {
+    let err = |e: io::Error| format!("mount {}: {e}", target.display());
+    let src = src.map(cstr).transpose().map_err(err)?;
+    let fstype = fstype.map(cstr).transpose().map_err(err)?;
+    let data = data.map(cstr).transpose().map_err(err)?;
+    let t = cpath(target).map_err(err)?;
+    let ptr = |c: &Option<CString>| c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
+    // SAFETY: every pointer is null or a NUL-terminated string that outlives the call.
+    let rc = unsafe {
+        mount(
+            ptr(&src),
+            t.as_ptr(),
+            ptr(&fstype),
+            flags,
+            ptr(&data).cast(),
+        )
+    };
+    check(rc).map_err(err)
+}
+
+/// Detaches the mount at `target`.
+pub(crate) fn unmount(target: &Path) {
+    if let Ok(t) = cpath(target) {
+        // SAFETY: `t` is a NUL-terminated path that outlives the call.
+        unsafe { umount2(t.as_ptr(), MNT_DETACH) };
+    }
+}
+
+/// Makes a character device.
+pub(crate) fn make_char_device(path: &Path, major: u64, minor: u64) -> io::Result<()> {
+    let dev = ((major & 0xffff_f000) << 32)
+        | ((major & 0xfff) << 8)
+        | ((minor & 0xffff_ff00) << 12)
+        | (minor & 0xff);
+    let p = cpath(path)?;
+    // SAFETY: `p` is a NUL-terminated path that outlives the call.
+    check(unsafe { mknod(p.as_ptr(), S_IFCHR | 0o666, dev) })
+}
+
+/// Loads a kernel module from a file.
+pub(crate) fn load_module(path: &Path) -> Result<(), String> {
+    use std::os::fd::AsRawFd as _;
+    let f = std::fs::File::open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
+    let empty = c"";
+    // SAFETY: finit_module takes a file descriptor, a NUL-terminated parameter string and
+    // flags; both stay valid for the call.
+    let rc = unsafe { syscall(SYS_FINIT_MODULE, f.as_raw_fd(), empty.as_ptr(), 0 as c_int) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(17) {
+            return Err(format!("load module {}: {e}", path.display()));
+        }
+    }
+    Ok(())
+}
+
+/// fork(2): `Ok(0)` in the child, the child's PID in the parent.
+pub(crate) fn fork_process() -> io::Result<i32> {
+    // SAFETY: the init forks while it has a single thread, so the child's copy of the
+    // process state is consistent.
+    let pid = unsafe { fork() };
+    check(pid)?;
+    Ok(pid)
+}
+
+/// How a waited-for process ended.
+pub(crate) enum Waited {
+    Exited(i32),
+    Signaled(i32),
+}
+
+/// Waits for any child: its PID and how it ended; `None` when there are no children left.
+pub(crate) fn wait_any() -> Option<(i32, Waited)> {
+    loop {
+        let mut status: c_int = 0;
+        // SAFETY: `status` is a valid place for the status word.
+        let pid = unsafe { waitpid(-1, &mut status, 0) };
+        if pid < 0 {
+            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return None;
+        }
+        let how = if status & 0x7f == 0 {
+            Waited::Exited((status >> 8) & 0xff)
+        } else {
+            Waited::Signaled(status & 0x7f)
+        };
+        return Some((pid, how));
+    }
+}
+
+/// Sends `sig` to every process but this one.
+pub(crate) fn kill_all(sig: c_int) {
+    // SAFETY: kill(2) with pid -1 has no memory effects on this process.
+    unsafe { kill(-1, sig) };
+}
+
+/// A pipe `(read, write)`, both ends close-on-exec.
+pub(crate) fn pipe() -> io::Result<(std::fs::File, std::fs::File)> {
+    use std::os::fd::FromRawFd as _;
+    let mut fds = [0 as c_int; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    check(unsafe { pipe2(fds.as_mut_ptr(), O_CLOEXEC) })?;
+    // SAFETY: pipe2 returned two new descriptors that nothing else owns.
+    Ok(unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    })
+}
+
+/// Makes descriptor `to` a copy of `from` (not close-on-exec).
+pub(crate) fn duplicate_to(from: c_int, to: c_int) -> io::Result<()> {
+    // SAFETY: dup2 only changes this process's descriptor table.
+    check(unsafe { dup2(from, to) })
+}
+
+/// Leaves the process at once with `code`, running no destructors (a forked child's way out).
+pub(crate) fn exit_now(code: c_int) -> ! {
+    // SAFETY: _exit never returns and touches no Rust state.
+    unsafe { _exit(code) }
+}
+
+/// Becomes `uid`/`gid` with the supplementary `groups`.
+pub(crate) fn become_user(uid: u32, gid: u32, groups: &[u32]) -> Result<(), String> {
+    // SAFETY: `groups` points at `groups.len()` valid gids.
+    check(unsafe { setgroups(groups.len(), groups.as_ptr()) })
+        .map_err(|e| format!("setgroups: {e}"))?;
+    // SAFETY: setgid/setuid take plain integers.
+    check(unsafe { setgid(gid) }).map_err(|e| format!("setgid {gid}: {e}"))?;
+    // SAFETY: as above.
+    check(unsafe { setuid(uid) }).map_err(|e| format!("setuid {uid}: {e}"))
+}
+
+/// Sets the hostname.
+pub(crate) fn set_hostname(name: &str) -> Result<(), String> {
+    // SAFETY: the pointer and length describe `name`'s bytes.
+    check(unsafe { sethostname(name.as_ptr().cast(), name.len()) })
+        .map_err(|e| format!("sethostname: {e}"))
+}
+
+/// Replaces the process with `path`; returns only the error.
+pub(crate) fn exec(path: &str, argv: &[String], env: &[String]) -> String {
+    let all = |v: &[String]| v.iter().map(|s| cstr(s)).collect::<io::Result<Vec<_>>>();
+    let (p, args, envs) = match (cstr(path), all(argv), all(env)) {
+        (Ok(p), Ok(a), Ok(e)) => (p, a, e),
+        _ => return format!("exec {path}: an argument holds a NUL byte"),
+    };
+    let mut argp: Vec<*const c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argp.push(std::ptr::null());
+    let mut envp: Vec<*const c_char> = envs.iter().map(|a| a.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    // SAFETY: every array is null-terminated and points at strings that outlive the call.
+    unsafe { execve(p.as_ptr(), argp.as_ptr(), envp.as_ptr()) };
+    format!("exec {path}: {}", io::Error::last_os_error())
+}
+
+/// The value of an extended attribute of `path` (not following a symlink), if set.
+pub(crate) fn get_xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let (p, n) = (cpath(path).ok()?, cstr(name).ok()?);
+    // SAFETY: a null buffer with size 0 asks only for the value's length.
+    let len = unsafe { lgetxattr(p.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) };
+    let mut buf = vec![0u8; usize::try_from(len).ok()?];
+    // SAFETY: `buf` has room for `buf.len()` bytes.
+    let got = unsafe { lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    buf.truncate(usize::try_from(got).ok()?);
+    Some(buf)
+}
+
+/// The names of `path`'s extended attributes (not following a symlink).
+pub(crate) fn list_xattrs(path: &Path) -> Vec<String> {
+    let Ok(p) = cpath(path) else {
+        return Vec::new();
+    };
+    // SAFETY: a null buffer with size 0 asks only for the list's length.
+    let len = unsafe { llistxattr(p.as_ptr(), std::ptr::null_mut(), 0) };
+    let Ok(len) = usize::try_from(len) else {
+        return Vec::new();
+    };
+    let mut buf = vec![0u8; len];
+    // SAFETY: `buf` has room for `buf.len()` bytes.
+    let got = unsafe { llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    buf.truncate(usize::try_from(got).unwrap_or(0));
+    buf.split(|b| *b == 0)
+        .filter(|n| !n.is_empty())
+        .filter_map(|n| String::from_utf8(n.to_vec()).ok())
+        .collect()
+}
+
+/// Waits until everything written to the terminal `fd` has been sent.
+pub(crate) fn drain(fd: c_int) {
+    // SAFETY: tcdrain only waits on the descriptor.
+    unsafe { tcdrain(fd) };
+}
+
+/// Stops the VM: a byte to qemu's exit port, else a power-off.
+pub(crate) fn power_off(port: u16) -> ! {
+    // SAFETY: sync flushes the page cache; it has no memory effects on this process.
+    unsafe { sync() };
+    // SAFETY: iopl(3) lets this process use I/O ports; the `out` below goes to a port
+    // the VMM owns and has no effect on this process's memory.
+    unsafe {
+        if iopl(3) == 0 {
+            std::arch::asm!("out dx, al", in("dx") port, in("al") 0u8);
+        }
+    }
+    // SAFETY: reboot(2) with RB_POWER_OFF stops the machine; nothing runs after it.
+    unsafe { reboot(RB_POWER_OFF) };
+    exit_now(0)
+}

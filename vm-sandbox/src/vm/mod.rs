@@ -1,0 +1,354 @@
+//! The microVM backend: each run boots a throwaway virtual machine with its own kernel.
+//!
+//! The guest is Debian's cloud kernel with kiln's static guest init
+//! (`src/bin/kiln-guest-init`) and the modules it loads, in an initramfs kiln writes itself
+//! (newc cpio; the fixed part is cached by content, [`kernel::base_initramfs`]). The run's
+//! root filesystem goes in as a second cpio appended to it: the lower layers merged
+//! ([`rootfs::pack_merged`]), plus the spec ([`protocol::GuestSpec`]) and copies of read-only
+//! bind sources. The guest mounts it under a tmpfs overlay upper, runs the step and writes
+//! the upper directory as a layer tar to a virtio disk, which the host unpacks into the
+//! run's upper directory, so callers see the same result as from the container backend.
+//! Output and the exit status come back as frames on the serial console.
+//!
+//! VMMs: [`Vmm::Qemu`] (`qemu-system-x86_64 -M microvm`, KVM on hardware virtualization,
+//! else TCG). [`Vmm::Builtin`], an in-process VMM on the rust-vmm crates, is not built yet.
+
+mod cpio;
+mod kernel;
+pub mod protocol;
+mod qemu;
+mod rootfs;
+
+use std::fs;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use kernel::hardware_kvm;
+use protocol::{GuestMount, GuestSpec};
+
+use crate::container::{ETC_FILES, remove_mount_stubs, scratch_dir, write_etc_files};
+use crate::{
+    ExitStatus, RootFs, RunIo, RunOutcome, RunSpec, Sandbox, SandboxError, SandboxKind,
+    SandboxMountKind,
+};
+
+/// Which VMM runs the guest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Vmm {
+    /// The builtin VMM on hardware KVM, else qemu.
+    #[default]
+    Auto,
+    /// kiln's in-process VMM (rust-vmm crates).
+    Builtin,
+    /// `qemu-system-x86_64 -M microvm`.
+    Qemu,
+}
+
+impl std::str::FromStr for Vmm {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Vmm::Auto),
+            "builtin" => Ok(Vmm::Builtin),
+            "qemu" => Ok(Vmm::Qemu),
+            other => Err(format!("unknown VMM {other:?} (use auto, builtin or qemu)")),
+        }
+    }
+}
+
+/// How the microVMs are made.
+#[derive(Clone, Debug)]
+pub struct VmOptions {
+    /// The VMM.
+    pub vmm: Vmm,
+    /// The guest kernel (else found as [`kernel::find_kernel`] says).
+    pub kernel: Option<PathBuf>,
+    /// Longest a run may take before the VM is killed.
+    pub timeout: Option<Duration>,
+    /// Guest memory in MiB; the root filesystem and the step's changes live in it.
+    pub memory_mib: u32,
+}
+
+impl Default for VmOptions {
+    fn default() -> Self {
+        VmOptions {
+            vmm: Vmm::Auto,
+            kernel: None,
+            timeout: None,
+            memory_mib: 1024,
+        }
+    }
+}
+
+/// Runs each process in its own microVM.
+#[derive(Clone, Debug)]
+pub struct MicroVmSandbox {
+    options: VmOptions,
+    state: PathBuf,
+}
+
+impl MicroVmSandbox {
+    /// `state` holds per-run scratch files and the initramfs cache.
+    pub fn new(options: VmOptions, state: impl Into<PathBuf>) -> Self {
+        MicroVmSandbox {
+            options,
+            state: state.into(),
+        }
+    }
+
+    /// The VMM binary and whether it gets KVM.
+    fn vmm(&self) -> Result<(PathBuf, bool), SandboxError> {
+        let hw = hardware_kvm();
+        match self.options.vmm {
+            Vmm::Builtin => Err(SandboxError::Unavailable(
+                "the builtin VMM is not built yet: use --vmm qemu (or auto)".into(),
+            )),
+            Vmm::Auto | Vmm::Qemu => Ok((qemu::find_qemu()?, hw)),
+        }
+    }
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError {
+    let what = what.into();
+    move |source| SandboxError::Io { what, source }
+}
+
+/// Where a stream of the step goes on the host.
+/// A host-side destination of a guest stream.
+type Sink = Box<dyn Write + Send>;
+
+fn sinks(streams: &RunIo) -> Result<(Sink, Sink), SandboxError> {
+    let dup = |fd: &Arc<std::os::fd::OwnedFd>| -> Result<Sink, SandboxError> {
+        let owned = fd
+            .try_clone()
+            .map_err(io("duplicate an output descriptor"))?;
+        Ok(Box::new(fs::File::from(owned)))
+    };
+    Ok(match streams {
+        RunIo::Inherit => (Box::new(std::io::stdout()), Box::new(std::io::stderr())),
+        RunIo::OutputToStderr => (Box::new(std::io::stderr()), Box::new(std::io::stderr())),
+        RunIo::OutputTo(fd) => (dup(fd)?, dup(fd)?),
+        RunIo::Fds { stdout, stderr, .. } => (dup(stdout)?, dup(stderr)?),
+    })
+}
+
+impl Sandbox for MicroVmSandbox {
+    fn kind(&self) -> SandboxKind {
+        SandboxKind::MicroVm
+    }
+
+    fn probe(&self) -> Result<(), SandboxError> {
+        kernel::find_kernel(self.options.kernel.as_deref())?;
+        self.vmm().map(drop)
+    }
+
+    fn run(
+        &self,
+        rootfs: &RootFs,
+        spec: &RunSpec,
+        streams: RunIo,
+    ) -> Result<RunOutcome, SandboxError> {
+        if rootfs.direct {
+            return Err(SandboxError::Unavailable(
+                "--isolation vm needs overlay snapshots (this store copies layers instead)".into(),
+            ));
+        }
+        if spec.tty {
+            return Err(SandboxError::Unavailable(
+                "a terminal (-t) is not supported with --isolation vm yet".into(),
+            ));
+        }
+        let kernel = kernel::find_kernel(self.options.kernel.as_deref())?;
+        let (qemu_bin, kvm) = self.vmm()?;
+        let base = kernel::base_initramfs(&kernel, &self.state.join("initramfs"))?;
+        let scratch = scratch_dir(&self.state.join("runs"))?;
+        let d = scratch.path();
+
+        let hostname = if spec.hostname.is_empty() {
+            "kiln"
+        } else {
+            &spec.hostname
+        };
+        let etc = d.join("etc");
+        write_etc_files(&etc, hostname)?;
+        let mut guest = GuestSpec {
+            argv: spec.argv.clone(),
+            env: spec.env.clone(),
+            cwd: spec.cwd.clone(),
+            user: spec.user.clone(),
+            hostname: hostname.to_string(),
+            modules: kernel::module_paths(),
+            etc_files: Vec::new(),
+            inline_files: spec
+                .inline_files
+                .iter()
+                .map(|f| (f.name.clone(), f.content.clone().into_bytes()))
+                .collect(),
+            mounts: Vec::new(),
+            read_only: spec.read_only,
+        };
+        for name in ETC_FILES {
+            let p = etc.join(name);
+            let body = fs::read(&p).map_err(io(format!("read {}", p.display())))?;
+            guest.etc_files.push((name.to_string(), body));
+        }
+        let mut copies = Vec::new();
+        for m in &spec.mounts {
+            match &m.kind {
+                SandboxMountKind::Tmpfs { size } => guest.mounts.push(GuestMount::Tmpfs {
+                    target: m.target.clone(),
+                    size: *size,
+                }),
+                SandboxMountKind::Bind { source, writable } => {
+                    if *writable {
+                        return Err(SandboxError::Unavailable(format!(
+                            "a writable mount at {} (a cache mount or read-write volume) is not supported with --isolation vm yet",
+                            m.target
+                        )));
+                    }
+                    let inside = format!("/kiln/binds/{}", copies.len());
+                    copies.push((source.clone(), inside.clone()));
+                    guest.mounts.push(GuestMount::Copy {
+                        target: m.target.clone(),
+                        source: inside,
+                    });
+                }
+            }
+        }
+
+        // The initrd: the cached fixed part, then this run's part.
+        let initrd = d.join("initrd.cpio");
+        {
+            let mut out = std::io::BufWriter::new(
+                fs::File::create(&initrd).map_err(io(format!("create {}", initrd.display())))?,
+            );
+            let mut fixed =
+                fs::File::open(&base).map_err(io(format!("read {}", base.display())))?;
+            std::io::copy(&mut fixed, &mut out).map_err(io("write the initramfs"))?;
+            let mut w = cpio::CpioWriter::new(out);
+            write_run_part(&mut w, &guest, &copies, &rootfs.lower)
+                .map_err(io("pack the root filesystem into the initramfs"))?;
+            w.finish().map_err(io("write the initramfs"))?;
+        }
+        let output_disk = d.join("output.img");
+        fs::File::create(&output_disk)
+            .and_then(|f| f.set_len((u64::from(self.options.memory_mib) + 64) << 20))
+            .map_err(io("create the output disk"))?;
+
+        let (out, err) = sinks(&streams)?;
+        tracing::debug!(argv = ?spec.argv, kvm, "microVM run");
+        let report = qemu::boot(
+            &qemu::Boot {
+                qemu: &qemu_bin,
+                kernel: &kernel.image,
+                initrd: &initrd,
+                output_disk: &output_disk,
+                memory_mib: self.options.memory_mib,
+                kvm,
+                timeout: self.options.timeout,
+            },
+            out,
+            err,
+        )?;
+        let status = outcome(&report, self.options.timeout)?;
+        let len = report.output.unwrap_or(0);
+        let disk = fs::File::open(&output_disk).map_err(io("read the output disk"))?;
+        snapshotter::snapshot::unpack_layer(std::io::Read::take(disk, len), &rootfs.upper)
+            .map_err(|e| SandboxError::Setup(format!("apply the microVM's changes: {e}")))?;
+        remove_mount_stubs(rootfs);
+        Ok(RunOutcome { status })
+    }
+}
+
+/// How the step ended, from the guest's report; an error where the guest could not say.
+fn outcome(report: &qemu::Report, timeout: Option<Duration>) -> Result<ExitStatus, SandboxError> {
+    if report.timed_out {
+        let t = timeout
+            .map(|t| format!("{}s", t.as_secs()))
+            .unwrap_or_default();
+        return Err(SandboxError::Setup(format!(
+            "the microVM did not finish within {t} (--vm-timeout) and was stopped"
+        )));
+    }
+    if let Some(m) = &report.failed {
+        return Err(SandboxError::Setup(m.clone()));
+    }
+    let status = match (report.exited, report.killed) {
+        (Some(code), _) => ExitStatus::Code(code),
+        (None, Some((_, true))) => {
+            return Err(SandboxError::Setup(
+                "the step ran out of memory in the microVM (raise --vm-memory)".into(),
+            ));
+        }
+        (None, Some((signal, false))) => ExitStatus::Signal(signal),
+        (None, None) => {
+            let panic = report
+                .kernel_log
+                .iter()
+                .find(|l| l.contains("Kernel panic"))
+                .map(|l| {
+                    l.trim_start_matches(|c: char| {
+                        c == '[' || c == ']' || c == ' ' || c == '.' || c.is_ascii_digit()
+                    })
+                });
+            return Err(SandboxError::Setup(match panic {
+                Some(p) => format!("the microVM's kernel panicked: {p}"),
+                None => {
+                    let last = report
+                        .kernel_log
+                        .last()
+                        .cloned()
+                        .or_else(|| report.vmm_errors.lines().last().map(str::to_string))
+                        .unwrap_or_else(|| "no output".into());
+                    format!("the microVM stopped before the step finished: {last}")
+                }
+            }));
+        }
+    };
+    if report.output.is_none() {
+        return Err(SandboxError::Setup(
+            "the microVM stopped before it wrote the step's changes".into(),
+        ));
+    }
+    Ok(status)
+}
+
+/// This run's part of the initramfs: the spec, copies of bind sources, the merged root.
+fn write_run_part<W: Write>(
+    w: &mut cpio::CpioWriter<W>,
+    guest: &GuestSpec,
+    copies: &[(PathBuf, String)],
+    lower: &[PathBuf],
+) -> std::io::Result<()> {
+    let meta = |mode| cpio::EntryMeta {
+        mode,
+        uid: 0,
+        gid: 0,
+        mtime: 0,
+        rdev: (0, 0),
+    };
+    let spec = guest.encode();
+    w.file(
+        protocol::SPEC_PATH.trim_start_matches('/').as_bytes(),
+        &meta(cpio::S_IFREG | 0o600),
+        spec.len() as u64,
+        &spec[..],
+        None,
+    )?;
+    if !copies.is_empty() {
+        w.special(b"kiln/binds", &meta(cpio::S_IFDIR | 0o755))?;
+    }
+    for (source, inside) in copies {
+        let name = inside.trim_start_matches('/');
+        let md = fs::metadata(source)?;
+        if md.is_dir() {
+            rootfs::pack_merged(w, std::slice::from_ref(source), name)?;
+        } else {
+            let f = fs::File::open(source)?;
+            rootfs::pack_file(w, name.as_bytes(), &md, f)?;
+        }
+    }
+    rootfs::pack_merged(w, lower, "lower")
+}

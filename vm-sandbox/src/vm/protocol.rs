@@ -1,0 +1,337 @@
+//! The wire format between kiln and its guest init, shared by both sides (the guest init
+//! includes this file): the step's spec goes in as a file in the initramfs, and everything
+//! comes back as frames, one per line, on the guest's serial console.
+//!
+//! A spec is a list of records `KEY LEN\nBYTES\n`, so values may hold any byte. A frame is a
+//! line `FRAME_MARK KIND HEX\n`; lines without the mark are the guest kernel's own messages
+//! (a panic, say), which the host keeps for its error messages.
+
+/// Where the spec is in the initramfs.
+pub const SPEC_PATH: &str = "/kiln/spec";
+
+/// What starts a frame line: an escape byte and a tag no kernel message begins with.
+pub const FRAME_MARK: &[u8] = b"\x1b[kiln:";
+
+/// The I/O port of qemu's `isa-debug-exit` device: a byte written there stops the VM at once.
+pub const EXIT_PORT: u16 = 0xf4;
+
+/// The run as the guest init needs it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GuestSpec {
+    /// Program and arguments.
+    pub argv: Vec<String>,
+    /// Environment, `KEY=value`.
+    pub env: Vec<String>,
+    /// Working directory (created if missing).
+    pub cwd: String,
+    /// `user[:group]`, resolved in the root's /etc/passwd and /etc/group.
+    pub user: String,
+    /// Hostname.
+    pub hostname: String,
+    /// Kernel modules to load, in order (paths in the initramfs).
+    pub modules: Vec<String>,
+    /// `/etc/hosts`, `resolv.conf`, `hostname`: name and content, bound over the image's.
+    pub etc_files: Vec<(String, Vec<u8>)>,
+    /// Files under `/dev/pipes/` (heredoc scripts): name and content.
+    pub inline_files: Vec<(String, Vec<u8>)>,
+    /// Extra mounts.
+    pub mounts: Vec<GuestMount>,
+    /// The root is read-only.
+    pub read_only: bool,
+}
+
+/// A mount in the guest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GuestMount {
+    /// A tmpfs at `target`, with an optional size in bytes.
+    Tmpfs {
+        /// Path in the root.
+        target: String,
+        /// Size limit.
+        size: Option<u64>,
+    },
+    /// A copy of a host file or directory, carried in the initramfs at `source`, bound
+    /// read-only at `target`.
+    Copy {
+        /// Path in the root.
+        target: String,
+        /// Path in the initramfs.
+        source: String,
+    },
+}
+
+fn record(out: &mut Vec<u8>, key: &str, value: &[u8]) {
+    out.extend_from_slice(format!("{key} {}\n", value.len()).as_bytes());
+    out.extend_from_slice(value);
+    out.push(b'\n');
+}
+
+/// Splits `data` into its records.
+fn records(mut data: &[u8]) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        let nl = data
+            .iter()
+            .position(|b| *b == b'\n')
+            .ok_or("spec: record header without a newline")?;
+        let head = std::str::from_utf8(&data[..nl]).map_err(|_| "spec: header is not UTF-8")?;
+        let (key, len) = head
+            .split_once(' ')
+            .ok_or("spec: header without a length")?;
+        let len: usize = len.parse().map_err(|_| "spec: bad length")?;
+        let rest = &data[nl + 1..];
+        if rest.len() < len + 1 || rest[len] != b'\n' {
+            return Err("spec: truncated record".into());
+        }
+        out.push((key.to_string(), rest[..len].to_vec()));
+        data = &rest[len + 1..];
+    }
+    Ok(out)
+}
+
+fn text(v: Vec<u8>) -> Result<String, String> {
+    String::from_utf8(v).map_err(|_| "spec: a value is not UTF-8".to_string())
+}
+
+impl GuestSpec {
+    /// The spec file's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for a in &self.argv {
+            record(&mut out, "arg", a.as_bytes());
+        }
+        for e in &self.env {
+            record(&mut out, "env", e.as_bytes());
+        }
+        record(&mut out, "cwd", self.cwd.as_bytes());
+        record(&mut out, "user", self.user.as_bytes());
+        record(&mut out, "hostname", self.hostname.as_bytes());
+        for m in &self.modules {
+            record(&mut out, "module", m.as_bytes());
+        }
+        for (name, body) in &self.etc_files {
+            record(&mut out, &format!("etc:{name}"), body);
+        }
+        for (name, body) in &self.inline_files {
+            record(&mut out, &format!("inline:{name}"), body);
+        }
+        for m in &self.mounts {
+            match m {
+                GuestMount::Tmpfs { target, size } => {
+                    let size = size.map(|s| s.to_string()).unwrap_or_default();
+                    record(&mut out, "tmpfs", format!("{target}\0{size}").as_bytes());
+                }
+                GuestMount::Copy { target, source } => {
+                    record(&mut out, "copy", format!("{target}\0{source}").as_bytes());
+                }
+            }
+        }
+        if self.read_only {
+            record(&mut out, "read-only", b"1");
+        }
+        out
+    }
+
+    /// Reads a spec file's bytes.
+    pub fn decode(data: &[u8]) -> Result<GuestSpec, String> {
+        let mut spec = GuestSpec::default();
+        for (key, value) in records(data)? {
+            match key.as_str() {
+                "arg" => spec.argv.push(text(value)?),
+                "env" => spec.env.push(text(value)?),
+                "cwd" => spec.cwd = text(value)?,
+                "user" => spec.user = text(value)?,
+                "hostname" => spec.hostname = text(value)?,
+                "module" => spec.modules.push(text(value)?),
+                "read-only" => spec.read_only = value == b"1",
+                "tmpfs" | "copy" => {
+                    let v = text(value)?;
+                    let (target, rest) = v.split_once('\0').ok_or("spec: bad mount")?;
+                    let target = target.to_string();
+                    spec.mounts.push(if key == "tmpfs" {
+                        let size = match rest {
+                            "" => None,
+                            s => Some(s.parse().map_err(|_| "spec: bad tmpfs size")?),
+                        };
+                        GuestMount::Tmpfs { target, size }
+                    } else {
+                        GuestMount::Copy {
+                            target,
+                            source: rest.to_string(),
+                        }
+                    });
+                }
+                other => {
+                    if let Some(name) = other.strip_prefix("etc:") {
+                        spec.etc_files.push((name.to_string(), value));
+                    } else if let Some(name) = other.strip_prefix("inline:") {
+                        spec.inline_files.push((name.to_string(), value));
+                    } else {
+                        return Err(format!("spec: unknown record {other:?}"));
+                    }
+                }
+            }
+        }
+        Ok(spec)
+    }
+}
+
+/// One message from the guest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// Bytes the step wrote to standard output.
+    Stdout(Vec<u8>),
+    /// Bytes the step wrote to standard error.
+    Stderr(Vec<u8>),
+    /// The step exited with this code.
+    Exited(i32),
+    /// A signal killed the step; `oom` when the kernel's OOM killer did it.
+    Killed {
+        /// The signal.
+        signal: i32,
+        /// The OOM killer sent it.
+        oom: bool,
+    },
+    /// The guest could not set the step up or start it.
+    Failed(String),
+    /// The changed files are on the output device: a tar of this many bytes.
+    Output(u64),
+}
+
+const CHUNK: usize = 2048;
+
+/// The largest payload one output frame carries; longer writes become several frames.
+pub const MAX_CHUNK: usize = CHUNK;
+
+fn hex(data: &[u8], out: &mut Vec<u8>) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in data {
+        out.push(DIGITS[usize::from(b >> 4)]);
+        out.push(DIGITS[usize::from(b & 15)]);
+    }
+}
+
+fn unhex(data: &[u8]) -> Option<Vec<u8>> {
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    if !data.len().is_multiple_of(2) {
+        return None;
+    }
+    data.chunks(2)
+        .map(|p| Some(digit(p[0])? << 4 | digit(p[1])?))
+        .collect()
+}
+
+impl Frame {
+    /// The frame's line, newline included.
+    pub fn encode(&self) -> Vec<u8> {
+        let (kind, payload): (u8, Vec<u8>) = match self {
+            Frame::Stdout(d) => (b'o', d.clone()),
+            Frame::Stderr(d) => (b'e', d.clone()),
+            Frame::Exited(c) => (b'x', c.to_string().into_bytes()),
+            Frame::Killed { signal, oom } => (b'k', format!("{signal} {oom}").into_bytes()),
+            Frame::Failed(m) => (b'f', m.clone().into_bytes()),
+            Frame::Output(n) => (b'd', n.to_string().into_bytes()),
+        };
+        let mut out = FRAME_MARK.to_vec();
+        out.push(kind);
+        out.push(b' ');
+        hex(&payload, &mut out);
+        out.push(b'\n');
+        out
+    }
+
+    /// Reads one line (without its newline; a trailing `\r` is ignored). `None`: not a frame.
+    pub fn decode(line: &[u8]) -> Option<Frame> {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let pos = line
+            .windows(FRAME_MARK.len())
+            .position(|w| w == FRAME_MARK)?;
+        let rest = &line[pos + FRAME_MARK.len()..];
+        let (&kind, rest) = rest.split_first()?;
+        let payload = unhex(rest.strip_prefix(b" ")?)?;
+        let text = || String::from_utf8(payload.clone()).ok();
+        Some(match kind {
+            b'o' => Frame::Stdout(payload),
+            b'e' => Frame::Stderr(payload),
+            b'x' => Frame::Exited(text()?.parse().ok()?),
+            b'k' => {
+                let t = text()?;
+                let (s, oom) = t.split_once(' ')?;
+                Frame::Killed {
+                    signal: s.parse().ok()?,
+                    oom: oom == "true",
+                }
+            }
+            b'f' => Frame::Failed(text()?),
+            b'd' => Frame::Output(text()?.parse().ok()?),
+            _ => return None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_round_trip_with_any_bytes() {
+        let spec = GuestSpec {
+            argv: vec!["/bin/sh".into(), "-c".into(), "echo 'a\nb' 12 3\n".into()],
+            env: vec!["A=1 2".into(), "EMPTY=".into()],
+            cwd: "/app dir".into(),
+            user: "1000:users".into(),
+            hostname: "h".into(),
+            modules: vec!["/kiln/modules/00-virtio.ko".into()],
+            etc_files: vec![("hosts".into(), b"127.0.0.1 localhost\n".to_vec())],
+            inline_files: vec![("script".into(), b"#!/bin/sh\n\0\xff".to_vec())],
+            mounts: vec![
+                GuestMount::Tmpfs {
+                    target: "/tmp".into(),
+                    size: Some(1 << 20),
+                },
+                GuestMount::Tmpfs {
+                    target: "/t2".into(),
+                    size: None,
+                },
+                GuestMount::Copy {
+                    target: "/src".into(),
+                    source: "/kiln/binds/0".into(),
+                },
+            ],
+            read_only: true,
+        };
+        assert_eq!(GuestSpec::decode(&spec.encode()).unwrap(), spec);
+        assert!(GuestSpec::decode(b"arg 10\nshort\n").is_err());
+        assert!(GuestSpec::decode(b"bogus 1\nx\n").is_err());
+    }
+
+    #[test]
+    fn frames_round_trip_and_other_lines_are_not_frames() {
+        for f in [
+            Frame::Stdout(b"hello\n\x1b[kiln:x 00\n".to_vec()),
+            Frame::Stderr(vec![0, 255, 10]),
+            Frame::Exited(-3),
+            Frame::Killed {
+                signal: 9,
+                oom: true,
+            },
+            Frame::Failed("exec: \"x\": not found".into()),
+            Frame::Output(1 << 40),
+        ] {
+            let line = f.encode();
+            assert_eq!(line.last(), Some(&b'\n'));
+            assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1);
+            assert_eq!(Frame::decode(&line[..line.len() - 1]), Some(f.clone()));
+            let mut crlf = line[..line.len() - 1].to_vec();
+            crlf.push(b'\r');
+            assert_eq!(Frame::decode(&crlf), Some(f));
+        }
+        assert_eq!(Frame::decode(b"[    1.2] Kernel panic - not syncing"), None);
+        assert_eq!(Frame::decode(b"\x1b[kiln:o 4"), None);
+        assert_eq!(Frame::decode(b"\x1b[kiln:q 00"), None);
+    }
+}

@@ -1,0 +1,191 @@
+//! The qemu VMM: `qemu-system-x86_64 -M microvm` as a child process, with KVM where the host
+//! has hardware virtualization and software emulation (TCG) otherwise. The guest's serial
+//! console is qemu's stdout, read here line by line: frames go to the step's streams, other
+//! lines (the guest kernel's) are kept for error messages.
+
+use std::io::{self, BufRead as _, BufReader, Write};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::protocol::{EXIT_PORT, Frame};
+use crate::SandboxError;
+
+/// One boot of a guest.
+pub(crate) struct Boot<'a> {
+    pub(crate) qemu: &'a Path,
+    pub(crate) kernel: &'a Path,
+    pub(crate) initrd: &'a Path,
+    pub(crate) output_disk: &'a Path,
+    pub(crate) memory_mib: u32,
+    pub(crate) kvm: bool,
+    pub(crate) timeout: Option<Duration>,
+}
+
+/// What the guest reported, and how the VM ended.
+#[derive(Debug, Default)]
+pub(crate) struct Report {
+    pub(crate) exited: Option<i32>,
+    pub(crate) killed: Option<(i32, bool)>,
+    pub(crate) failed: Option<String>,
+    pub(crate) output: Option<u64>,
+    /// The guest kernel's last console lines.
+    pub(crate) kernel_log: Vec<String>,
+    pub(crate) timed_out: bool,
+    /// qemu's own error output.
+    pub(crate) vmm_errors: String,
+}
+
+const KERNEL_LOG_LINES: usize = 40;
+
+/// The qemu binary: `KILN_QEMU`, else `qemu-system-x86_64` on `PATH`.
+pub(crate) fn find_qemu() -> Result<PathBuf, SandboxError> {
+    if let Some(p) = std::env::var_os("KILN_QEMU") {
+        return Ok(PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|d| d.join("qemu-system-x86_64"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            SandboxError::Unavailable(
+                "qemu-system-x86_64 is not installed (Debian package qemu-system-x86)".into(),
+            )
+        })
+}
+
+/// The kernel command line: serial console, no kernel chatter but emergencies (a panic),
+/// a panic stops the VM at once.
+const CMDLINE: &str = "console=ttyS0 quiet loglevel=1 panic=-1 reboot=t nokaslr i8042.noaux i8042.nokbd i8042.nopnp tsc=reliable";
+
+fn command(boot: &Boot) -> Command {
+    let mut cmd = Command::new(boot.qemu);
+    let (accel, cpu) = if boot.kvm {
+        ("kvm", "host,-arch-capabilities")
+    } else {
+        ("tcg", "max")
+    };
+    cmd.arg("-M")
+        .arg(format!("microvm,accel={accel},rtc=on"))
+        .args(["-cpu", cpu, "-smp", "1"])
+        .arg("-m")
+        .arg(format!("{}M", boot.memory_mib))
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ])
+        .args(["-serial", "stdio"])
+        .arg("-kernel")
+        .arg(boot.kernel)
+        .arg("-initrd")
+        .arg(boot.initrd)
+        .args(["-append", CMDLINE])
+        .arg("-device")
+        .arg(format!("isa-debug-exit,iobase={EXIT_PORT:#x},iosize=4"))
+        .arg("-drive")
+        .arg(format!(
+            "id=out,file={},format=raw,if=none",
+            boot.output_disk.display()
+        ))
+        .args(["-device", "virtio-blk-device,drive=out"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag of the new process; it allocates
+    // nothing and is async-signal-safe.
+    #[allow(unsafe_code)]
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// Boots the guest and waits for it to stop (or kills it at the timeout); the step's output
+/// goes to `stdout` and `stderr` as it arrives.
+pub(crate) fn boot(
+    boot: &Boot,
+    mut stdout: Box<dyn Write + Send>,
+    mut stderr: Box<dyn Write + Send>,
+) -> Result<Report, SandboxError> {
+    let mut child = command(boot).spawn().map_err(|source| SandboxError::Io {
+        what: format!("start {}", boot.qemu.display()),
+        source,
+    })?;
+    let serial = child.stdout.take().expect("stdout is piped");
+    let errors = child.stderr.take().expect("stderr is piped");
+    let console = std::thread::spawn(move || {
+        let mut report = Report::default();
+        let mut reader = BufReader::new(serial);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            let text = line.strip_suffix(b"\n").unwrap_or(&line);
+            match Frame::decode(text) {
+                Some(Frame::Stdout(d)) => {
+                    let _ = stdout.write_all(&d).and_then(|()| stdout.flush());
+                }
+                Some(Frame::Stderr(d)) => {
+                    let _ = stderr.write_all(&d).and_then(|()| stderr.flush());
+                }
+                Some(Frame::Exited(code)) => report.exited = Some(code),
+                Some(Frame::Killed { signal, oom }) => report.killed = Some((signal, oom)),
+                Some(Frame::Failed(m)) => report.failed = Some(m),
+                Some(Frame::Output(n)) => report.output = Some(n),
+                None => {
+                    let t = String::from_utf8_lossy(text).trim_end().to_string();
+                    if !t.is_empty() {
+                        if report.kernel_log.len() == KERNEL_LOG_LINES {
+                            report.kernel_log.remove(0);
+                        }
+                        report.kernel_log.push(t);
+                    }
+                }
+            }
+        }
+        report
+    });
+    let vmm_errors = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = io::Read::read_to_string(&mut BufReader::new(errors), &mut s);
+        s
+    });
+    let started = Instant::now();
+    let mut timed_out = false;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) => {}
+            Err(source) => {
+                let _ = child.kill();
+                return Err(SandboxError::Io {
+                    what: "wait for qemu".into(),
+                    source,
+                });
+            }
+        }
+        if boot.timeout.is_some_and(|t| started.elapsed() >= t) {
+            timed_out = true;
+            let _ = child.kill();
+            let _ = child.wait();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut report = console.join().unwrap_or_default();
+    report.vmm_errors = vmm_errors.join().unwrap_or_default();
+    report.timed_out = timed_out;
+    Ok(report)
+}
