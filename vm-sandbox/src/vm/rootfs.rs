@@ -157,3 +157,97 @@ pub(crate) fn pack_file<W: Write>(
 ) -> io::Result<()> {
     cpio.file(name, &meta_of(md), md.len(), data, None)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Layers with a whiteout, an opaque directory and a file over a directory merge as
+    /// overlayfs shows them (checked by unpacking the archive with GNU cpio).
+    #[test]
+    fn layers_merge_as_overlayfs_shows_them() {
+        let have_cpio = std::process::Command::new("cpio")
+            .arg("--version")
+            .output()
+            .is_ok();
+        let root = nix::unistd::geteuid().is_root();
+        if !have_cpio || !root {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true but cpio or root is missing"
+            );
+            eprintln!("skipped: needs cpio and root (to make whiteouts)");
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let (bottom, top) = (t.path().join("bottom"), t.path().join("top"));
+        for (p, body) in [
+            ("bottom/keep/a", "a"),
+            ("bottom/gone/x", "x"),
+            ("bottom/opaque/old", "old"),
+            ("bottom/shadowed", "lower"),
+            ("bottom/becomes-file/inner", "inner"),
+            ("top/keep/b", "b"),
+            ("top/opaque/new", "new"),
+            ("top/shadowed", "upper"),
+            ("top/becomes-file", "now a file"),
+        ] {
+            let p = t.path().join(p);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, body).unwrap();
+        }
+        nix::sys::stat::mknod(
+            &top.join("gone"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+            0,
+        )
+        .unwrap();
+        xattr::set(top.join("opaque"), "trusted.overlay.opaque", b"y").unwrap();
+
+        let mut w = CpioWriter::new(Vec::new());
+        pack_merged(&mut w, &[top, bottom], "lower").unwrap();
+        let data = w.finish().unwrap();
+        let out = t.path().join("out");
+        fs::create_dir(&out).unwrap();
+        let mut child = std::process::Command::new("cpio")
+            .args(["-id", "--quiet"])
+            .current_dir(&out)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(&data).unwrap();
+        assert!(child.wait().unwrap().success());
+        let mut found = Vec::new();
+        let mut stack = vec![out.join("lower")];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                let rel = p
+                    .strip_prefix(out.join("lower"))
+                    .unwrap()
+                    .display()
+                    .to_string();
+                if p.is_dir() {
+                    stack.push(p);
+                    found.push(format!("{rel}/"));
+                } else {
+                    found.push(format!("{rel}={}", fs::read_to_string(&p).unwrap()));
+                }
+            }
+        }
+        found.sort();
+        assert_eq!(
+            found,
+            [
+                "becomes-file=now a file",
+                "keep/",
+                "keep/a=a",
+                "keep/b=b",
+                "opaque/",
+                "opaque/new=new",
+                "shadowed=upper",
+            ]
+        );
+    }
+}
