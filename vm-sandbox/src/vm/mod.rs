@@ -18,6 +18,7 @@ mod kernel;
 pub mod protocol;
 mod qemu;
 mod rootfs;
+mod vmlinux;
 
 use std::fs;
 use std::io::Write;
@@ -162,7 +163,9 @@ impl Sandbox for MicroVmSandbox {
         }
         let kernel = kernel::find_kernel(self.options.kernel.as_deref())?;
         let (qemu_bin, kvm) = self.vmm()?;
-        let base = kernel::base_initramfs(&kernel, &self.state.join("initramfs"))?;
+        let cache = self.state.join("initramfs");
+        let base = kernel::base_initramfs(&kernel, &cache)?;
+        let boot_image = vmlinux::bootable(&kernel.image, &cache);
         let scratch = scratch_dir(&self.state.join("runs"))?;
         let d = scratch.path();
 
@@ -242,7 +245,7 @@ impl Sandbox for MicroVmSandbox {
         let report = qemu::boot(
             &qemu::Boot {
                 qemu: &qemu_bin,
-                kernel: &kernel.image,
+                kernel: &boot_image,
                 initrd: &initrd,
                 output_disk: &output_disk,
                 memory_mib: self.options.memory_mib,
