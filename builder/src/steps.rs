@@ -203,6 +203,8 @@ impl Builder<'_> {
             mounts: mounts.mounts.clone(),
             limits: vm_sandbox::Limits {
                 processes: Some(crate::STEP_MAX_PROCESSES),
+                // The build as a whole holds the memory limit (`kiln build --memory`).
+                memory: None,
             },
             tty: false,
             read_only: false,
@@ -249,6 +251,12 @@ impl Builder<'_> {
                 work: active.work.clone(),
             };
             let outcome = this.run_sandboxed(&rootfs, &spec, state.step)?;
+            if outcome.oom_killed {
+                return Err(format!(
+                    "process {:?} did not complete successfully: out of memory (killed by the OOM killer at the build's memory limit, --memory)",
+                    argv.join(" ")
+                ));
+            }
             if !outcome.status.success() {
                 let how = match outcome.status {
                     vm_sandbox::ExitStatus::Code(c) => format!("exit code: {c}"),

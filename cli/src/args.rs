@@ -279,6 +279,10 @@ pub(crate) struct BuildArgs {
     /// Push every tag (-t) to its registry after the build
     #[arg(long)]
     pub(crate) push: bool,
+    /// Memory the build's RUN steps may use together (64m, 2g; plain numbers are bytes)
+    /// [default: three quarters of the host's memory]
+    #[arg(short = 'm', long)]
+    pub(crate) memory: Option<String>,
     #[command(flatten)]
     pub(crate) isolation: IsolationArgs,
     /// The build context directory
@@ -338,6 +342,9 @@ pub(crate) struct RunArgs {
     /// Most processes the container may have at once
     #[arg(long)]
     pub(crate) pids_limit: Option<u64>,
+    /// Memory limit (64m, 2g; plain numbers are bytes)
+    #[arg(short = 'm', long)]
+    pub(crate) memory: Option<String>,
     #[command(flatten)]
     pub(crate) isolation: IsolationArgs,
     /// The image

@@ -2,7 +2,8 @@
 //! host files and PIDs out of sight, loopback only with `--network none`, `mount`, `mknod`,
 //! `ptrace` of a host process, raw sockets and module loading refused, read-only volumes,
 //! containers unable to signal each other, nothing of the host-made `/etc` files in a layer,
-//! and a fork bomb in a RUN step bounded.
+//! and a fork bomb in a RUN step bounded, and a step or container that fills memory killed at
+//! its memory limit.
 //!
 //! The probes run `testdata/escape-probe/probe.c`, built static with the host's gcc.
 
@@ -282,10 +283,47 @@ fn fork_bomb_is_bounded(ctx: &TestContext, tag: &str) {
     ctx.kiln().args(["run", "--rm", img, "true"]).run().ok();
 }
 
+/// A RUN step (and a container) that fills memory is killed at its memory limit, alone: the
+/// build fails in one line naming the cause, and the next build and run work. As root; a
+/// rootless container has no memory cgroup here, and `run --memory` says so.
+fn memory_is_bounded(ctx: &TestContext) {
+    let img = ctx.base_image();
+    let hog = "x=$(head -c 400000000 /dev/zero | tr '\\0' a); echo filled ${#x}";
+    if ctx.rootless() {
+        let o = run(ctx, &["-m", "64m", img, "true"]);
+        assert!(o.one_error_line().contains("--memory needs root"), "{o:?}");
+        return;
+    }
+    let dir = ctx.work().join("memory-ctx");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("Dockerfile"), format!("FROM {img}\nRUN {hog}\n")).unwrap();
+    let o = ctx
+        .kiln()
+        .args(["build", "-q", "-m", "64m", "-t", "hog"])
+        .arg(&dir)
+        .run();
+    assert!(!o.stderr.lines().any(|l| l.starts_with("filled ")), "{o:?}");
+    assert!(o.one_error_line().contains("out of memory"), "{o:?}");
+    // The container: killed (137, as Docker), the next one runs.
+    let o = run(ctx, &["-m", "64m", img, "sh", "-c", hog]);
+    assert_eq!(o.code, Some(137), "{o:?}");
+    assert!(!o.stdout.contains("filled"), "{o:?}");
+    let o = run(ctx, &["-m", "256m", img, "sh", "-c", "echo fine"]);
+    assert_eq!(o.stdout, "fine\n", "{o:?}");
+    // Nothing of the groups is left.
+    let groups = Command::new("find")
+        .args(["/sys/fs/cgroup", "-maxdepth", "6", "-name", "kiln-*"])
+        .output()
+        .unwrap();
+    assert!(groups.stdout.is_empty(), "{groups:?}");
+    ctx.kiln().args(["system", "check"]).run().ok();
+}
+
 fn all(ctx: &TestContext, tag: &str) {
     walls(ctx);
     etc_files_stay_out_of_layers(ctx);
     fork_bomb_is_bounded(ctx, tag);
+    memory_is_bounded(ctx);
 }
 
 #[test]

@@ -49,6 +49,7 @@ impl Sandbox for FakeSandbox {
             .push(spec.clone());
         Ok(RunOutcome {
             status: (self.effect)(rootfs, spec),
+            oom_killed: false,
         })
     }
 }

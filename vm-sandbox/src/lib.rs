@@ -98,6 +98,9 @@ pub struct RunSpec {
 pub struct Limits {
     /// Processes the container's user may have at once (`RLIMIT_NPROC`); none when absent.
     pub processes: Option<u64>,
+    /// Bytes of memory the run may use (a memory cgroup, as root); none when absent.
+    #[serde(default)]
+    pub memory: Option<u64>,
 }
 
 /// A mount inside the sandbox.
@@ -165,6 +168,8 @@ impl ExitStatus {
 pub struct RunOutcome {
     /// How the process ended.
     pub status: ExitStatus,
+    /// The OOM killer ended it: it outgrew its memory limit (or the microVM's memory).
+    pub oom_killed: bool,
 }
 
 /// Where the process's standard streams go.

@@ -142,6 +142,13 @@ pub(crate) fn run(root: &Path, reg: &RegistryOptions, a: BuildArgs) -> anyhow::R
     let _process_limit = vm_sandbox::container::ProcessLimit::join(builder::STEP_MAX_PROCESSES)
         .transpose()
         .map_err(anyhow::Error::msg)?;
+    // And one memory group: the steps together stay within --memory.
+    let _memory_limit = match super::build_memory_limit(a.memory.as_deref())? {
+        Some(max) => vm_sandbox::container::MemoryLimit::join(max)
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
+        None => None,
+    };
     let quiet = a.quiet;
     let mode = Mode::choose(&a.progress, quiet).map_err(anyhow::Error::msg)?;
     let renderer = Renderer::new(mode);

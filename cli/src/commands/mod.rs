@@ -83,6 +83,43 @@ fn parse_duration(s: &str) -> anyhow::Result<std::time::Duration> {
     Ok(std::time::Duration::from_secs(secs))
 }
 
+/// A memory size as Docker reads `--memory`: a number of bytes, or with `b`, `k`, `m` or `g`.
+pub(crate) fn parse_bytes(s: &str) -> anyhow::Result<u64> {
+    let lower = s.trim().to_ascii_lowercase();
+    let lower = lower
+        .strip_suffix('b')
+        .filter(|r| !r.is_empty())
+        .unwrap_or(&lower);
+    let (num, mult) = match lower.chars().last() {
+        Some('k') => (&lower[..lower.len() - 1], 1u64 << 10),
+        Some('m') => (&lower[..lower.len() - 1], 1 << 20),
+        Some('g') => (&lower[..lower.len() - 1], 1 << 30),
+        _ => (lower, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("bad memory size {s:?} (use bytes, or 64m, 2g)"))?;
+    let bytes = n.saturating_mul(mult);
+    if bytes < 6 << 20 {
+        anyhow::bail!("memory size {s:?} is below the minimum of 6m");
+    }
+    Ok(bytes)
+}
+
+/// The memory limit of a build's RUN steps: `--memory`, else three quarters of the host's
+/// memory, so a step that fills memory fails alone and the host keeps working.
+pub(crate) fn build_memory_limit(flag: Option<&str>) -> anyhow::Result<Option<u64>> {
+    if let Some(f) = flag {
+        return parse_bytes(f).map(Some);
+    }
+    let total_kib = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+    Ok(total_kib.map(|k| k * 1024 / 4 * 3))
+}
+
 /// `512m`, `2g`, `1024` (MiB).
 fn parse_mib(s: &str) -> anyhow::Result<u32> {
     let lower = s.to_ascii_lowercase();

@@ -43,6 +43,12 @@ pub(crate) fn run(
         env_from_files.extend(read_env_file(f)?);
     }
     let volumes = Volumes::parse(root, &a.volumes, &a.mounts)?;
+    let memory = a.memory.as_deref().map(super::parse_bytes).transpose()?;
+    if memory.is_some()
+        && (!nix::unistd::geteuid().is_root() || vm_sandbox::container::in_user_namespace())
+    {
+        bail!("--memory needs root here: a rootless container has no memory cgroup on this host");
+    }
     if let Some(s) = &a.stop_signal {
         super::containers::parse_signal(s)?;
     }
@@ -117,6 +123,7 @@ pub(crate) fn run(
                 mounts: volumes.mounts.clone(),
                 limits: Limits {
                     processes: a.pids_limit,
+                    memory,
                 },
                 tty: a.tty,
                 read_only: a.read_only,

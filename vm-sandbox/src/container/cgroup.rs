@@ -1,4 +1,5 @@
-//! A process-count limit through the `pids` cgroup controller, for runs as root (where
+//! Resource limits through cgroups, for runs as root. A process-count limit through the
+//! `pids` cgroup controller, for runs as root (where
 //! `RLIMIT_NPROC` does not bind: the kernel exempts the host's root user from it). Rootless
 //! runs use the rlimit, which binds inside a user namespace.
 //!
@@ -7,6 +8,10 @@
 //! moves back and removes the group. Moving a process between cgroup v1 groups waits for an
 //! RCU grace period (milliseconds, tens under load), so a build joins one group for all its
 //! steps ([`ProcessLimit::join`]) and the helpers it starts see that they are bounded already.
+//!
+//! A memory limit ([`MemoryLimit`]) works the same way through the `memory` controller, in a
+//! child of the process's own group; [`oom_kills`] tells a step the OOM killer ended from
+//! one killed otherwise.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -83,6 +88,123 @@ impl Drop for ProcessLimit {
     fn drop(&mut self) {
         let _ = fs::write(self.home.join("cgroup.procs"), "0");
         // The container's last processes may take a moment to be reaped.
+        for _ in 0..100 {
+            if fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
+/// A memory cgroup this process has joined (a child of its own group, so any limit above
+/// still holds); left and removed on drop. Root only: cgroup v1 delegates nothing to other
+/// users, and rootless runs have no memory limit.
+pub struct MemoryLimit {
+    dir: PathBuf,
+    home: PathBuf,
+}
+
+/// The `memory` hierarchy: cgroup v1's own mount or the unified one, and this process's
+/// group path in it.
+fn memory_hierarchy() -> Option<(PathBuf, String, bool)> {
+    let own = fs::read_to_string("/proc/self/cgroup").ok()?;
+    let v1 = Path::new("/sys/fs/cgroup/memory");
+    if v1.join("cgroup.procs").exists() {
+        let path = own.lines().find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+            ctrls
+                .split(',')
+                .any(|c| c == "memory")
+                .then(|| path.to_string())
+        })?;
+        return Some((v1.to_path_buf(), path, true));
+    }
+    let v2 = Path::new("/sys/fs/cgroup");
+    let enabled = fs::read_to_string(v2.join("cgroup.subtree_control")).ok()?;
+    if enabled.split_whitespace().any(|c| c == "memory") {
+        let path = own.lines().find_map(|l| l.strip_prefix("0::"))?;
+        return Some((v2.to_path_buf(), path.to_string(), false));
+    }
+    None
+}
+
+/// This process's memory group.
+fn own_memory_group() -> Option<(PathBuf, bool)> {
+    let (mount, own, v1) = memory_hierarchy()?;
+    Some((mount.join(own.trim_start_matches('/')), v1))
+}
+
+/// How many processes the OOM killer has killed in this process's memory group (and its
+/// children) so far.
+pub fn oom_kills() -> u64 {
+    let Some((dir, v1)) = own_memory_group() else {
+        return 0;
+    };
+    let file = if v1 {
+        "memory.oom_control"
+    } else {
+        "memory.events"
+    };
+    fs::read_to_string(dir.join(file))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+impl MemoryLimit {
+    /// Joins a new group that holds this process and everything it starts to `max` bytes of
+    /// memory (no swap beyond it), unless its group is bounded that tightly already. `None`
+    /// where there is nothing to do: no memory controller, not root, bounded already.
+    pub fn join(max: u64) -> Option<Result<MemoryLimit, String>> {
+        if !nix::unistd::geteuid().is_root() || super::idmap::in_user_namespace() {
+            return None;
+        }
+        let (home, v1) = own_memory_group()?;
+        let limit_file = if v1 {
+            "memory.limit_in_bytes"
+        } else {
+            "memory.max"
+        };
+        if fs::read_to_string(home.join(limit_file))
+            .ok()
+            .and_then(|m| m.trim().parse::<u64>().ok())
+            .is_some_and(|m| m <= max)
+        {
+            return None;
+        }
+        let dir = home.join(format!("kiln-{}", std::process::id()));
+        let made = (|| -> Result<MemoryLimit, String> {
+            fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+            let group = MemoryLimit {
+                dir: dir.clone(),
+                home: home.clone(),
+            };
+            fs::write(dir.join(limit_file), max.to_string())
+                .map_err(|e| format!("limit memory to {max} bytes: {e}"))?;
+            // Swap would let a step outgrow its limit; where swap is accounted, cap it too.
+            let swap = if v1 {
+                ("memory.memsw.limit_in_bytes", max.to_string())
+            } else {
+                ("memory.swap.max", "0".to_string())
+            };
+            if dir.join(swap.0).exists() {
+                let _ = fs::write(dir.join(swap.0), swap.1);
+            }
+            fs::write(dir.join("cgroup.procs"), "0")
+                .map_err(|e| format!("join {}: {e}", dir.display()))?;
+            Ok(group)
+        })();
+        Some(made)
+    }
+}
+
+impl Drop for MemoryLimit {
+    fn drop(&mut self) {
+        let _ = fs::write(self.home.join("cgroup.procs"), "0");
         for _ in 0..100 {
             if fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {
                 return;

@@ -33,7 +33,8 @@ pub fn init_main(spec_path: &Path) -> i32 {
         }
     };
     let result = match run(&spec) {
-        Ok(status) => InitResult::Exited(status),
+        Ok((status, true)) => InitResult::OutOfMemory(status),
+        Ok((status, false)) => InitResult::Exited(status),
         Err(msg) => InitResult::SetupFailed(msg),
     };
     let json = serde_json::to_vec(&result).expect("result serializes");
@@ -46,7 +47,8 @@ pub fn init_main(spec_path: &Path) -> i32 {
     }
 }
 
-fn run(spec: &InitSpec) -> Result<ExitStatus, String> {
+/// Runs the container; how it ended, and whether the OOM killer ended it.
+fn run(spec: &InitSpec) -> Result<(ExitStatus, bool), String> {
     // Rootless: a user namespace first, where this user is root (one uid and gid mapped).
     if !nix::unistd::geteuid().is_root() {
         super::idmap::enter_user_namespace()?;
@@ -64,6 +66,12 @@ fn run(spec: &InitSpec) -> Result<ExitStatus, String> {
         (false, Some(max)) => super::cgroup::ProcessLimit::join(max).transpose()?,
         _ => None,
     };
+    // And the memory limit a memory cgroup (its OOM kills counted to tell them apart).
+    let _memory = match (spec.rootless, spec.run.limits.memory) {
+        (false, Some(max)) => super::cgroup::MemoryLimit::join(max).transpose()?,
+        _ => None,
+    };
+    let oom_before = super::cgroup::oom_kills();
     // Signals meant for the container are blocked here and forwarded to it by the wait loop;
     // the child unblocks them just before exec.
     let forwarded = forwarded_signals();
@@ -100,7 +108,12 @@ fn run(spec: &InitSpec) -> Result<ExitStatus, String> {
                 std::mem::forget(tell);
             }
             let status = forward_signals_until_exit(child, &forwarded)?;
-            if msg.is_empty() { Ok(status) } else { Err(msg) }
+            let oom = status == ExitStatus::Signal(9) && super::cgroup::oom_kills() > oom_before;
+            if msg.is_empty() {
+                Ok((status, oom))
+            } else {
+                Err(msg)
+            }
         }
     }
 }

@@ -21,7 +21,7 @@ use std::process::{Command, Stdio};
 
 use serde::{Deserialize, Serialize};
 
-pub use cgroup::ProcessLimit;
+pub use cgroup::{MemoryLimit, ProcessLimit, oom_kills};
 pub use enter::{ENTER_ARG, EnterAction, EnterTarget, enter_main};
 pub use idmap::{enter_user_namespace, in_user_namespace, subordinate_ranges};
 pub use init::init_main;
@@ -55,6 +55,8 @@ pub(crate) struct InitSpec {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum InitResult {
     Exited(ExitStatus),
+    /// The OOM killer ended it (its memory limit, or the host's memory).
+    OutOfMemory(ExitStatus),
     SetupFailed(String),
 }
 
@@ -335,12 +337,20 @@ impl ContainerSandbox {
             .ok()
             .and_then(|b| serde_json::from_slice::<InitResult>(&b).ok());
         match result {
-            Some(InitResult::Exited(status)) => Ok(RunOutcome { status }),
+            Some(InitResult::Exited(status)) => Ok(RunOutcome {
+                status,
+                oom_killed: false,
+            }),
+            Some(InitResult::OutOfMemory(status)) => Ok(RunOutcome {
+                status,
+                oom_killed: true,
+            }),
             Some(InitResult::SetupFailed(msg)) => Err(SandboxError::Setup(msg)),
             // Killed (`kiln stop` and `kill` end a container through its helper): the
             // container died with it.
             None if status.signal() == Some(9) => Ok(RunOutcome {
                 status: ExitStatus::Signal(9),
+                oom_killed: false,
             }),
             None => Err(SandboxError::Setup(format!(
                 "sandbox helper ended without a result ({status})"

@@ -261,7 +261,10 @@ impl Sandbox for MicroVmSandbox {
         snapshotter::snapshot::unpack_layer(std::io::Read::take(disk, len), &rootfs.upper)
             .map_err(|e| SandboxError::Setup(format!("apply the microVM's changes: {e}")))?;
         remove_mount_stubs(rootfs);
-        Ok(RunOutcome { status })
+        Ok(RunOutcome {
+            status,
+            oom_killed: false,
+        })
     }
 }
 
