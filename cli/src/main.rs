@@ -55,6 +55,22 @@ fn main() -> ExitCode {
             }
         };
     }
+    if mode
+        .as_ref()
+        .is_some_and(|a| a == vm_sandbox::vm::VMM_PROBE_ARG)
+    {
+        // The builtin VMM's start-up, for bench/vm-step.sh: a one-instruction guest.
+        return match vm_sandbox::vm::first_instruction_probe() {
+            Ok(t) => {
+                println!("{}", t.as_micros());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("kiln: error: {e}");
+                ExitCode::from(125)
+            }
+        };
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

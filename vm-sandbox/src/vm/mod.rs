@@ -13,6 +13,7 @@
 //! VMMs: [`Vmm::Qemu`] (`qemu-system-x86_64 -M microvm`, KVM on hardware virtualization,
 //! else TCG). [`Vmm::Builtin`], an in-process VMM on the rust-vmm crates, is not built yet.
 
+mod builtin;
 mod cpio;
 mod kernel;
 pub mod protocol;
@@ -34,6 +35,25 @@ use crate::{
     ExitStatus, RootFs, RunIo, RunOutcome, RunSpec, Sandbox, SandboxError, SandboxKind,
     SandboxMountKind,
 };
+
+/// The first argument that makes the `kiln` binary run [`first_instruction_probe`].
+pub const VMM_PROBE_ARG: &str = "__kiln-vmm-probe";
+
+/// Starts the builtin VMM with a guest whose first instruction writes to the exit port, and
+/// returns the time from creating the VM to that write (`bench/vm-step.sh` times the whole
+/// process around it).
+pub fn first_instruction_probe() -> Result<Duration, SandboxError> {
+    let mut m = builtin::Machine::new(16, None)?;
+    // out 0xf4, al
+    m.load(&[0xe6, protocol::EXIT_PORT as u8], builtin::LOAD_ADDR)?;
+    m.boot_state(builtin::LOAD_ADDR, "", None)?;
+    match m.run(std::io::sink())? {
+        builtin::Stop::ExitPort(_) => Ok(m.created.elapsed()),
+        other => Err(SandboxError::Setup(format!(
+            "the probe guest stopped as {other:?}"
+        ))),
+    }
+}
 
 /// Which VMM runs the guest.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -1,0 +1,472 @@
+//! kiln's own VMM on the rust-vmm crates (kvm-ioctls, vm-memory, linux-loader, vm-superio):
+//! one vCPU started directly in 64-bit mode with the Linux boot protocol's state (identity
+//! page tables, a flat GDT, the zero page with the command line, the e820 map and the
+//! initrd), a 16550 serial port at 0x3f8, the exit port ([`EXIT_PORT`]) and an optional
+//! memory channel: a host file mapped into the guest as an e820 persistent-memory range
+//! (type 12), which the guest writes and the host reads after it stops.
+//!
+//! This much is tested here with small test guests (the boot state, the serial port, the exit
+//! port, the memory channel). Booting Linux needs hardware KVM ([`super::hardware_kvm`]): on
+//! PVM hosts a stock kernel does not boot (../shared/design/microvm.md), and `--vmm builtin`
+//! is refused there.
+
+// Guest memory, KVM ioctls and a shared mapping: every unsafe block says why it holds.
+#![allow(unsafe_code)]
+
+use std::fs::File;
+use std::io::Write;
+use std::time::Instant;
+
+use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_segment, kvm_userspace_memory_region};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use linux_loader::loader::bootparam::boot_params;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend as _, GuestMemoryMmap};
+
+use super::protocol::EXIT_PORT;
+use crate::SandboxError;
+
+const GDT_ADDR: u64 = 0x500;
+const IDT_ADDR: u64 = 0x520;
+const ZERO_PAGE: u64 = 0x7000;
+const STACK_TOP: u64 = 0x8ff0;
+const PML4: u64 = 0x9000;
+const PDPT: u64 = 0xa000;
+const PD: u64 = 0xb000;
+const CMDLINE_ADDR: u64 = 0x20000;
+const CMDLINE_MAX: usize = 2048;
+/// Where a raw test guest or a kernel's 64-bit entry is loaded.
+pub(crate) const LOAD_ADDR: u64 = 0x10_0000;
+/// Where the memory channel appears in the guest (above RAM, inside the identity map).
+pub(crate) const CHANNEL_ADDR: u64 = 0x4000_0000;
+const SERIAL_BASE: u16 = 0x3f8;
+const E820_RAM: u32 = 1;
+const E820_PMEM: u32 = 12;
+
+fn vmm_err(what: &str) -> impl Fn(kvm_ioctls::Error) -> SandboxError + '_ {
+    move |e| SandboxError::Setup(format!("{what}: {e}"))
+}
+
+/// A serial interrupt line with nothing behind it (the guest polls).
+struct NoInterrupt;
+
+impl vm_superio::Trigger for NoInterrupt {
+    type E = std::convert::Infallible;
+    fn trigger(&self) -> Result<(), Self::E> {
+        Ok(())
+    }
+}
+
+/// How a guest stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// It wrote this byte to the exit port.
+    ExitPort(u8),
+    /// It halted.
+    Halted,
+    /// A triple fault or a reset request.
+    Shutdown,
+}
+
+/// A machine with one vCPU.
+pub(crate) struct Machine {
+    _kvm: Kvm,
+    _vm: VmFd,
+    vcpu: VcpuFd,
+    memory: GuestMemoryMmap,
+    memory_size: u64,
+    channel: Option<(memmap_region::Mapping, u64)>,
+    /// When `new` started, for the time to the first guest instruction.
+    pub(crate) created: Instant,
+}
+
+/// A file mapped shared into the process, for the memory channel.
+mod memmap_region {
+    use std::fs::File;
+    use std::os::fd::AsRawFd as _;
+
+    pub(crate) struct Mapping {
+        pub(crate) addr: *mut u8,
+        pub(crate) len: usize,
+    }
+
+    // SAFETY: the mapping is plain shared memory owned by this value; the guest writes it
+    // only while the vCPU runs on the thread that owns the machine.
+    unsafe impl Send for Mapping {}
+
+    impl Mapping {
+        pub(crate) fn new(file: &File, len: usize) -> std::io::Result<Mapping> {
+            // SAFETY: a fresh shared mapping of `len` bytes of `file`, which outlives the
+            // call; the result is checked before use.
+            let addr = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED,
+                    file.as_raw_fd(),
+                    0,
+                )
+            };
+            if addr == libc::MAP_FAILED {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(Mapping {
+                addr: addr.cast(),
+                len,
+            })
+        }
+    }
+
+    impl Drop for Mapping {
+        fn drop(&mut self) {
+            // SAFETY: unmaps exactly the mapping made in `new`, once.
+            unsafe { libc::munmap(self.addr.cast(), self.len) };
+        }
+    }
+}
+
+impl Machine {
+    /// A VM with `memory_mib` of RAM and, if given, `channel` (a file of `len` bytes) as a
+    /// persistent-memory range at [`CHANNEL_ADDR`].
+    pub(crate) fn new(
+        memory_mib: u32,
+        channel: Option<(&File, u64)>,
+    ) -> Result<Machine, SandboxError> {
+        let created = Instant::now();
+        let kvm = Kvm::new().map_err(vmm_err("open /dev/kvm"))?;
+        let vm = kvm.create_vm().map_err(vmm_err("create a VM"))?;
+        let memory_size = u64::from(memory_mib) << 20;
+        let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), memory_size as usize)])
+            .map_err(|e| SandboxError::Setup(format!("allocate guest memory: {e}")))?;
+        let host = memory
+            .get_host_address(GuestAddress(0))
+            .map_err(|e| SandboxError::Setup(format!("guest memory: {e}")))?;
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            guest_phys_addr: 0,
+            memory_size,
+            userspace_addr: host as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is the mapping `memory` owns, which lives as long as the VM.
+        unsafe { vm.set_user_memory_region(region) }.map_err(vmm_err("map guest memory"))?;
+        let channel = match channel {
+            None => None,
+            Some((file, len)) => {
+                let len_usize = usize::try_from(len)
+                    .map_err(|_| SandboxError::Setup("memory channel too large".into()))?;
+                let map = memmap_region::Mapping::new(file, len_usize).map_err(|source| {
+                    SandboxError::Io {
+                        what: "map the memory channel".into(),
+                        source,
+                    }
+                })?;
+                let region = kvm_userspace_memory_region {
+                    slot: 1,
+                    guest_phys_addr: CHANNEL_ADDR,
+                    memory_size: len,
+                    userspace_addr: map.addr as u64,
+                    flags: 0,
+                };
+                // SAFETY: the region is `map`, kept in the machine as long as the VM.
+                unsafe { vm.set_user_memory_region(region) }
+                    .map_err(vmm_err("map the memory channel"))?;
+                Some((map, len))
+            }
+        };
+        let vcpu = vm.create_vcpu(0).map_err(vmm_err("create a vCPU"))?;
+        let cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(vmm_err("read CPUID"))?;
+        vcpu.set_cpuid2(&cpuid).map_err(vmm_err("set CPUID"))?;
+        Ok(Machine {
+            _kvm: kvm,
+            _vm: vm,
+            vcpu,
+            memory,
+            memory_size,
+            channel,
+            created,
+        })
+    }
+
+    /// Writes `bytes` into guest RAM at `addr`.
+    pub(crate) fn load(&self, bytes: &[u8], addr: u64) -> Result<(), SandboxError> {
+        self.memory
+            .write_slice(bytes, GuestAddress(addr))
+            .map_err(|e| SandboxError::Setup(format!("load at {addr:#x}: {e}")))
+    }
+
+    /// Sets up the 64-bit boot state for an entry point at `entry`: page tables mapping the
+    /// first 4 GiB, the GDT, the zero page (command line, e820 map, initrd at
+    /// `initrd`), registers.
+    pub(crate) fn boot_state(
+        &self,
+        entry: u64,
+        cmdline: &str,
+        initrd: Option<(u64, u32)>,
+    ) -> Result<(), SandboxError> {
+        let setup =
+            |e: vm_memory::GuestMemoryError| SandboxError::Setup(format!("boot state: {e}"));
+        // Identity map with 2 MiB pages: PML4[0] -> PDPT, PDPT[0..4] -> PD[0..4].
+        self.memory
+            .write_obj(PDPT | 0x3, GuestAddress(PML4))
+            .map_err(setup)?;
+        for i in 0..4u64 {
+            let pd = PD + i * 0x1000;
+            self.memory
+                .write_obj(pd | 0x3, GuestAddress(PDPT + i * 8))
+                .map_err(setup)?;
+            for j in 0..512u64 {
+                let addr = (i << 30) | (j << 21);
+                self.memory
+                    .write_obj(addr | 0x83, GuestAddress(pd + j * 8))
+                    .map_err(setup)?;
+            }
+        }
+        // GDT: null, null, code (0x10, 64-bit), data (0x18), as the boot protocol expects.
+        let gdt: [u64; 4] = [0, 0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff];
+        for (i, e) in gdt.iter().enumerate() {
+            self.memory
+                .write_obj(*e, GuestAddress(GDT_ADDR + i as u64 * 8))
+                .map_err(setup)?;
+        }
+        self.memory
+            .write_obj(0u64, GuestAddress(IDT_ADDR))
+            .map_err(setup)?;
+
+        if cmdline.len() + 1 > CMDLINE_MAX {
+            return Err(SandboxError::Setup("kernel command line too long".into()));
+        }
+        let mut line = cmdline.as_bytes().to_vec();
+        line.push(0);
+        self.load(&line, CMDLINE_ADDR)?;
+
+        let mut params = boot_params::default();
+        params.hdr.boot_flag = 0xaa55;
+        params.hdr.header = 0x5372_6448; // "HdrS"
+        params.hdr.type_of_loader = 0xff;
+        params.hdr.cmd_line_ptr = CMDLINE_ADDR as u32;
+        params.hdr.cmdline_size = line.len() as u32;
+        params.hdr.kernel_alignment = 0x0100_0000;
+        params.hdr.initrd_addr_max = 0x7fff_ffff;
+        if let Some((addr, size)) = initrd {
+            params.hdr.ramdisk_image = addr as u32;
+            params.hdr.ramdisk_size = size;
+        }
+        let mut e820 = vec![
+            (0u64, 0x9_fc00u64, E820_RAM),
+            (LOAD_ADDR, self.memory_size - LOAD_ADDR, E820_RAM),
+        ];
+        if let Some((_, len)) = &self.channel {
+            e820.push((CHANNEL_ADDR, *len, E820_PMEM));
+        }
+        for (i, (addr, size, kind)) in e820.iter().enumerate() {
+            params.e820_table[i].addr = *addr;
+            params.e820_table[i].size = *size;
+            params.e820_table[i].r#type = *kind;
+        }
+        params.e820_entries = e820.len() as u8;
+        // SAFETY: boot_params is a plain C struct (bindgen, no pointers or padding
+        // invariants); its bytes are read for the duration of the borrow only.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&raw const params).cast::<u8>(),
+                std::mem::size_of::<boot_params>(),
+            )
+        };
+        self.load(bytes, ZERO_PAGE)?;
+
+        let mut sregs = self.vcpu.get_sregs().map_err(vmm_err("read sregs"))?;
+        let code = kvm_segment {
+            base: 0,
+            limit: 0xffff_ffff,
+            selector: 0x10,
+            type_: 0xb,
+            present: 1,
+            dpl: 0,
+            db: 0,
+            s: 1,
+            l: 1,
+            g: 1,
+            avl: 0,
+            unusable: 0,
+            padding: 0,
+        };
+        let data = kvm_segment {
+            selector: 0x18,
+            type_: 0x3,
+            db: 1,
+            l: 0,
+            ..code
+        };
+        sregs.cs = code;
+        sregs.ds = data;
+        sregs.es = data;
+        sregs.fs = data;
+        sregs.gs = data;
+        sregs.ss = data;
+        sregs.gdt.base = GDT_ADDR;
+        sregs.gdt.limit = (gdt.len() * 8 - 1) as u16;
+        sregs.idt.base = IDT_ADDR;
+        sregs.idt.limit = 7;
+        sregs.cr3 = PML4;
+        sregs.cr4 |= 0x20; // PAE
+        sregs.cr0 |= 0x8000_0001; // PG | PE
+        sregs.efer |= 0x500; // LME | LMA
+        self.vcpu.set_sregs(&sregs).map_err(vmm_err("set sregs"))?;
+        let regs = kvm_bindings::kvm_regs {
+            rflags: 0x2,
+            rip: entry,
+            rsp: STACK_TOP,
+            rbp: STACK_TOP,
+            rsi: ZERO_PAGE,
+            ..Default::default()
+        };
+        self.vcpu.set_regs(&regs).map_err(vmm_err("set registers"))
+    }
+
+    /// Runs the vCPU until the guest stops; serial output goes to `console`.
+    pub(crate) fn run(&mut self, console: impl Write) -> Result<Stop, SandboxError> {
+        let mut serial = vm_superio::Serial::new(NoInterrupt, console);
+        loop {
+            match self.vcpu.run().map_err(vmm_err("run the vCPU"))? {
+                VcpuExit::IoOut(port, data) if (SERIAL_BASE..SERIAL_BASE + 8).contains(&port) => {
+                    let _ = serial.write((port - SERIAL_BASE) as u8, data[0]);
+                }
+                VcpuExit::IoOut(EXIT_PORT, data) => return Ok(Stop::ExitPort(data[0])),
+                VcpuExit::IoOut(..) => {}
+                VcpuExit::IoIn(port, data) => {
+                    let v = if (SERIAL_BASE..SERIAL_BASE + 8).contains(&port) {
+                        serial.read((port - SERIAL_BASE) as u8)
+                    } else {
+                        0xff
+                    };
+                    data.fill(v);
+                }
+                VcpuExit::Hlt => return Ok(Stop::Halted),
+                VcpuExit::Shutdown => return Ok(Stop::Shutdown),
+                other => {
+                    return Err(SandboxError::Setup(format!(
+                        "the guest stopped unexpectedly: {other:?}"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// The memory channel's bytes as the guest left them.
+    #[allow(dead_code)] // read by runs once this VMM boots Linux; by the tests until then
+    pub(crate) fn channel(&self) -> Option<&[u8]> {
+        self.channel.as_ref().map(|(m, _)| {
+            // SAFETY: the mapping is `m.len` bytes and lives as long as `self`; the vCPU is
+            // not running (it runs only inside `run`, which borrows `self` mutably).
+            unsafe { std::slice::from_raw_parts(m.addr, m.len) }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether /dev/kvm can be opened: tests skip (printing why) where it cannot, and fail
+    /// under `CI=true`.
+    fn kvm_usable() -> bool {
+        let ok = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok();
+        if !ok {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true but /dev/kvm cannot be opened"
+            );
+            eprintln!("skipped: /dev/kvm cannot be opened");
+        }
+        ok
+    }
+
+    /// Writes the command line (from the zero page's `cmd_line_ptr`) to the serial port, then
+    /// the e820 entry count to the exit port. 64-bit code: it runs only in long mode.
+    const BOOT_PROBE: &[u8] = &[
+        0xba, 0xf8, 0x03, 0x00, 0x00, // mov edx, 0x3f8
+        0x8b, 0x9e, 0x28, 0x02, 0x00, 0x00, // mov ebx, [rsi + 0x228]  (cmd_line_ptr)
+        0x8a, 0x03, // loop: mov al, [rbx]
+        0x84, 0xc0, // test al, al
+        0x74, 0x06, // jz done
+        0xee, // out dx, al
+        0x48, 0xff, 0xc3, // inc rbx
+        0xeb, 0xf4, // jmp loop
+        0x8a, 0x86, 0xe8, 0x01, 0x00, 0x00, // done: mov al, [rsi + 0x1e8]  (e820_entries)
+        0x66, 0xba, 0xf4, 0x00, // mov dx, 0xf4
+        0xee, // out dx, al
+        0xf4, // hlt
+    ];
+
+    /// Finds the e820 entry of type 12 (persistent memory), writes "KILNKILN" at its start,
+    /// and reports 0x42 on the exit port (0xee when there is none).
+    const CHANNEL_PROBE: &[u8] = &[
+        0x48, 0x8d, 0xbe, 0xd0, 0x02, 0x00, 0x00, // lea rdi, [rsi + 0x2d0]  (e820_table)
+        0x0f, 0xb6, 0x8e, 0xe8, 0x01, 0x00, 0x00, // movzx ecx, byte [rsi + 0x1e8]
+        0x83, 0x7f, 0x10, 0x0c, // find: cmp dword [rdi + 16], 12
+        0x74, 0x0c, // je found
+        0x48, 0x83, 0xc7, 0x14, // add rdi, 20
+        0xff, 0xc9, // dec ecx
+        0x75, 0xf2, // jnz find
+        0xb0, 0xee, // mov al, 0xee
+        0xeb, 0x12, // jmp exit
+        0x48, 0x8b, 0x3f, // found: mov rdi, [rdi]
+        0x48, 0xb8, b'K', b'I', b'L', b'N', b'K', b'I', b'L', b'N', // mov rax, "KILNKILN"
+        0x48, 0x89, 0x07, // mov [rdi], rax
+        0xb0, 0x42, // mov al, 0x42
+        0x66, 0xba, 0xf4, 0x00, // exit: mov dx, 0xf4
+        0xee, // out dx, al
+        0xf4, // hlt
+    ];
+
+    #[test]
+    fn a_test_guest_sees_the_boot_state_and_reaches_serial_and_exit_ports() {
+        if !kvm_usable() {
+            return;
+        }
+        let mut m = Machine::new(64, None).unwrap();
+        m.load(BOOT_PROBE, LOAD_ADDR).unwrap();
+        m.boot_state(LOAD_ADDR, "console=ttyS0 kiln=test", None)
+            .unwrap();
+        let mut console = Vec::new();
+        let stop = m.run(&mut console).unwrap();
+        assert_eq!(String::from_utf8_lossy(&console), "console=ttyS0 kiln=test");
+        // Low RAM and RAM from 1 MiB: two e820 entries.
+        assert_eq!(stop, Stop::ExitPort(2));
+    }
+
+    #[test]
+    fn a_test_guest_writes_the_memory_channel() {
+        if !kvm_usable() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("channel"))
+            .unwrap();
+        file.set_len(2 << 20).unwrap();
+        let mut m = Machine::new(64, Some((&file, 2 << 20))).unwrap();
+        m.load(CHANNEL_PROBE, LOAD_ADDR).unwrap();
+        m.boot_state(LOAD_ADDR, "", None).unwrap();
+        let stop = m.run(std::io::sink()).unwrap();
+        assert_eq!(stop, Stop::ExitPort(0x42));
+        assert_eq!(&m.channel().unwrap()[..8], b"KILNKILN");
+        drop(m);
+        // The host file holds it too.
+        assert_eq!(
+            &std::fs::read(dir.path().join("channel")).unwrap()[..8],
+            b"KILNKILN"
+        );
+    }
+}
