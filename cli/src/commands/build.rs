@@ -137,18 +137,18 @@ pub(crate) fn run(root: &Path, reg: &RegistryOptions, a: BuildArgs) -> anyhow::R
     let store = super::open_store(root)?;
     let _gc = snapshotter::gc::GcLock::shared(root)?;
     let snapshots = Snapshots::open(root)?;
-    let sandbox = super::sandbox_for(root, &a.isolation)?;
-    // As root, one pids cgroup for the whole build (its steps find it and join no other).
-    let _process_limit = vm_sandbox::container::ProcessLimit::join(builder::STEP_MAX_PROCESSES)
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
-    // And one memory group: the steps together stay within --memory.
-    let _memory_limit = match super::build_memory_limit(a.memory.as_deref())? {
-        Some(max) => vm_sandbox::container::MemoryLimit::join(max)
-            .transpose()
-            .map_err(anyhow::Error::msg)?,
-        None => None,
+    // As root, one pids cgroup and one memory cgroup for the whole build, joined at its first
+    // RUN step (the steps find them and join no other). A microVM's memory is its own
+    // (--vm-memory): qemu is not held to --memory.
+    let memory = match super::vm_options(&a.isolation)? {
+        None => super::build_memory_limit(a.memory.as_deref())?,
+        Some(_) => None,
     };
+    let sandbox = super::limits::LimitedSandbox::new(
+        super::sandbox_for(root, &a.isolation)?,
+        builder::STEP_MAX_PROCESSES,
+        memory,
+    );
     let quiet = a.quiet;
     let mode = Mode::choose(&a.progress, quiet).map_err(anyhow::Error::msg)?;
     let renderer = Renderer::new(mode);
@@ -176,7 +176,7 @@ pub(crate) fn run(root: &Path, reg: &RegistryOptions, a: BuildArgs) -> anyhow::R
         root_mode: snapshotter::snapshot::RootMode::detect(),
         store: &store,
         snapshots: &snapshots,
-        sandbox: &*sandbox,
+        sandbox: &sandbox,
         progress: &progress,
         capture_output: mode.captures_output(),
         remote_cache: remote_cache.as_ref(),

@@ -7,6 +7,7 @@ pub(crate) mod exec_cp;
 pub(crate) mod image;
 pub(crate) mod images;
 pub(crate) mod import;
+pub(crate) mod limits;
 pub(crate) mod parse;
 pub(crate) mod registry;
 pub(crate) mod run;
