@@ -380,6 +380,10 @@ impl TestContext {
             .env_remove("KILN_LOG_LEVEL")
             .env_remove("SOURCE_DATE_EPOCH")
             .env_remove("KILN_DEFAULT_REGISTRY")
+            .env_remove("KILN_ISOLATION")
+            .env_remove("KILN_VMM")
+            .env_remove("KILN_VM_TIMEOUT")
+            .env_remove("KILN_VM_MEMORY")
             .env("DOCKER_CONFIG", self.docker_config());
         cmd.arg("--root").arg(self.root());
         KilnCommand { cmd, stdin: None }
