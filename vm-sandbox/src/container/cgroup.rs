@@ -67,6 +67,7 @@ impl ProcessLimit {
             return None;
         }
         let home = mount.join(own.trim_start_matches('/'));
+        sweep_dead_groups(&mount.join("kiln"), "");
         let dir = mount.join("kiln").join(std::process::id().to_string());
         let made = (|| -> Result<ProcessLimit, String> {
             fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
@@ -87,12 +88,39 @@ impl ProcessLimit {
 impl Drop for ProcessLimit {
     fn drop(&mut self) {
         let _ = fs::write(self.home.join("cgroup.procs"), "0");
-        // The container's last processes may take a moment to be reaped.
-        for _ in 0..100 {
-            if fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
+        remove_group(&self.dir);
+    }
+}
+
+/// Removes a group once its last processes are gone: a step's sandbox reaper outlives the
+/// step by a namespace teardown (an RCU grace period), so this waits up to 5 s.
+fn remove_group(dir: &Path) {
+    for _ in 0..500 {
+        if fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Removes the groups named `NAME` + a PID in `parent` whose process is gone and which hold
+/// no process: what a killed kiln left.
+fn sweep_dead_groups(parent: &Path, prefix: &str) {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(pid) = name
+            .strip_prefix(prefix)
+            .filter(|p| p.parse::<u32>().is_ok())
+        else {
+            continue;
+        };
+        let empty =
+            fs::read_to_string(e.path().join("cgroup.procs")).is_ok_and(|p| p.trim().is_empty());
+        if empty && !Path::new("/proc").join(pid).exists() {
+            let _ = fs::remove_dir(e.path());
         }
     }
 }
@@ -176,6 +204,7 @@ impl MemoryLimit {
         {
             return None;
         }
+        sweep_dead_groups(&home, "kiln-");
         let dir = home.join(format!("kiln-{}", std::process::id()));
         let made = (|| -> Result<MemoryLimit, String> {
             fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
@@ -205,11 +234,6 @@ impl MemoryLimit {
 impl Drop for MemoryLimit {
     fn drop(&mut self) {
         let _ = fs::write(self.home.join("cgroup.procs"), "0");
-        for _ in 0..100 {
-            if fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        remove_group(&self.dir);
     }
 }
