@@ -12,6 +12,7 @@ fn main() {
     }
     println!("cargo:rerun-if-changed=src/vm/protocol.rs");
     println!("cargo:rerun-if-changed=src/container/user.rs");
+    println!("cargo:rerun-if-changed=src/container/program.rs");
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
     let status = Command::new(rustc)

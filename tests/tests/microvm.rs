@@ -164,8 +164,6 @@ fn vm_builds_give_the_container_backend_digests() {
         .filter(|p| p.join("Dockerfile").is_file())
         .collect();
     cases.sort();
-    // 17-run-mounts uses cache mounts, which the microVM backend cannot share yet.
-    cases.retain(|c| !c.ends_with("17-run-mounts"));
     let mut with_run_steps = 0;
     let mut failures = Vec::new();
     for case in &cases {
@@ -205,6 +203,73 @@ fn vm_builds_give_the_container_backend_digests() {
         with_run_steps >= 8,
         "only {with_run_steps} cases with RUN steps"
     );
+    assert_nothing_left(&ctx);
+}
+
+/// What a step writes to a writable mount comes back to the host: a read-write volume of
+/// `kiln run`, a build's cache mount (kept for the next build).
+#[test]
+fn vm_writable_mounts_come_back() {
+    if !vm_available() {
+        return;
+    }
+    let ctx = TestContext::new();
+    let base = ctx.base_image();
+    let vol = ctx.work().join("rw-volume");
+    std::fs::create_dir_all(vol.join("keep")).unwrap();
+    std::fs::write(vol.join("old.txt"), "old\n").unwrap();
+    std::fs::write(vol.join("keep/k.txt"), "k\n").unwrap();
+    let out = ctx
+        .kiln()
+        .args(["run", "--rm", "--isolation", "vm", "-v"])
+        .arg(format!("{}:/data", vol.display()))
+        .arg(base)
+        .args([
+            "sh",
+            "-c",
+            "cat /data/old.txt; rm /data/old.txt; mkdir /data/sub; echo new > /data/sub/new.txt",
+        ])
+        .run();
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.stdout, "old\n");
+    assert!(!vol.join("old.txt").exists());
+    assert_eq!(
+        std::fs::read_to_string(vol.join("sub/new.txt")).unwrap(),
+        "new\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(vol.join("keep/k.txt")).unwrap(),
+        "k\n"
+    );
+
+    let dir = ctx.work().join("cache-ctx");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        format!(
+            "FROM {base}\nRUN --mount=type=cache,target=/c echo run >> /c/log && echo \"runs: $(wc -l < /c/log)\"\n"
+        ),
+    )
+    .unwrap();
+    for expected in ["runs: 1", "runs: 2"] {
+        let out = ctx
+            .kiln()
+            .args([
+                "build",
+                "--no-cache",
+                "--progress",
+                "plain",
+                "--isolation",
+                "vm",
+            ])
+            .arg(&dir)
+            .run();
+        assert_eq!(out.code, Some(0), "{out:?}");
+        assert!(
+            out.stderr.lines().any(|l| l.ends_with(expected)),
+            "{expected}: {out:?}"
+        );
+    }
     assert_nothing_left(&ctx);
 }
 

@@ -23,27 +23,28 @@ pub struct ProcessLimit {
     home: PathBuf,
 }
 
-/// The `pids` hierarchy: cgroup v1's own mount, or v2's unified one where `pids` is enabled
-/// for children. Returns the mount point and this process's group path in it.
-fn pids_hierarchy() -> Option<(PathBuf, String)> {
+/// The hierarchy of `controller`: cgroup v1's own mount, or v2's unified one where the
+/// controller is enabled for children. Returns the mount point, this process's group path in
+/// it, and whether it is v1.
+fn hierarchy(controller: &str) -> Option<(PathBuf, String, bool)> {
     let own = fs::read_to_string("/proc/self/cgroup").ok()?;
-    let v1 = Path::new("/sys/fs/cgroup/pids");
+    let v1 = Path::new("/sys/fs/cgroup").join(controller);
     if v1.join("cgroup.procs").exists() {
         let path = own.lines().find_map(|l| {
             let mut f = l.splitn(3, ':');
             let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
             ctrls
                 .split(',')
-                .any(|c| c == "pids")
+                .any(|c| c == controller)
                 .then(|| path.to_string())
         })?;
-        return Some((v1.to_path_buf(), path));
+        return Some((v1, path, true));
     }
     let v2 = Path::new("/sys/fs/cgroup");
     let enabled = fs::read_to_string(v2.join("cgroup.subtree_control")).ok()?;
-    if enabled.split_whitespace().any(|c| c == "pids") {
+    if enabled.split_whitespace().any(|c| c == controller) {
         let path = own.lines().find_map(|l| l.strip_prefix("0::"))?;
-        return Some((v2.to_path_buf(), path.to_string()));
+        return Some((v2.to_path_buf(), path.to_string(), false));
     }
     None
 }
@@ -57,7 +58,7 @@ impl ProcessLimit {
         if !nix::unistd::geteuid().is_root() || super::idmap::in_user_namespace() {
             return None;
         }
-        let (mount, own) = pids_hierarchy()?;
+        let (mount, own, _) = hierarchy("pids")?;
         let current = mount.join(own.trim_start_matches('/')).join("pids.max");
         if fs::read_to_string(current)
             .ok()
@@ -133,34 +134,9 @@ pub struct MemoryLimit {
     home: PathBuf,
 }
 
-/// The `memory` hierarchy: cgroup v1's own mount or the unified one, and this process's
-/// group path in it.
-fn memory_hierarchy() -> Option<(PathBuf, String, bool)> {
-    let own = fs::read_to_string("/proc/self/cgroup").ok()?;
-    let v1 = Path::new("/sys/fs/cgroup/memory");
-    if v1.join("cgroup.procs").exists() {
-        let path = own.lines().find_map(|l| {
-            let mut f = l.splitn(3, ':');
-            let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
-            ctrls
-                .split(',')
-                .any(|c| c == "memory")
-                .then(|| path.to_string())
-        })?;
-        return Some((v1.to_path_buf(), path, true));
-    }
-    let v2 = Path::new("/sys/fs/cgroup");
-    let enabled = fs::read_to_string(v2.join("cgroup.subtree_control")).ok()?;
-    if enabled.split_whitespace().any(|c| c == "memory") {
-        let path = own.lines().find_map(|l| l.strip_prefix("0::"))?;
-        return Some((v2.to_path_buf(), path.to_string(), false));
-    }
-    None
-}
-
 /// This process's memory group.
 fn own_memory_group() -> Option<(PathBuf, bool)> {
-    let (mount, own, v1) = memory_hierarchy()?;
+    let (mount, own, v1) = hierarchy("memory")?;
     Some((mount.join(own.trim_start_matches('/')), v1))
 }
 

@@ -12,6 +12,7 @@ mod enter;
 mod idmap;
 mod init;
 mod process;
+mod program;
 mod user;
 
 use std::fs;

@@ -4,7 +4,6 @@
 use std::convert::Infallible;
 use std::ffi::CString;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use nix::sys::signal::SigSet;
@@ -14,9 +13,6 @@ use super::idmap::is_mapped;
 use super::user::resolve_in_root;
 use crate::RunSpec;
 
-/// The default `PATH` when the image sets none (Docker's).
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
 /// In the container's root (already `/`), becomes `run.user`, enters `run.cwd` (creating it),
 /// confines the process and executes `run.argv`. Returns only on failure.
 pub(super) fn start_program(run: &RunSpec, hostname: &str) -> Result<Infallible, String> {
@@ -25,20 +21,7 @@ pub(super) fn start_program(run: &RunSpec, hostname: &str) -> Result<Infallible,
     super::init::ensure_dir(Path::new(cwd))?;
     chdir(cwd).map_err(|e| format!("chdir {cwd}: {e}"))?;
 
-    let mut env = run.env.clone();
-    let has = |env: &[String], k: &str| {
-        env.iter()
-            .any(|kv| kv.split_once('=').is_some_and(|(key, _)| key == k))
-    };
-    if !has(&env, "PATH") {
-        env.push(format!("PATH={DEFAULT_PATH}"));
-    }
-    if !has(&env, "HOME") {
-        env.push(format!("HOME={}", id.home));
-    }
-    if !has(&env, "HOSTNAME") {
-        env.push(format!("HOSTNAME={hostname}"));
-    }
+    let env = super::program::with_defaults(&run.env, &id.home, hostname);
     super::confine::limit_bounding_set()?;
     let read = |f: &str| fs::read_to_string(f).unwrap_or_default();
     let (uid_map, gid_map) = (read("/proc/self/uid_map"), read("/proc/self/gid_map"));
@@ -68,12 +51,7 @@ pub(super) fn start_program(run: &RunSpec, hostname: &str) -> Result<Infallible,
     super::confine::set_rlimits(run.limits.processes)?;
 
     let program = run.argv.first().ok_or("no command given")?;
-    let path_var = env
-        .iter()
-        .find_map(|kv| kv.strip_prefix("PATH="))
-        .unwrap_or(DEFAULT_PATH)
-        .to_string();
-    let resolved = find_program(program, &path_var)
+    let resolved = super::program::find_program(program, &env)
         .ok_or_else(|| format!("exec: \"{program}\": executable file not found in $PATH"))?;
     let cstr =
         |s: &str| CString::new(s).map_err(|_| format!("argument contains a NUL byte: {s:?}"));
@@ -93,17 +71,6 @@ pub(super) fn start_program(run: &RunSpec, hostname: &str) -> Result<Infallible,
     super::confine::apply_seccomp(&filters)?;
     let e = nix::unistd::execve(&program_path, &argv, &envp).unwrap_err();
     Err(format!("exec {program}: {e}"))
-}
-
-/// Looks a program up as `execvp` would, but in the container's `PATH`.
-fn find_program(program: &str, path: &str) -> Option<String> {
-    if program.contains('/') {
-        return Some(program.to_string());
-    }
-    path.split(':')
-        .filter(|d| !d.is_empty())
-        .map(|d| format!("{d}/{program}"))
-        .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
 }
 
 /// Puts every signal back to its default action, as runc does for a container's process: an

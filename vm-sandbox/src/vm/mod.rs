@@ -4,8 +4,9 @@
 //! (`src/bin/kiln-guest-init`) and the modules it loads, in an initramfs kiln writes itself
 //! (newc cpio; the fixed part is cached by content, [`kernel::base_initramfs`]). The run's
 //! root filesystem goes in as a second cpio appended to it: the lower layers merged
-//! ([`rootfs::pack_merged`]), plus the spec ([`protocol::GuestSpec`]) and copies of read-only
-//! bind sources. The guest mounts it under a tmpfs overlay upper, runs the step and writes
+//! ([`rootfs::pack_merged`]), plus the spec ([`protocol::GuestSpec`]) and copies of bind
+//! sources (writable ones come back on a second disk and replace the host directory's
+//! contents). The guest mounts it under a tmpfs overlay upper, runs the step and writes
 //! the upper directory as a layer tar to a virtio disk, which the host unpacks into the
 //! run's upper directory, so callers see the same result as from the container backend.
 //! Output and the exit status come back as frames on the serial console.
@@ -227,17 +228,24 @@ impl Sandbox for MicroVmSandbox {
                     size: *size,
                 }),
                 SandboxMountKind::Bind { source, writable } => {
-                    if *writable {
+                    if *writable && !source.is_dir() {
                         return Err(SandboxError::Unavailable(format!(
-                            "a writable mount at {} (a cache mount or read-write volume) is not supported with --isolation vm yet",
+                            "a writable file mount at {} is not supported with --isolation vm yet",
                             m.target
                         )));
                     }
-                    let inside = format!("/kiln/binds/{}", copies.len());
+                    // Writable copies go under kiln/rw/N: the guest returns that tree.
+                    let n = copies.len();
+                    let inside = if *writable {
+                        format!("/kiln/rw/{n}")
+                    } else {
+                        format!("/kiln/binds/{n}")
+                    };
                     copies.push((source.clone(), inside.clone()));
                     guest.mounts.push(GuestMount::Copy {
                         target: m.target.clone(),
                         source: inside,
+                        writable: *writable,
                     });
                 }
             }
@@ -257,10 +265,32 @@ impl Sandbox for MicroVmSandbox {
                 .map_err(io("pack the root filesystem into the initramfs"))?;
             w.finish().map_err(io("write the initramfs"))?;
         }
+        let disk_size = (u64::from(self.options.memory_mib) + 64) << 20;
         let output_disk = d.join("output.img");
         fs::File::create(&output_disk)
-            .and_then(|f| f.set_len((u64::from(self.options.memory_mib) + 64) << 20))
+            .and_then(|f| f.set_len(disk_size))
             .map_err(io("create the output disk"))?;
+        let writable: Vec<(usize, PathBuf)> = guest
+            .mounts
+            .iter()
+            .filter_map(|m| match m {
+                GuestMount::Copy {
+                    source,
+                    writable: true,
+                    ..
+                } => source
+                    .strip_prefix("/kiln/rw/")
+                    .and_then(|n| n.parse().ok())
+                    .map(|n: usize| (n, copies[n].0.clone())),
+                _ => None,
+            })
+            .collect();
+        let mounts_disk = d.join("mounts.img");
+        if !writable.is_empty() {
+            fs::File::create(&mounts_disk)
+                .and_then(|f| f.set_len(disk_size))
+                .map_err(io("create the mounts disk"))?;
+        }
 
         let (out, err) = sinks(&streams)?;
         tracing::debug!(argv = ?spec.argv, kvm, "microVM run");
@@ -270,6 +300,7 @@ impl Sandbox for MicroVmSandbox {
                 kernel: &boot_image,
                 initrd: &initrd,
                 output_disk: &output_disk,
+                mounts_disk: (!writable.is_empty()).then_some(mounts_disk.as_path()),
                 memory_mib: self.options.memory_mib,
                 kvm,
                 timeout: self.options.timeout,
@@ -277,6 +308,10 @@ impl Sandbox for MicroVmSandbox {
             out,
             err,
         )?;
+        // A cache mount keeps what the step wrote even when the step failed.
+        if let Some(len) = report.mounts {
+            sync_back(&mounts_disk, len, &d.join("mounts"), &writable)?;
+        }
         let status = outcome(&report, self.options.timeout)?;
         let len = report.output.unwrap_or(0);
         let disk = fs::File::open(&output_disk).map_err(io("read the output disk"))?;
@@ -343,6 +378,57 @@ fn outcome(report: &qemu::Report, timeout: Option<Duration>) -> Result<ExitStatu
     Ok(status)
 }
 
+/// Replaces the contents of each writable mount's host directory with what the guest left in
+/// it: the tar of `len` bytes on `disk`, mount `N` under `N/`, unpacked into `scratch` first.
+fn sync_back(
+    disk: &std::path::Path,
+    len: u64,
+    scratch: &std::path::Path,
+    writable: &[(usize, PathBuf)],
+) -> Result<(), SandboxError> {
+    let f = fs::File::open(disk).map_err(io("read the mounts disk"))?;
+    fs::create_dir_all(scratch).map_err(io("create a scratch directory"))?;
+    snapshotter::snapshot::unpack_layer(std::io::Read::take(f, len), scratch)
+        .map_err(|e| SandboxError::Setup(format!("read back the writable mounts: {e}")))?;
+    for (n, host) in writable {
+        let from = scratch.join(n.to_string());
+        let sync = || -> std::io::Result<()> {
+            for e in fs::read_dir(host)? {
+                let p = e?.path();
+                if fs::symlink_metadata(&p)?.is_dir() {
+                    fs::remove_dir_all(&p)?;
+                } else {
+                    fs::remove_file(&p)?;
+                }
+            }
+            if from.is_dir() {
+                for e in fs::read_dir(&from)? {
+                    let e = e?;
+                    match fs::rename(e.path(), host.join(e.file_name())) {
+                        Ok(()) => {}
+                        // Another filesystem: copy what is left, keeping owners and modes.
+                        Err(err) if err.kind() == std::io::ErrorKind::CrossesDevices => {
+                            let copied = std::process::Command::new("cp")
+                                .arg("-a")
+                                .arg(from.join("."))
+                                .arg(host)
+                                .status()?;
+                            if !copied.success() {
+                                return Err(std::io::Error::other(format!("cp -a: {copied}")));
+                            }
+                            break;
+                        }
+                        Err(err) => return Err(err),
+                    }
+                }
+            }
+            Ok(())
+        };
+        sync().map_err(io(format!("write back the mount {}", host.display())))?;
+    }
+    Ok(())
+}
+
 /// This run's part of the initramfs: the spec, copies of bind sources, the merged root.
 fn write_run_part<W: Write>(
     w: &mut cpio::CpioWriter<W>,
@@ -367,6 +453,7 @@ fn write_run_part<W: Write>(
     )?;
     if !copies.is_empty() {
         w.special(b"kiln/binds", &meta(cpio::S_IFDIR | 0o755))?;
+        w.special(b"kiln/rw", &meta(cpio::S_IFDIR | 0o755))?;
     }
     for (source, inside) in copies {
         let name = inside.trim_start_matches('/');

@@ -50,13 +50,15 @@ pub enum GuestMount {
         /// Size limit.
         size: Option<u64>,
     },
-    /// A copy of a host file or directory, carried in the initramfs at `source`, bound
-    /// read-only at `target`.
+    /// A copy of a host file or directory, carried in the initramfs at `source`, bound at
+    /// `target`; a writable one's contents go back to the host afterwards.
     Copy {
         /// Path in the root.
         target: String,
         /// Path in the initramfs.
         source: String,
+        /// Writes allowed (and returned).
+        writable: bool,
     },
 }
 
@@ -121,8 +123,17 @@ impl GuestSpec {
                     let size = size.map(|s| s.to_string()).unwrap_or_default();
                     record(&mut out, "tmpfs", format!("{target}\0{size}").as_bytes());
                 }
-                GuestMount::Copy { target, source } => {
-                    record(&mut out, "copy", format!("{target}\0{source}").as_bytes());
+                GuestMount::Copy {
+                    target,
+                    source,
+                    writable,
+                } => {
+                    let mode = if *writable { "rw" } else { "ro" };
+                    record(
+                        &mut out,
+                        "copy",
+                        format!("{target}\0{source}\0{mode}").as_bytes(),
+                    );
                 }
             }
         }
@@ -155,9 +166,11 @@ impl GuestSpec {
                         };
                         GuestMount::Tmpfs { target, size }
                     } else {
+                        let (source, mode) = rest.split_once('\0').ok_or("spec: bad mount")?;
                         GuestMount::Copy {
                             target,
-                            source: rest.to_string(),
+                            source: source.to_string(),
+                            writable: mode == "rw",
                         }
                     });
                 }
@@ -196,6 +209,9 @@ pub enum Frame {
     Failed(String),
     /// The changed files are on the output device: a tar of this many bytes.
     Output(u64),
+    /// The writable mounts' contents are on the mounts device: a tar of this many bytes,
+    /// mount `N` under `N/`.
+    Mounts(u64),
 }
 
 const CHUNK: usize = 2048;
@@ -235,6 +251,7 @@ impl Frame {
             Frame::Killed { signal, oom } => (b'k', format!("{signal} {oom}").into_bytes()),
             Frame::Failed(m) => (b'f', m.clone().into_bytes()),
             Frame::Output(n) => (b'd', n.to_string().into_bytes()),
+            Frame::Mounts(n) => (b'm', n.to_string().into_bytes()),
         };
         let mut out = FRAME_MARK.to_vec();
         out.push(kind);
@@ -268,6 +285,7 @@ impl Frame {
             }
             b'f' => Frame::Failed(text()?),
             b'd' => Frame::Output(text()?.parse().ok()?),
+            b'm' => Frame::Mounts(text()?.parse().ok()?),
             _ => return None,
         })
     }
@@ -300,6 +318,12 @@ mod tests {
                 GuestMount::Copy {
                     target: "/src".into(),
                     source: "/kiln/binds/0".into(),
+                    writable: false,
+                },
+                GuestMount::Copy {
+                    target: "/cache".into(),
+                    source: "/kiln/rw/1".into(),
+                    writable: true,
                 },
             ],
             read_only: true,
@@ -321,6 +345,7 @@ mod tests {
             },
             Frame::Failed("exec: \"x\": not found".into()),
             Frame::Output(1 << 40),
+            Frame::Mounts(7),
         ] {
             let line = f.encode();
             assert_eq!(line.last(), Some(&b'\n'));

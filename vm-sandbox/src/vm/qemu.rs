@@ -18,6 +18,8 @@ pub(crate) struct Boot<'a> {
     pub(crate) kernel: &'a Path,
     pub(crate) initrd: &'a Path,
     pub(crate) output_disk: &'a Path,
+    /// Where the guest writes the writable mounts' contents, when there are any.
+    pub(crate) mounts_disk: Option<&'a Path>,
     pub(crate) memory_mib: u32,
     pub(crate) kvm: bool,
     pub(crate) timeout: Option<Duration>,
@@ -30,6 +32,7 @@ pub(crate) struct Report {
     pub(crate) killed: Option<(i32, bool)>,
     pub(crate) failed: Option<String>,
     pub(crate) output: Option<u64>,
+    pub(crate) mounts: Option<u64>,
     /// The guest kernel's last console lines.
     pub(crate) kernel_log: Vec<String>,
     pub(crate) timed_out: bool,
@@ -118,10 +121,21 @@ fn command(boot: &Boot) -> Command {
             "id=out,file={},format=raw,if=none",
             boot.output_disk.display()
         ))
-        .args(["-device", "virtio-blk-device,drive=out"])
+        .args(["-device", "virtio-blk-device,drive=out,serial=kiln-out"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    if let Some(disk) = boot.mounts_disk {
+        cmd.arg("-drive")
+            .arg(format!(
+                "id=mounts,file={},format=raw,if=none",
+                disk.display()
+            ))
+            .args([
+                "-device",
+                "virtio-blk-device,drive=mounts,serial=kiln-mounts",
+            ]);
+    }
     // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag of the new process; it allocates
     // nothing and is async-signal-safe.
     #[allow(unsafe_code)]
@@ -171,6 +185,7 @@ pub(crate) fn boot(
                 Some(Frame::Killed { signal, oom }) => report.killed = Some((signal, oom)),
                 Some(Frame::Failed(m)) => report.failed = Some(m),
                 Some(Frame::Output(n)) => report.output = Some(n),
+                Some(Frame::Mounts(n)) => report.mounts = Some(n),
                 None => {
                     let t = String::from_utf8_lossy(text).trim_end().to_string();
                     if !t.is_empty() {

@@ -13,6 +13,8 @@
 #![allow(unsafe_code)]
 
 mod layer_tar;
+#[path = "../../container/program.rs"]
+mod program;
 #[path = "../../vm/protocol.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod protocol;
@@ -30,8 +32,6 @@ use std::sync::Mutex;
 
 use protocol::{Frame, GuestMount, GuestSpec};
 
-/// The default `PATH` when the image sets none (Docker's).
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const ROOT: &str = "/merged";
 
 /// The serial console frames go to.
@@ -71,6 +71,13 @@ fn run() -> Result<(), String> {
     let nosuid = sys::MS_NOSUID | sys::MS_NODEV | sys::MS_NOEXEC;
     sys::mount_fs(Some("proc"), Path::new("/proc"), Some("proc"), nosuid, None)?;
     sys::mount_fs(Some("dev"), Path::new("/dev"), Some("devtmpfs"), 0, None)?;
+    sys::mount_fs(
+        Some("sysfs"),
+        Path::new("/sys"),
+        Some("sysfs"),
+        nosuid,
+        None,
+    )?;
     let console = fs::OpenOptions::new()
         .write(true)
         .open("/dev/ttyS0")
@@ -111,13 +118,17 @@ fn run() -> Result<(), String> {
     sys::unmount(Path::new(ROOT));
     let status = outcome?;
 
-    let disk = fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/vda")
-        .map_err(|e| format!("open the output disk: {e}"))?;
-    let written = layer_tar::write_layer(Path::new("/run/upper"), &disk)
-        .map_err(|e| format!("write the step's changes: {e}"))?;
-    disk.sync_all()
+    // Writable mounts go back first (their binds are gone; the copies hold the writes).
+    if spec
+        .mounts
+        .iter()
+        .any(|m| matches!(m, GuestMount::Copy { writable: true, .. }))
+    {
+        let written = write_tar_to("kiln-mounts", Path::new("/kiln/rw"))
+            .map_err(|e| format!("write the mounts' contents: {e}"))?;
+        send(&Frame::Mounts(written));
+    }
+    let written = write_tar_to("kiln-out", Path::new("/run/upper"))
         .map_err(|e| format!("write the step's changes: {e}"))?;
     send(&Frame::Output(written));
     send(&match status {
@@ -128,6 +139,24 @@ fn run() -> Result<(), String> {
         },
     });
     Ok(())
+}
+
+/// Writes `dir` as a tar to the virtio disk whose serial number is `serial`; the bytes
+/// written.
+fn write_tar_to(serial: &str, dir: &Path) -> Result<u64, String> {
+    let device = fs::read_dir("/sys/block")
+        .map_err(|e| format!("list block devices: {e}"))?
+        .flatten()
+        .find(|e| fs::read_to_string(e.path().join("serial")).is_ok_and(|s| s.trim() == serial))
+        .map(|e| Path::new("/dev").join(e.file_name()))
+        .ok_or_else(|| format!("no disk {serial}"))?;
+    let disk = fs::OpenOptions::new()
+        .write(true)
+        .open(&device)
+        .map_err(|e| format!("open {}: {e}", device.display()))?;
+    let written = layer_tar::write_layer(dir, &disk).map_err(|e| e.to_string())?;
+    disk.sync_all().map_err(|e| e.to_string())?;
+    Ok(written)
 }
 
 /// The OOM killer's count so far.
@@ -248,7 +277,11 @@ fn prepare_root(spec: &GuestSpec) -> Result<Vec<PathBuf>, String> {
                 let opts = size.map(|s| format!("size={s}"));
                 mount("tmpfs", t, Some("tmpfs"), 0, opts.as_deref())?;
             }
-            GuestMount::Copy { target, source } => {
+            GuestMount::Copy {
+                target,
+                source,
+                writable,
+            } => {
                 let t = at(target);
                 if Path::new(source).is_dir() {
                     ensure_dir(&t)?;
@@ -259,13 +292,15 @@ fn prepare_root(spec: &GuestSpec) -> Result<Vec<PathBuf>, String> {
                     fs::File::create(&t).map_err(|e| format!("create {target}: {e}"))?;
                 }
                 mount(source, t.clone(), None, sys::MS_BIND, None)?;
-                sys::mount_fs(
-                    None,
-                    &t,
-                    None,
-                    sys::MS_BIND | sys::MS_REMOUNT | sys::MS_RDONLY,
-                    None,
-                )?;
+                if !writable {
+                    sys::mount_fs(
+                        None,
+                        &t,
+                        None,
+                        sys::MS_BIND | sys::MS_REMOUNT | sys::MS_RDONLY,
+                        None,
+                    )?;
+                }
             }
         }
     }
@@ -358,38 +393,10 @@ fn prepare_process(spec: &GuestSpec) -> Result<(String, Vec<String>), String> {
     let cwd = if spec.cwd.is_empty() { "/" } else { &spec.cwd };
     ensure_dir(Path::new(cwd))?;
     std::env::set_current_dir(cwd).map_err(|e| format!("chdir {cwd}: {e}"))?;
-    let mut env = spec.env.clone();
-    let has = |env: &[String], k: &str| {
-        env.iter()
-            .any(|kv| kv.split_once('=').is_some_and(|(key, _)| key == k))
-    };
-    if !has(&env, "PATH") {
-        env.push(format!("PATH={DEFAULT_PATH}"));
-    }
-    if !has(&env, "HOME") {
-        env.push(format!("HOME={}", id.home));
-    }
-    if !has(&env, "HOSTNAME") {
-        env.push(format!("HOSTNAME={hostname}"));
-    }
+    let env = program::with_defaults(&spec.env, &id.home, hostname);
     sys::become_user(id.uid, id.gid, &id.groups)?;
     let program = spec.argv.first().ok_or("no command given")?;
-    let path_var = env
-        .iter()
-        .find_map(|kv| kv.strip_prefix("PATH="))
-        .unwrap_or(DEFAULT_PATH);
-    let resolved = find_program(program, path_var)
+    let resolved = program::find_program(program, &env)
         .ok_or_else(|| format!("exec: \"{program}\": executable file not found in $PATH"))?;
     Ok((resolved, env))
-}
-
-/// Looks a program up as `execvp` would, in the step's `PATH`.
-fn find_program(program: &str, path: &str) -> Option<String> {
-    if program.contains('/') {
-        return Some(program.to_string());
-    }
-    path.split(':')
-        .filter(|d| !d.is_empty())
-        .map(|d| format!("{d}/{program}"))
-        .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
 }
