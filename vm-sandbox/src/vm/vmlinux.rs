@@ -6,6 +6,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use sha2::Digest as _;
+
 /// The legacy LZ4 format's magic number.
 const LZ4_LEGACY_MAGIC: u32 = 0x184c_2102;
 /// A legacy LZ4 block decompresses to at most 8 MiB.
@@ -97,8 +99,6 @@ pub(crate) fn bootable(image: &Path, cache: &Path) -> PathBuf {
         }
     }
 }
-
-use sha2::Digest as _;
 
 #[cfg(test)]
 mod tests {

@@ -229,7 +229,7 @@ impl<W: Write> Walker<W> {
             }
             return self.dir(path, rel);
         }
-        if !ft.is_dir() && md.nlink() > 1 {
+        if md.nlink() > 1 {
             let key = (md.dev(), md.ino());
             if let Some(first) = self.links.get(&key) {
                 let first = first.clone();
