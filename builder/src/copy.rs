@@ -49,12 +49,78 @@ pub(crate) type Excluded<'a> = &'a dyn Fn(&Path, bool) -> bool;
 pub(crate) struct Dest<'a> {
     pub(crate) upper: &'a Path,
     pub(crate) lower: &'a [PathBuf],
+    /// The same COPY's layer from the previous build, when there is one.
+    pub(crate) previous: Option<PreviousCopy<'a>>,
 }
 
 impl<'a> Dest<'a> {
     /// A destination with nothing below it.
     pub(crate) fn bare(upper: &'a Path) -> Self {
-        Dest { upper, lower: &[] }
+        Dest {
+            upper,
+            lower: &[],
+            previous: None,
+        }
+    }
+}
+
+/// The layer the same COPY made in the previous build, and which context files (relative
+/// paths) have the same mode and content digest now.
+#[derive(Clone, Copy)]
+pub(crate) struct PreviousCopy<'a> {
+    pub(crate) upper: &'a Path,
+    pub(crate) context: &'a Path,
+    pub(crate) unchanged: &'a std::collections::HashSet<String>,
+}
+
+impl PreviousCopy<'_> {
+    /// Hard-links `target` to the file the previous build put at the same place, when the
+    /// source did not change (same mode and digest) and the copy would have the same owner,
+    /// mode and mtime. That file is in a committed layer, which never changes; later steps
+    /// write through overlayfs's copy-up.
+    fn link(
+        &self,
+        dest: &Dest<'_>,
+        src: &Path,
+        md: &fs::Metadata,
+        target: &Path,
+        attrs: CopyAttrs,
+    ) -> bool {
+        let Ok(rel) = src.strip_prefix(self.context) else {
+            return false;
+        };
+        if !md.is_file() || !self.unchanged.contains(rel.to_string_lossy().as_ref()) {
+            return false;
+        }
+        let Ok(in_layer) = target.strip_prefix(dest.upper) else {
+            return false;
+        };
+        let old = self.upper.join(in_layer);
+        let Ok(old_md) = fs::symlink_metadata(&old) else {
+            return false;
+        };
+        let mode = md.permissions().mode() & 0o7777;
+        let mode = attrs.mode.map_or(mode, |m| m.apply(mode, false));
+        let same = old_md.is_file()
+            && old_md.len() == md.len()
+            && (old_md.mtime(), old_md.mtime_nsec()) == (md.mtime(), md.mtime_nsec())
+            && old_md.permissions().mode() & 0o7777 == mode
+            && copy_owner(attrs) == Some((old_md.uid(), old_md.gid()));
+        same && fs::symlink_metadata(target).is_err() && fs::hard_link(&old, target).is_ok()
+    }
+}
+
+/// The owner a copied file gets (see `apply_attrs`); `None` where the copy would fail.
+fn copy_owner(attrs: CopyAttrs) -> Option<(u32, u32)> {
+    if nix::unistd::geteuid().is_root() {
+        Some(attrs.owner.unwrap_or((0, 0)))
+    } else if attrs.owner.is_none_or(|o| o == (0, 0)) {
+        Some((
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        ))
+    } else {
+        None
     }
 }
 
@@ -76,7 +142,12 @@ pub(crate) fn copy_into(
     if md.is_dir() {
         // The directory's contents go in; the target itself is made like a parent.
         ensure_dir(dest, &target, attrs.owner)?;
-        copy_dir_contents(src, &target, attrs, excluded)
+        copy_dir_contents(dest, src, &target, attrs, excluded)
+    } else if dest
+        .previous
+        .is_some_and(|p| p.link(dest, src, &md, &target, attrs))
+    {
+        Ok(())
     } else {
         copy_entry(src, &target, attrs)
     }
@@ -99,11 +170,17 @@ pub(crate) fn copy_from_layers(
     if is_dir {
         ensure_dir(dest, &target, attrs.owner)?;
         for name in snapshotter::copyfs::merged_names(layers, src) {
-            copy_layered(layers, &src.join(&name), &target.join(&name), attrs)?;
+            copy_layered(
+                layers,
+                &src.join(&name),
+                &target.join(&name),
+                attrs,
+                dest.lower,
+            )?;
         }
         return Ok(());
     }
-    copy_layered(layers, src, &target, attrs)
+    copy_layered(layers, src, &target, attrs, dest.lower)
 }
 
 fn copy_layered(
@@ -111,6 +188,7 @@ fn copy_layered(
     rel: &Path,
     target: &Path,
     attrs: CopyAttrs,
+    below: &[PathBuf],
 ) -> Result<(), String> {
     let (path, md) = snapshotter::copyfs::merged_lookup(layers, rel)
         .ok_or_else(|| format!("/{} not found", rel.display()))?;
@@ -127,12 +205,43 @@ fn copy_layered(
     if md.is_dir() {
         make_dir(target, &md, keep_owner)?;
         for name in snapshotter::copyfs::merged_names(layers, rel) {
-            copy_layered(layers, &rel.join(&name), &target.join(&name), attrs)?;
+            copy_layered(layers, &rel.join(&name), &target.join(&name), attrs, below)?;
         }
+        Ok(())
+    } else if link_unchanged(&path, &md, target, keep_owner, below) {
         Ok(())
     } else {
         copy_entry(&path, target, keep_owner)
     }
+}
+
+/// Hard-links a regular file from a committed layer instead of copying it, when the copy
+/// would be the same file: same owner, mode and mtime, no extended attributes, no other
+/// link to it yet, and its layer not below the destination (where one inode would show at
+/// two paths of one root filesystem). Committed layer directories never change, and a
+/// later step that writes the file goes through overlayfs's copy-up, so the two paths never
+/// diverge. The layer tar is the same either way: one path of an inode is a regular entry.
+fn link_unchanged(
+    src: &Path,
+    md: &fs::Metadata,
+    target: &Path,
+    attrs: CopyAttrs,
+    below: &[PathBuf],
+) -> bool {
+    if !md.is_file() || md.nlink() != 1 || below.iter().any(|l| src.starts_with(l)) {
+        return false;
+    }
+    let mode = md.permissions().mode() & 0o7777;
+    if copy_owner(attrs) != Some((md.uid(), md.gid()))
+        || attrs.mode.is_some_and(|m| m.apply(mode, false) != mode)
+    {
+        return false;
+    }
+    if xattr::list(src).map_or(true, |mut names| names.next().is_some()) {
+        return false;
+    }
+    // Replacing an existing entry is left to the copy, which checks what it replaces.
+    fs::symlink_metadata(target).is_err() && fs::hard_link(src, target).is_ok()
 }
 
 /// Makes the directory `to` (and its parents) in the destination; returns its path.
@@ -181,6 +290,7 @@ fn make_dir(target: &Path, md: &fs::Metadata, attrs: CopyAttrs) -> Result<(), St
 }
 
 fn copy_dir_contents(
+    layer: &Dest<'_>,
     src: &Path,
     dest: &Path,
     attrs: CopyAttrs,
@@ -200,8 +310,11 @@ fn copy_dir_contents(
         }
         if md.is_dir() {
             make_dir(&to, &md, attrs)?;
-            copy_dir_contents(&from, &to, attrs, excluded)?;
-        } else {
+            copy_dir_contents(layer, &from, &to, attrs, excluded)?;
+        } else if !layer
+            .previous
+            .is_some_and(|p| p.link(layer, &from, &md, &to, attrs))
+        {
             copy_entry(&from, &to, attrs)?;
         }
     }
@@ -329,5 +442,93 @@ mod tests {
             .mode()
             & 0o777;
         assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn copies_from_layers_link_only_files_that_come_out_the_same() {
+        let work = tempfile::tempdir().unwrap();
+        let layer = work.path().join("layer");
+        fs::create_dir_all(layer.join("out/bin")).unwrap();
+        fs::write(layer.join("out/bin/app"), b"binary").unwrap();
+        fs::write(layer.join("out/notes"), b"text").unwrap();
+        fs::set_permissions(layer.join("out/bin/app"), fs::Permissions::from_mode(0o755)).unwrap();
+        let ino = |p: &Path| fs::metadata(p).unwrap().ino();
+        let copy = |upper: &Path, below: &[PathBuf], attrs: CopyAttrs| {
+            fs::create_dir_all(upper).unwrap();
+            let dest = Dest {
+                upper,
+                lower: below,
+                previous: None,
+            };
+            copy_from_layers(
+                std::slice::from_ref(&layer),
+                Path::new("out"),
+                &dest,
+                "/opt/app",
+                attrs,
+            )
+            .unwrap();
+        };
+
+        // Same owner, mode and mtime: the new layer shares the committed file's inode.
+        let linked = work.path().join("linked");
+        copy(&linked, &[], CopyAttrs::default());
+        assert_eq!(
+            ino(&linked.join("opt/app/bin/app")),
+            ino(&layer.join("out/bin/app"))
+        );
+        assert_eq!(fs::read(linked.join("opt/app/notes")).unwrap(), b"text");
+
+        // Already linked once: copied, so one inode never spreads across many layers.
+        let again = work.path().join("again");
+        copy(&again, &[], CopyAttrs::default());
+        assert_ne!(
+            ino(&again.join("opt/app/bin/app")),
+            ino(&layer.join("out/bin/app"))
+        );
+
+        // --chmod that changes the mode: a copy, and the committed file keeps its mode.
+        let fresh = work.path().join("fresh-layer");
+        fs::create_dir_all(fresh.join("out")).unwrap();
+        fs::write(fresh.join("out/f"), b"f").unwrap();
+        let chmod = work.path().join("chmod");
+        fs::create_dir_all(&chmod).unwrap();
+        let attrs = CopyAttrs {
+            owner: None,
+            mode: Some(crate::chmod::ModeSpec::Octal(0o600)),
+        };
+        let dest = Dest::bare(&chmod);
+        copy_from_layers(
+            std::slice::from_ref(&fresh),
+            Path::new("out"),
+            &dest,
+            "/x",
+            attrs,
+        )
+        .unwrap();
+        assert_ne!(ino(&chmod.join("x/f")), ino(&fresh.join("out/f")));
+        assert_eq!(
+            fs::metadata(chmod.join("x/f")).unwrap().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(fs::metadata(fresh.join("out/f")).unwrap().nlink(), 1);
+
+        // The source layer below the destination: a copy, not one inode at two paths.
+        let stacked = work.path().join("stacked");
+        fs::create_dir_all(&stacked).unwrap();
+        let dest = Dest {
+            upper: &stacked,
+            lower: std::slice::from_ref(&fresh),
+            previous: None,
+        };
+        copy_from_layers(
+            std::slice::from_ref(&fresh),
+            Path::new("out"),
+            &dest,
+            "/y",
+            CopyAttrs::default(),
+        )
+        .unwrap();
+        assert_ne!(ino(&stacked.join("y/f")), ino(&fresh.join("out/f")));
     }
 }

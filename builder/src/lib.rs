@@ -26,6 +26,7 @@ pub mod remote_cache;
 mod run_mounts;
 mod schedule;
 mod sources;
+mod step_cache;
 mod steps;
 
 pub use build::{BuildEvent, BuildRequest, Builder, SecretSource, unused_build_args};

@@ -341,6 +341,42 @@ fn copy_snapshots_give_the_same_image_as_overlay() {
 }
 
 #[test]
+fn files_copied_from_a_stage_change_only_where_a_later_step_changes_them() {
+    // COPY --from hard-links unchanged files from the stage's committed layer: a later write
+    // to the copy must leave the stage's file, and every other copy of it, as it was.
+    if !sandbox_available() {
+        return;
+    }
+    let dir = TestContext::new().work().join("ctx");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM busybox AS build\nRUN mkdir /out && echo original > /out/f && echo keep > /out/g\n\
+         FROM busybox AS edit\nCOPY --from=build /out /out\nRUN echo changed >> /out/f && chmod 600 /out/f && rm /out/g\n\
+         FROM busybox\nCOPY --from=build /out /from-build\nCOPY --from=edit /out /from-edit\n\
+         RUN cat /from-build/f /from-build/g /from-edit/f && stat -c %a /from-build/f /from-edit/f && ls /from-edit\n",
+    )
+    .unwrap();
+    for mode in ["overlay", "copy"] {
+        let ctx = TestContext::new();
+        ctx.base_image();
+        let out = ctx
+            .kiln()
+            .env("KILN_SNAPSHOTTER", mode)
+            .args(["build", "--progress=plain", "-t", "t"])
+            .arg(&dir)
+            .run();
+        out.ok();
+        assert!(
+            out.stderr
+                .contains("original\nkeep\noriginal\nchanged\n644\n600\nf\n"),
+            "{mode}: {}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
 fn copy_from_stages_by_name_index_and_image() {
     if !sandbox_available() {
         return;

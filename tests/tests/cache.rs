@@ -461,3 +461,81 @@ fn explain_cache_and_build_arg_files() {
         third.stderr
     );
 }
+
+#[test]
+fn a_copy_rerun_after_changes_equals_one_made_from_nothing() {
+    // A re-run COPY hard-links the files that did not change from the previous build's
+    // layer. Its layer must still be the one a build from nothing makes of the same files:
+    // new content (same size and mtime), a new mode and a new mtime all come out as they are.
+    // (SOURCE_DATE_EPOCH makes the directories' mtimes the same in both builds; the touched
+    // file's new mtime is older than it, so it shows in the layer.)
+    if !tests::builds_as_root() {
+        return;
+    }
+    let ctx = TestContext::new();
+    ctx.base_image();
+    let dir = ctx.work().join("ctx");
+    std::fs::create_dir_all(dir.join("src/sub")).unwrap();
+    for (name, body) in [
+        ("a", "aaaa\n"),
+        ("b", "bbbb\n"),
+        ("sub/c", "cccc\n"),
+        ("d", "dddd\n"),
+    ] {
+        std::fs::write(dir.join("src").join(name), body).unwrap();
+    }
+    std::fs::write(dir.join("Dockerfile"), "FROM busybox\nCOPY src/ /app/\n").unwrap();
+    let build = |c: &TestContext| {
+        c.kiln()
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .args(["build", "-q", "-t", "t"])
+            .arg(&dir)
+            .run()
+            .ok()
+            .to_string()
+    };
+    let copy_layer = |c: &TestContext| {
+        let out = c.kiln().args(["inspect", "t"]).run();
+        let v: serde_json::Value = serde_json::from_str(out.ok()).unwrap();
+        v[0]["RootFS"]["Layers"]
+            .as_array()
+            .and_then(|l| l.last())
+            .and_then(|l| l.as_str())
+            .unwrap()
+            .to_string()
+    };
+    build(&ctx);
+    let first = copy_layer(&ctx);
+
+    let a = dir.join("src/a");
+    let mtime = filetime::FileTime::from_last_modification_time(&std::fs::metadata(&a).unwrap());
+    std::fs::write(&a, "AAAA\n").unwrap();
+    filetime::set_file_mtime(&a, mtime).unwrap();
+    std::fs::set_permissions(
+        dir.join("src/b"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    filetime::set_file_mtime(
+        dir.join("src/sub/c"),
+        filetime::FileTime::from_unix_time(1_600_000_000, 5),
+    )
+    .unwrap();
+    build(&ctx);
+    let rebuilt = copy_layer(&ctx);
+    assert_ne!(rebuilt, first);
+    let fresh = TestContext::new();
+    fresh.base_image();
+    build(&fresh);
+    assert_eq!(
+        rebuilt,
+        copy_layer(&fresh),
+        "the re-run COPY's layer differs"
+    );
+    let seen = ctx
+        .kiln()
+        .args(["run", "t", "sh", "-c"])
+        .arg("cat /app/a /app/sub/c /app/d && stat -c %a /app/b && stat -c %Y /app/sub/c")
+        .run();
+    assert_eq!(seen.ok(), "AAAA\ncccc\ndddd\n600\n1600000000\n");
+}

@@ -347,15 +347,11 @@ fn outcome(report: &qemu::Report, timeout: Option<Duration>) -> Result<ExitStatu
         }
         (None, Some((signal, false))) => ExitStatus::Signal(signal),
         (None, None) => {
-            let panic = report
-                .kernel_log
-                .iter()
-                .find(|l| l.contains("Kernel panic"))
-                .map(|l| {
-                    l.trim_start_matches(|c: char| {
-                        c == '[' || c == ']' || c == ' ' || c == '.' || c.is_ascii_digit()
-                    })
-                });
+            let panic = report.panic.as_ref().map(|l| {
+                l.trim_start_matches(|c: char| {
+                    c == '[' || c == ']' || c == ' ' || c == '.' || c.is_ascii_digit()
+                })
+            });
             return Err(SandboxError::Setup(match panic {
                 Some(p) => format!("the microVM's kernel panicked: {p}"),
                 None => {

@@ -35,6 +35,9 @@ pub(crate) struct Report {
     pub(crate) mounts: Option<u64>,
     /// The guest kernel's last console lines.
     pub(crate) kernel_log: Vec<String>,
+    /// The guest kernel's panic line, kept apart: the register dump and call trace after it
+    /// can push it out of `kernel_log`.
+    pub(crate) panic: Option<String>,
     pub(crate) timed_out: bool,
     /// qemu's own error output.
     pub(crate) vmm_errors: String,
@@ -188,6 +191,9 @@ pub(crate) fn boot(
                 Some(Frame::Mounts(n)) => report.mounts = Some(n),
                 None => {
                     let t = String::from_utf8_lossy(text).trim_end().to_string();
+                    if report.panic.is_none() && t.contains("Kernel panic") {
+                        report.panic = Some(t.clone());
+                    }
                     if !t.is_empty() {
                         if report.kernel_log.len() == KERNEL_LOG_LINES {
                             report.kernel_log.remove(0);
