@@ -11,6 +11,8 @@
 //! ROOT/cache/keys/KEYHEX        the layer a key made (descriptor, diffID)
 //! ROOT/cache/last/SLOTHEX       the inputs a step had in the last build (for miss reasons)
 //! ROOT/cache/files.json         stat -> content digest of context files (skips re-hashing)
+//! ROOT/cache/members/BLOBHEX    the gzip members of a COPY layer's blob (for the next build
+//!                               of that COPY to take the unchanged ones; snapshotter::members)
 //! ```
 
 use std::collections::BTreeMap;
@@ -148,6 +150,26 @@ impl Cache {
         write_atomic(
             &self.dir.join("keys").join(key.hex()),
             &serde_json::to_vec(entry).expect("entry serializes"),
+        )
+    }
+
+    /// The gzip members of a COPY layer's blob (see `snapshotter::members`), if listed.
+    pub fn members(&self, blob: &Digest) -> Option<snapshotter::members::MemberList> {
+        let root = self.dir.parent()?;
+        let text = fs::read_to_string(snapshotter::members::list_path(root, blob)).ok()?;
+        snapshotter::members::MemberList::parse(&text)
+    }
+
+    /// Lists a COPY layer blob's gzip members for the next build of that COPY.
+    pub fn save_members(
+        &self,
+        blob: &Digest,
+        list: &snapshotter::members::MemberList,
+    ) -> std::io::Result<()> {
+        let root = self.dir.parent().expect("the cache is inside a store root");
+        write_atomic(
+            &snapshotter::members::list_path(root, blob),
+            list.to_text().as_bytes(),
         )
     }
 

@@ -141,8 +141,14 @@ pub(crate) fn copy_into(
     let md = fs::symlink_metadata(src).map_err(|e| format!("{}: {e}", src.display()))?;
     if md.is_dir() {
         // The directory's contents go in; the target itself is made like a parent.
+        let made = !target.exists() && !in_lower(dest, &target);
         ensure_dir(dest, &target, attrs.owner)?;
-        copy_dir_contents(dest, src, &target, attrs, excluded)
+        copy_dir_contents(dest, src, &target, attrs, excluded)?;
+        // A directory this copy made takes the source's mtime, as BuildKit does.
+        if made {
+            keep_mtime(&target, &md)?;
+        }
+        Ok(())
     } else if dest
         .previous
         .is_some_and(|p| p.link(dest, src, &md, &target, attrs))
@@ -166,8 +172,9 @@ pub(crate) fn copy_from_layers(
     if let Some(parent) = target.parent() {
         ensure_dir(dest, parent, attrs.owner)?;
     }
-    let is_dir = snapshotter::copyfs::merged_lookup(layers, src).is_some_and(|(_, md)| md.is_dir());
-    if is_dir {
+    let source_dir = snapshotter::copyfs::merged_lookup(layers, src).filter(|(_, md)| md.is_dir());
+    if let Some((_, md)) = source_dir {
+        let made = !target.exists() && !in_lower(dest, &target);
         ensure_dir(dest, &target, attrs.owner)?;
         for name in snapshotter::copyfs::merged_names(layers, src) {
             copy_layered(
@@ -177,6 +184,9 @@ pub(crate) fn copy_from_layers(
                 attrs,
                 dest.lower,
             )?;
+        }
+        if made {
+            keep_mtime(&target, &md)?;
         }
         return Ok(());
     }
@@ -207,7 +217,7 @@ fn copy_layered(
         for name in snapshotter::copyfs::merged_names(layers, rel) {
             copy_layered(layers, &rel.join(&name), &target.join(&name), attrs, below)?;
         }
-        Ok(())
+        keep_mtime(target, &md)
     } else if link_unchanged(&path, &md, target, keep_owner, below) {
         Ok(())
     } else {
@@ -282,6 +292,19 @@ fn ensure_dir(dest: &Dest<'_>, dir: &Path, owner: Option<(u32, u32)>) -> Result<
     Ok(())
 }
 
+/// Whether the layers below the destination have `dir` (a path inside `dest.upper`).
+fn in_lower(dest: &Dest<'_>, dir: &Path) -> bool {
+    let rel = dir.strip_prefix(dest.upper).unwrap_or(dir);
+    snapshotter::copyfs::merged_lookup(dest.lower, rel).is_some()
+}
+
+/// Gives a copied directory its source's mtime, once everything inside it is in place: the
+/// layer then does not depend on when the build ran.
+fn keep_mtime(dir: &Path, source: &fs::Metadata) -> Result<(), String> {
+    filetime::set_file_mtime(dir, filetime::FileTime::from_last_modification_time(source))
+        .map_err(|e| format!("set mtime of {}: {e}", dir.display()))
+}
+
 fn make_dir(target: &Path, md: &fs::Metadata, attrs: CopyAttrs) -> Result<(), String> {
     if !target.is_dir() {
         fs::create_dir(target).map_err(|e| format!("create {}: {e}", target.display()))?;
@@ -311,6 +334,7 @@ fn copy_dir_contents(
         if md.is_dir() {
             make_dir(&to, &md, attrs)?;
             copy_dir_contents(layer, &from, &to, attrs, excluded)?;
+            keep_mtime(&to, &md)?;
         } else if !layer
             .previous
             .is_some_and(|p| p.link(layer, &from, &md, &to, attrs))

@@ -3,10 +3,12 @@
 //! step's snapshot committed as the stage's next layer and recorded.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use snapshotter::Digest;
-use snapshotter::diff::{DiffOptions, write_layer};
+use snapshotter::diff::{DiffOptions, write_layer_listing_members};
 use snapshotter::layer::Layer;
+use snapshotter::members::MemberSource;
 use snapshotter::snapshot::{Active, chain_id};
 
 use crate::build::{BuildEvent, Builder, StageLayer, StageState, push_history};
@@ -77,7 +79,11 @@ impl Builder<'_> {
             .filter(|_| !state.no_cache)
             .and_then(|p| self.previous_layer(state, p, &inputs));
         let active = make(self, state, previous.as_ref())?;
-        self.commit(state, active)?;
+        // A layer of context files: its gzip members are listed, and the previous build's
+        // members of the files that did not change are taken instead of compressed again.
+        let copied_files = (!inputs.files.is_empty())
+            .then(|| previous.as_ref().and_then(|p| self.earlier_members(p)));
+        self.commit(state, active, copied_files)?;
         let last = state.layers.last().expect("commit pushed a layer");
         let entry = CacheEntry {
             layer: last.layer.descriptor.clone(),
@@ -120,7 +126,12 @@ impl Builder<'_> {
             .filter(|(path, id)| prev.files.get(*path) == Some(id))
             .map(|(path, _)| path.clone())
             .collect();
-        upper.is_dir().then_some(PreviousLayer { upper, unchanged })
+        let blob = Digest::try_from(entry.layer.digest()).ok()?;
+        upper.is_dir().then_some(PreviousLayer {
+            upper,
+            unchanged,
+            blob,
+        })
     }
 
     /// A step served from a cache: reported, and recorded for `--cache-to`.
@@ -190,13 +201,40 @@ impl Builder<'_> {
         Ok(())
     }
 
-    /// Turns an active snapshot into the stage's next layer.
-    fn commit(&self, state: &mut StageState, active: Active) -> Result<(), String> {
+    /// The gzip members of the previous build's layer, to take the unchanged ones from.
+    fn earlier_members(&self, previous: &PreviousLayer) -> Option<Arc<MemberSource>> {
+        let list = self
+            .cache?
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .members(&previous.blob)?;
+        let blob = self.store.blob_file(&previous.blob)?;
+        Some(Arc::new(MemberSource::new(blob, &list)))
+    }
+
+    /// Turns an active snapshot into the stage's next layer; `copied_files` for a layer of
+    /// context files (with the previous build's members, when there are any).
+    fn commit(
+        &self,
+        state: &mut StageState,
+        active: Active,
+        copied_files: Option<Option<Arc<MemberSource>>>,
+    ) -> Result<(), String> {
         let opts = DiffOptions {
             compression: self.compression,
+            copied_files,
             ..DiffOptions::from_env()
         };
-        let layer = write_layer(self.store, &active.upper, &opts).map_err(|e| e.to_string())?;
+        let (layer, members) = write_layer_listing_members(self.store, &active.upper, &opts)
+            .map_err(|e| e.to_string())?;
+        if let (Some(list), Some(cache)) = (members, self.cache)
+            && let Ok(blob) = Digest::try_from(layer.descriptor.digest())
+        {
+            let _ = cache
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .save_members(&blob, &list);
+        }
         let chain = chain_id(state.layers.last().map(|l| &l.chain), &layer.diff_id);
         let dir = self
             .snapshots
@@ -212,6 +250,8 @@ impl Builder<'_> {
 pub(crate) struct PreviousLayer {
     pub(crate) upper: PathBuf,
     pub(crate) unchanged: std::collections::HashSet<String>,
+    /// Its blob, whose gzip members the new layer may take.
+    blob: Digest,
 }
 
 /// Puts a layer on the stage with the history entry its step left in `created_by`.

@@ -17,6 +17,8 @@ use std::thread::JoinHandle;
 
 use oci_spec::image::MediaType;
 
+use crate::members::{Cut, MAX_MEMBER, MemberList, MemberSource, TarCutter, input_hash};
+
 /// How layers are compressed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LayerCompression {
@@ -82,8 +84,9 @@ impl FromStr for LayerCompression {
 
 /// A writer that compresses, and must be finished to flush everything.
 pub trait FinishWrite: Write + Send {
-    /// Flushes the compressed stream to the end.
-    fn finish(self: Box<Self>) -> io::Result<()>;
+    /// Flushes the compressed stream to the end; returns the list of gzip members when the
+    /// writer was asked to keep one.
+    fn finish(self: Box<Self>) -> io::Result<Option<MemberList>>;
 }
 
 /// A compressing writer for `compression` over `out`.
@@ -93,7 +96,12 @@ pub fn encoder<'a, W: Write + Send + 'a>(
 ) -> io::Result<Box<dyn FinishWrite + 'a>> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
     Ok(match compression {
-        LayerCompression::Gzip(level) => Box::new(ParallelGzip::new(out, level, threads as usize)),
+        LayerCompression::Gzip(level) => Box::new(ParallelGzip::new(
+            out,
+            level,
+            threads as usize,
+            Members::Fixed,
+        )),
         LayerCompression::Zstd(level) => {
             let mut e = zstd::stream::write::Encoder::new(out, level)?;
             // At least one worker always, so the output is the same on every machine.
@@ -102,6 +110,33 @@ pub fn encoder<'a, W: Write + Send + 'a>(
             Box::new(ZstdWriter(e))
         }
     })
+}
+
+/// A compressing writer for a layer of copied files: gzip members end at tar entry
+/// boundaries, their list is kept (see [`crate::members`]), and members of an earlier blob of
+/// the same COPY whose input did not change are taken from `earlier` instead of compressed.
+/// zstd has no members: the same as [`encoder`].
+pub fn copy_layer_encoder<'a, W: Write + Send + 'a>(
+    compression: LayerCompression,
+    out: W,
+    earlier: Option<Arc<MemberSource>>,
+) -> io::Result<Box<dyn FinishWrite + 'a>> {
+    match compression {
+        LayerCompression::Gzip(level) => {
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            Ok(Box::new(ParallelGzip::new(
+                out,
+                level,
+                threads,
+                Members::ByEntry {
+                    cutter: TarCutter::default(),
+                    earlier,
+                    list: Vec::new(),
+                },
+            )))
+        }
+        LayerCompression::Zstd(_) => encoder(compression, out),
+    }
 }
 
 struct ZstdWriter<'a, W: Write>(zstd::stream::write::Encoder<'a, W>);
@@ -116,8 +151,9 @@ impl<W: Write + Send> Write for ZstdWriter<'_, W> {
 }
 
 impl<W: Write + Send> FinishWrite for ZstdWriter<'_, W> {
-    fn finish(self: Box<Self>) -> io::Result<()> {
-        self.0.finish()?.flush()
+    fn finish(self: Box<Self>) -> io::Result<Option<MemberList>> {
+        self.0.finish()?.flush()?;
+        Ok(None)
     }
 }
 
@@ -144,42 +180,79 @@ fn incompressible(block: &[u8]) -> bool {
 }
 
 type Job = (u64, Vec<u8>);
+/// A compressed member, with the SHA-256 of its input when members are listed.
+type Done = (u64, Option<[u8; 32]>, Vec<u8>);
 
-/// gzip in independent 1 MiB members, compressed on worker threads, written in order.
+/// Where members end, and what is kept about them.
+enum Members {
+    /// Every 1 MiB of input; no list.
+    Fixed,
+    /// At tar entry boundaries; listed, and taken from an earlier blob where they can be.
+    ByEntry {
+        cutter: TarCutter,
+        earlier: Option<Arc<MemberSource>>,
+        list: Vec<([u8; 32], u64)>,
+    },
+}
+
+/// gzip in independent members (1 MiB of input, or cut at tar entries), compressed on
+/// worker threads, written in order.
 struct ParallelGzip<W: Write> {
     out: W,
+    level: u32,
     buf: Vec<u8>,
     next_seq: u64,
     written_seq: u64,
     jobs: Option<SyncSender<Job>>,
-    results: Receiver<io::Result<(u64, Vec<u8>)>>,
-    pending: BTreeMap<u64, Vec<u8>>,
+    results: Receiver<io::Result<Done>>,
+    pending: BTreeMap<u64, (Option<[u8; 32]>, Vec<u8>)>,
     workers: Vec<JoinHandle<()>>,
+    members: Members,
+}
+
+/// One member: taken from the earlier blob when it has this input, else compressed.
+fn make_member(
+    level: u32,
+    data: &[u8],
+    earlier: Option<&MemberSource>,
+    hash: Option<&[u8; 32]>,
+) -> io::Result<Vec<u8>> {
+    if let (Some(source), Some(hash)) = (earlier, hash)
+        && let Some(member) = source.take(level, data, hash)
+    {
+        return Ok(member);
+    }
+    let level = if incompressible(data) { 0 } else { level };
+    let mut gz = flate2::write::GzEncoder::new(
+        Vec::with_capacity(data.len() / 2),
+        flate2::Compression::new(level),
+    );
+    gz.write_all(data)?;
+    gz.finish()
 }
 
 impl<W: Write> ParallelGzip<W> {
-    fn new(out: W, level: u32, threads: usize) -> Self {
+    fn new(out: W, level: u32, threads: usize, members: Members) -> Self {
         let threads = threads.max(1);
         let (job_tx, job_rx) = sync_channel::<Job>(threads * 2);
         let (res_tx, res_rx) = sync_channel(threads * 4);
         let job_rx = Arc::new(Mutex::new(job_rx));
+        let (listed, earlier) = match &members {
+            Members::Fixed => (false, None),
+            Members::ByEntry { earlier, .. } => (true, earlier.clone()),
+        };
         let workers = (0..threads)
             .map(|_| {
                 let rx = Arc::clone(&job_rx);
                 let tx = res_tx.clone();
+                let earlier = earlier.clone();
                 std::thread::spawn(move || {
                     loop {
                         let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
                         let Ok((seq, data)) = job else { return };
-                        let level = if incompressible(&data) { 0 } else { level };
-                        let mut gz = flate2::write::GzEncoder::new(
-                            Vec::with_capacity(data.len() / 2),
-                            flate2::Compression::new(level),
-                        );
-                        let r = gz
-                            .write_all(&data)
-                            .and_then(|_| gz.finish())
-                            .map(|c| (seq, c));
+                        let hash = listed.then(|| input_hash(&data));
+                        let r = make_member(level, &data, earlier.as_deref(), hash.as_ref())
+                            .map(|c| (seq, hash, c));
                         if tx.send(r).is_err() {
                             return;
                         }
@@ -189,6 +262,8 @@ impl<W: Write> ParallelGzip<W> {
             .collect();
         ParallelGzip {
             out,
+            level,
+            members,
             buf: Vec::with_capacity(GZIP_BLOCK),
             next_seq: 0,
             written_seq: 0,
@@ -221,18 +296,47 @@ impl<W: Write> ParallelGzip<W> {
     }
 
     fn receive_one(&mut self) -> io::Result<()> {
-        let (seq, data) = self
+        let (seq, hash, data) = self
             .results
             .recv()
             .map_err(|_| io::Error::other("gzip workers stopped"))??;
-        self.pending.insert(seq, data);
+        self.pending.insert(seq, (hash, data));
         self.write_ready()
     }
 
     fn write_ready(&mut self) -> io::Result<()> {
-        while let Some(data) = self.pending.remove(&self.written_seq) {
+        while let Some((hash, data)) = self.pending.remove(&self.written_seq) {
             self.out.write_all(&data)?;
+            if let (Members::ByEntry { list, .. }, Some(hash)) = (&mut self.members, hash) {
+                list.push((hash, data.len() as u64));
+            }
             self.written_seq += 1;
+        }
+        Ok(())
+    }
+
+    /// Fills members from a tar stream, ending them where [`TarCutter`] says.
+    fn write_by_entry(&mut self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            if self.buf.len() >= MAX_MEMBER {
+                self.send_block()?;
+            }
+            let filled = self.buf.len();
+            let Members::ByEntry { cutter, .. } = &mut self.members else {
+                unreachable!("only called for members by entry")
+            };
+            let (cut, rest) = cutter.next(data, filled, MAX_MEMBER - filled);
+            data = rest;
+            match cut {
+                Cut::Data(d) => self.buf.extend_from_slice(d),
+                Cut::Header { header, cut } => {
+                    if cut {
+                        self.send_block()?;
+                    }
+                    self.buf.extend_from_slice(&header);
+                }
+                Cut::Partial => {}
+            }
         }
         Ok(())
     }
@@ -241,6 +345,10 @@ impl<W: Write> ParallelGzip<W> {
 impl<W: Write> Write for ParallelGzip<W> {
     fn write(&mut self, mut data: &[u8]) -> io::Result<usize> {
         let n = data.len();
+        if matches!(self.members, Members::ByEntry { .. }) {
+            self.write_by_entry(data)?;
+            return Ok(n);
+        }
         while !data.is_empty() {
             let take = (GZIP_BLOCK - self.buf.len()).min(data.len());
             self.buf.extend_from_slice(&data[..take]);
@@ -258,7 +366,12 @@ impl<W: Write> Write for ParallelGzip<W> {
 }
 
 impl<W: Write + Send> FinishWrite for ParallelGzip<W> {
-    fn finish(mut self: Box<Self>) -> io::Result<()> {
+    fn finish(mut self: Box<Self>) -> io::Result<Option<MemberList>> {
+        if let Members::ByEntry { cutter, .. } = &mut self.members {
+            // A header cut short (not a tar after all) still goes in.
+            let partial = cutter.take_partial();
+            self.buf.extend_from_slice(&partial);
+        }
         // An empty stream still gets one (empty) member, so it is valid gzip.
         if !self.buf.is_empty() || self.next_seq == 0 {
             self.send_block()?;
@@ -270,7 +383,14 @@ impl<W: Write + Send> FinishWrite for ParallelGzip<W> {
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
-        self.out.flush()
+        self.out.flush()?;
+        Ok(match std::mem::replace(&mut self.members, Members::Fixed) {
+            Members::Fixed => None,
+            Members::ByEntry { list, .. } => Some(MemberList {
+                level: self.level,
+                members: list,
+            }),
+        })
     }
 }
 
@@ -318,7 +438,8 @@ mod tests {
         assert_eq!(back, data());
         // And the same with a different number of workers.
         let mut one = Vec::new();
-        let mut e: Box<dyn FinishWrite> = Box::new(ParallelGzip::new(&mut one, 6, 1));
+        let mut e: Box<dyn FinishWrite> =
+            Box::new(ParallelGzip::new(&mut one, 6, 1, Members::Fixed));
         e.write_all(&data()).unwrap();
         e.finish().unwrap();
         assert_eq!(one, a);
@@ -360,6 +481,93 @@ mod tests {
             out.len() < random.len() + random.len() / 100,
             "stored blocks add little"
         );
+    }
+
+    /// A tar of 1,000 text files of about 5 KiB, with file 300's body replaced by `middle`.
+    fn tree_tar(middle: &[u8]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for i in 0..1000u32 {
+            let body: Vec<u8> = if i == 300 {
+                middle.to_vec()
+            } else {
+                (0..5000u32)
+                    .map(|j| b"abcdefghij klmnop"[((i * 7 + j * j) % 17) as usize])
+                    .collect()
+            };
+            let mut h = tar::Header::new_ustar();
+            h.set_size(body.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, format!("dir/file-{i:04}.txt"), &body[..])
+                .unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn copy_layer(
+        input: &[u8],
+        earlier: Option<Arc<MemberSource>>,
+        piece: usize,
+    ) -> (Vec<u8>, MemberList) {
+        let mut out = Vec::new();
+        let mut e = copy_layer_encoder(LayerCompression::Gzip(6), &mut out, earlier).unwrap();
+        for chunk in input.chunks(piece) {
+            e.write_all(chunk).unwrap();
+        }
+        let list = e.finish().unwrap().expect("members are listed");
+        (out, list)
+    }
+
+    #[test]
+    fn copy_layers_take_unchanged_members_and_give_the_same_bytes() {
+        let before = tree_tar(b"short");
+        let after = tree_tar(&[b'x'; 20_000]);
+        let (old_blob, old_list) = copy_layer(&before, None, 1 << 16);
+        assert!(old_list.members.len() >= 3, "{}", old_list.members.len());
+        // Where members end does not depend on how the stream was written.
+        assert_eq!(
+            copy_layer(&before, None, 777),
+            (old_blob.clone(), old_list.clone())
+        );
+
+        let (fresh, fresh_list) = copy_layer(&after, None, 1 << 16);
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&old_blob).unwrap();
+        let source = Arc::new(MemberSource::new(file, &old_list));
+        let (reused, reused_list) = copy_layer(&after, Some(source), 1 << 16);
+        assert_eq!(reused, fresh, "taking members must not change a byte");
+        assert_eq!(reused_list, fresh_list);
+        // One file grew by 20 KB in the middle: every member but the one around it (which
+        // the bigger file may split in two) is the same.
+        let same = fresh_list
+            .members
+            .iter()
+            .filter(|m| old_list.members.contains(m))
+            .count();
+        assert!(
+            same + 2 >= fresh_list.members.len() && same >= 1,
+            "{same} of {}",
+            fresh_list.members.len()
+        );
+        let mut back = Vec::new();
+        flate2::read::MultiGzDecoder::new(&reused[..])
+            .read_to_end(&mut back)
+            .unwrap();
+        assert_eq!(back, after);
+    }
+
+    #[test]
+    fn a_member_that_does_not_match_its_input_is_not_taken() {
+        let input = tree_tar(b"short");
+        let (blob, list) = copy_layer(&input, None, 1 << 16);
+        // The list claims the members hold other input: their trailers say otherwise.
+        let mut wrong = list.clone();
+        wrong.members.rotate_left(1);
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&blob).unwrap();
+        let source = Arc::new(MemberSource::new(file, &wrong));
+        let (out, _) = copy_layer(&input, Some(source), 1 << 16);
+        assert_eq!(out, blob);
     }
 
     #[test]

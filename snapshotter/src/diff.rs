@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::image::DescriptorBuilder;
 
-use crate::compress::{LayerCompression, encoder};
+use crate::compress::{LayerCompression, copy_layer_encoder, encoder};
 use crate::digest::ThreadedHashingWriter;
 use crate::error::{IoContext, Result, StoreError};
 use crate::layer::Layer;
+use crate::members::{MemberList, MemberSource};
 use crate::snapshot::is_opaque;
 use crate::store::Store;
 
@@ -26,6 +27,10 @@ pub struct DiffOptions {
     /// Rootless: the host uid and gid that stand for root in the layer (the user namespace
     /// maps this one id to 0, so files on disk owned by it are root's in the image).
     pub root_owner: Option<(u32, u32)>,
+    /// A layer of copied files: gzip members end at tar entries and are listed (see
+    /// [`crate::members`]), and those of this earlier blob whose input is unchanged are
+    /// taken from it.
+    pub copied_files: Option<Option<std::sync::Arc<MemberSource>>>,
 }
 
 impl DiffOptions {
@@ -36,6 +41,7 @@ impl DiffOptions {
                 .ok()
                 .and_then(|v| v.trim().parse().ok()),
             compression: LayerCompression::default(),
+            copied_files: None,
             root_owner: (!nix::unistd::geteuid().is_root()).then(|| {
                 (
                     nix::unistd::getuid().as_raw(),
@@ -54,10 +60,23 @@ impl DiffOptions {
 /// entries and opaque directories get `.wh..wh..opq`; names and link targets longer than the
 /// ustar fields, and xattrs, go in PAX headers.
 pub fn write_layer(store: &dyn Store, upper: &Path, opts: &DiffOptions) -> Result<Layer> {
+    write_layer_listing_members(store, upper, opts).map(|(layer, _)| layer)
+}
+
+/// [`write_layer`], returning too the list of gzip members of a layer of copied files
+/// (`opts.copied_files`).
+pub fn write_layer_listing_members(
+    store: &dyn Store,
+    upper: &Path,
+    opts: &DiffOptions,
+) -> Result<(Layer, Option<MemberList>)> {
     let mut blob = store.writer()?;
-    let (diff_id, _) = {
-        let compressed = encoder(opts.compression, &mut blob)
-            .map_err(|e| StoreError::Stream("start compressor", e))?;
+    let (diff_id, members) = {
+        let compressed = match &opts.copied_files {
+            Some(earlier) => copy_layer_encoder(opts.compression, &mut blob, earlier.clone()),
+            None => encoder(opts.compression, &mut blob),
+        }
+        .map_err(|e| StoreError::Stream("start compressor", e))?;
         // One pass: the tar is hashed (diffID) on its way into the compressor, and the
         // compressed bytes are hashed by the blob writer.
         let hashed = ThreadedHashingWriter::new(compressed);
@@ -72,14 +91,14 @@ pub fn write_layer(store: &dyn Store, upper: &Path, opts: &DiffOptions) -> Resul
         let hashed = tar
             .into_inner()
             .map_err(|e| StoreError::Stream("write layer", e))?;
-        let (diff_id, size, compressed) = hashed.finish();
-        compressed
+        let (diff_id, _, compressed) = hashed.finish();
+        let members = compressed
             .finish()
             .map_err(|e| StoreError::Stream("compress layer", e))?;
-        (diff_id, size)
+        (diff_id, members)
     };
     let (digest, size) = blob.commit(None)?;
-    Ok(Layer {
+    let layer = Layer {
         descriptor: DescriptorBuilder::default()
             .media_type(opts.compression.media_type())
             .digest(&digest)
@@ -87,7 +106,8 @@ pub fn write_layer(store: &dyn Store, upper: &Path, opts: &DiffOptions) -> Resul
             .build()
             .expect("descriptor fields are set"),
         diff_id,
-    })
+    };
+    Ok((layer, members))
 }
 
 struct Walker<'a, W: Write> {

@@ -148,6 +148,7 @@ pub fn collect(store: &FsStore, also: &[Digest], dry_run: bool) -> Result<Collec
         out.bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
         if !dry_run {
             store.remove(&d)?;
+            let _ = fs::remove_file(crate::members::list_path(store.root(), &d));
         }
         out.blobs.push(d);
     }

@@ -15,6 +15,8 @@
 //! - [`snapshot`]: layers unpacked once per chain ID in overlay form ([`snapshot::Snapshots`]),
 //!   writable [`snapshot::Active`] snapshots, and [`diff::write_layer`], which turns an upper
 //!   directory into a deterministic layer.
+//! - [`members`]: the gzip members of COPY layers, listed so the next build of the same COPY
+//!   takes the unchanged ones instead of compressing them again.
 //! - [`gc`]: what names keep alive, and collecting the rest; [`check`]: store fsck;
 //!   [`archive`]: `docker-archive` and `oci-archive` save and load.
 //! - [`image`]: writing and reading image manifests and configs.
@@ -37,6 +39,7 @@ pub mod error;
 pub mod gc;
 pub mod image;
 pub mod layer;
+pub mod members;
 pub mod reference;
 pub mod snapshot;
 pub mod store;

@@ -215,6 +215,10 @@ impl Store for FsStore {
         }
     }
 
+    fn blob_file(&self, digest: &Digest) -> Option<File> {
+        File::open(self.blob_path(digest)).ok()
+    }
+
     fn writer(&self) -> Result<Box<dyn BlobWriter>> {
         let dir = self.ingest_dir();
         let tmp = tempfile::NamedTempFile::new_in(&dir).at("create temporary file in", &dir)?;

@@ -29,6 +29,10 @@ pub trait Store: Send + Sync {
     fn contains(&self, digest: &Digest) -> Result<bool>;
     /// Opens a blob for reading.
     fn open(&self, digest: &Digest) -> Result<Box<dyn Read + Send>>;
+    /// The blob as a file, for reading at any offset, where the store keeps blobs in files.
+    fn blob_file(&self, _digest: &Digest) -> Option<std::fs::File> {
+        None
+    }
     /// Starts writing a new blob.
     fn writer(&self) -> Result<Box<dyn BlobWriter>>;
     /// Deletes a blob (nothing happens if it is absent).

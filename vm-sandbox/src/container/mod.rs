@@ -384,15 +384,17 @@ fn sweep_dead_runs(state: &Path) {
             continue;
         }
         // A run locks its directory right after making it: an unlocked one that is not
-        // brand new belongs to a dead process.
+        // brand new belongs to a dead process. (A brand-new one may be between creating its
+        // lock file and locking it.)
         let young = e
             .metadata()
             .and_then(|m| m.modified())
             .is_ok_and(|t| t.elapsed().is_ok_and(|age| age.as_secs() < 10));
+        if young {
+            continue;
+        }
         let Ok(lock) = fs::File::open(path.join("lock")) else {
-            if !young {
-                let _ = fs::remove_dir_all(&path);
-            }
+            let _ = fs::remove_dir_all(&path);
             continue;
         };
         if lock.try_lock().is_ok() {
