@@ -40,6 +40,7 @@ pub mod gc;
 pub mod image;
 pub mod layer;
 pub mod members;
+mod placement;
 pub mod reference;
 pub mod snapshot;
 pub mod store;

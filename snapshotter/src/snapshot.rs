@@ -163,6 +163,9 @@ impl Snapshots {
     pub fn open(root: &Path) -> Result<Self> {
         let dir = root.join("snapshots");
         fs::create_dir_all(dir.join("tmp")).at("create directory", dir.join("tmp"))?;
+        // Snapshots are unrelated trees: ext4 should spread them (see `placement`).
+        crate::placement::mark_top_directory(&dir);
+        crate::placement::mark_top_directory(&dir.join("tmp"));
         Ok(Snapshots { dir })
     }
 
