@@ -582,6 +582,8 @@ fn a_copy_rerun_after_changes_equals_one_made_from_nothing() {
     // The lists go with their blobs.
     ctx.kiln().args(["rmi", "t"]).run().ok();
     ctx.kiln().args(["system", "prune"]).run().ok();
-    let left = std::fs::read_dir(ctx.root().join("cache/members")).unwrap().count();
+    let left = std::fs::read_dir(ctx.root().join("cache/members"))
+        .unwrap()
+        .count();
     assert_eq!(left, 0, "member lists outlived their blobs");
 }
