@@ -369,8 +369,12 @@ pub(crate) fn scratch_dir(state: &Path) -> Result<ScratchDir, SandboxError> {
         .prefix("run-")
         .tempdir_in(state)
         .map_err(io(format!("create a directory in {}", state.display())))?;
-    let lock = fs::File::create(dir.path().join("lock")).map_err(io("create a run lock"))?;
+    // The lock file appears under its name already locked, so a sweep in another process
+    // never finds it unlocked while this one is alive.
+    let fresh = dir.path().join("lock.new");
+    let lock = fs::File::create(&fresh).map_err(io("create a run lock"))?;
     lock.lock().map_err(io("lock a run directory"))?;
+    fs::rename(&fresh, dir.path().join("lock")).map_err(io("create a run lock"))?;
     Ok(ScratchDir { dir, _lock: lock })
 }
 
@@ -383,18 +387,16 @@ fn sweep_dead_runs(state: &Path) {
         if !e.file_name().to_string_lossy().starts_with("run-") {
             continue;
         }
-        // A run locks its directory right after making it: an unlocked one that is not
-        // brand new belongs to a dead process. (A brand-new one may be between creating its
-        // lock file and locking it.)
+        // A run locks its directory right after making it: one with an unlocked lock file, or
+        // with none and not brand new, belongs to a dead process.
         let young = e
             .metadata()
             .and_then(|m| m.modified())
             .is_ok_and(|t| t.elapsed().is_ok_and(|age| age.as_secs() < 10));
-        if young {
-            continue;
-        }
         let Ok(lock) = fs::File::open(path.join("lock")) else {
-            let _ = fs::remove_dir_all(&path);
+            if !young {
+                let _ = fs::remove_dir_all(&path);
+            }
             continue;
         };
         if lock.try_lock().is_ok() {
