@@ -225,8 +225,15 @@ impl Builder<'_> {
             copied_files,
             ..DiffOptions::from_env()
         };
+        let started = std::time::Instant::now();
         let (layer, members) = write_layer_listing_members(self.store, &active.upper, &opts)
             .map_err(|e| e.to_string())?;
+        tracing::debug!(
+            digest = %layer.descriptor.digest(),
+            size = layer.descriptor.size(),
+            ms = started.elapsed().as_millis() as u64,
+            "layer written"
+        );
         if let (Some(list), Some(cache)) = (members, self.cache)
             && let Ok(blob) = Digest::try_from(layer.descriptor.digest())
         {

@@ -7,17 +7,16 @@
 //! Python's readers all read whole. zstd uses the library's own worker threads, whose
 //! output does not depend on how many workers there are.
 
-use std::collections::BTreeMap;
 use std::fmt;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::str::FromStr;
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 
 use oci_spec::image::MediaType;
 
-use crate::members::{Cut, MAX_MEMBER, MemberList, MemberSource, TarCutter, input_hash};
+use crate::digest::{Digest, ThreadedHashingWriter};
+use crate::members::{MemberList, MemberSource, TarCutter};
+use crate::parallel_gzip::{Members, ParallelGzip};
 
 /// How layers are compressed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,9 +83,36 @@ impl FromStr for LayerCompression {
 
 /// A writer that compresses, and must be finished to flush everything.
 pub trait FinishWrite: Write + Send {
-    /// Flushes the compressed stream to the end; returns the list of gzip members when the
-    /// writer was asked to keep one.
-    fn finish(self: Box<Self>) -> io::Result<Option<MemberList>>;
+    /// Flushes the compressed stream to the end.
+    fn finish(self: Box<Self>) -> io::Result<Encoded>;
+
+    /// Writes exactly `len` bytes read from `src` (a file's data); fails if `src` ends first.
+    fn write_from(&mut self, src: &mut dyn Read, len: u64) -> io::Result<()> {
+        let copied = io::copy(&mut src.take(len), self)?;
+        expect_len(copied, len)
+    }
+}
+
+pub(crate) fn expect_len(copied: u64, len: u64) -> io::Result<()> {
+    if copied == len {
+        return Ok(());
+    }
+    Err(io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        format!("file ended after {copied} of {len} bytes (changed while read?)"),
+    ))
+}
+
+/// What a finished encoder was given and kept.
+#[derive(Debug)]
+pub struct Encoded {
+    /// The SHA-256 of the uncompressed input (a layer's diffID), computed on another thread
+    /// while it was compressed.
+    pub input_digest: Digest,
+    /// The length of the uncompressed input.
+    pub input_len: u64,
+    /// The list of gzip members, when the encoder was asked to keep one.
+    pub members: Option<MemberList>,
 }
 
 /// A compressing writer for `compression` over `out`.
@@ -107,7 +133,7 @@ pub fn encoder<'a, W: Write + Send + 'a>(
             // At least one worker always, so the output is the same on every machine.
             e.multithread(threads.max(1))?;
             e.include_checksum(false)?;
-            Box::new(ZstdWriter(e))
+            Box::new(ZstdWriter(ThreadedHashingWriter::new(e)))
         }
     })
 }
@@ -139,7 +165,7 @@ pub fn copy_layer_encoder<'a, W: Write + Send + 'a>(
     }
 }
 
-struct ZstdWriter<'a, W: Write>(zstd::stream::write::Encoder<'a, W>);
+struct ZstdWriter<'a, W: Write>(ThreadedHashingWriter<zstd::stream::write::Encoder<'a, W>>);
 
 impl<W: Write + Send> Write for ZstdWriter<'_, W> {
     fn write(&mut self, b: &[u8]) -> io::Result<usize> {
@@ -151,254 +177,14 @@ impl<W: Write + Send> Write for ZstdWriter<'_, W> {
 }
 
 impl<W: Write + Send> FinishWrite for ZstdWriter<'_, W> {
-    fn finish(self: Box<Self>) -> io::Result<Option<MemberList>> {
-        self.0.finish()?.flush()?;
-        Ok(None)
-    }
-}
-
-const GZIP_BLOCK: usize = 1 << 20;
-
-/// Whether a block looks like data that deflate cannot shrink (already compressed or random):
-/// its first 64 KiB compressed quickly save less than 2%. Such blocks are stored instead of
-/// searched for matches, which costs deflate most of its time and gains nothing. The choice
-/// depends only on the bytes, so the output stays deterministic.
-fn incompressible(block: &[u8]) -> bool {
-    let probe = &block[..block.len().min(64 << 10)];
-    if probe.len() < 4096 {
-        return false;
-    }
-    let mut z = flate2::write::DeflateEncoder::new(
-        Vec::with_capacity(probe.len()),
-        flate2::Compression::fast(),
-    );
-    if z.write_all(probe).is_err() {
-        return false;
-    }
-    z.finish()
-        .is_ok_and(|out| out.len() * 100 > probe.len() * 98)
-}
-
-type Job = (u64, Vec<u8>);
-/// A compressed member, with the SHA-256 of its input when members are listed.
-type Done = (u64, Option<[u8; 32]>, Vec<u8>);
-
-/// Where members end, and what is kept about them.
-enum Members {
-    /// Every 1 MiB of input; no list.
-    Fixed,
-    /// At tar entry boundaries; listed, and taken from an earlier blob where they can be.
-    ByEntry {
-        cutter: TarCutter,
-        earlier: Option<Arc<MemberSource>>,
-        list: Vec<([u8; 32], u64)>,
-    },
-}
-
-/// gzip in independent members (1 MiB of input, or cut at tar entries), compressed on
-/// worker threads, written in order.
-struct ParallelGzip<W: Write> {
-    out: W,
-    level: u32,
-    buf: Vec<u8>,
-    next_seq: u64,
-    written_seq: u64,
-    jobs: Option<SyncSender<Job>>,
-    results: Receiver<io::Result<Done>>,
-    pending: BTreeMap<u64, (Option<[u8; 32]>, Vec<u8>)>,
-    workers: Vec<JoinHandle<()>>,
-    members: Members,
-}
-
-/// One member: taken from the earlier blob when it has this input, else compressed.
-fn make_member(
-    level: u32,
-    data: &[u8],
-    earlier: Option<&MemberSource>,
-    hash: Option<&[u8; 32]>,
-) -> io::Result<Vec<u8>> {
-    if let (Some(source), Some(hash)) = (earlier, hash)
-        && let Some(member) = source.take(level, data, hash)
-    {
-        return Ok(member);
-    }
-    let level = if incompressible(data) { 0 } else { level };
-    let mut gz = flate2::write::GzEncoder::new(
-        Vec::with_capacity(data.len() / 2),
-        flate2::Compression::new(level),
-    );
-    gz.write_all(data)?;
-    gz.finish()
-}
-
-impl<W: Write> ParallelGzip<W> {
-    fn new(out: W, level: u32, threads: usize, members: Members) -> Self {
-        let threads = threads.max(1);
-        let (job_tx, job_rx) = sync_channel::<Job>(threads * 2);
-        let (res_tx, res_rx) = sync_channel(threads * 4);
-        let job_rx = Arc::new(Mutex::new(job_rx));
-        let (listed, earlier) = match &members {
-            Members::Fixed => (false, None),
-            Members::ByEntry { earlier, .. } => (true, earlier.clone()),
-        };
-        let workers = (0..threads)
-            .map(|_| {
-                let rx = Arc::clone(&job_rx);
-                let tx = res_tx.clone();
-                let earlier = earlier.clone();
-                std::thread::spawn(move || {
-                    loop {
-                        let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                        let Ok((seq, data)) = job else { return };
-                        let hash = listed.then(|| input_hash(&data));
-                        let r = make_member(level, &data, earlier.as_deref(), hash.as_ref())
-                            .map(|c| (seq, hash, c));
-                        if tx.send(r).is_err() {
-                            return;
-                        }
-                    }
-                })
-            })
-            .collect();
-        ParallelGzip {
-            out,
-            level,
-            members,
-            buf: Vec::with_capacity(GZIP_BLOCK),
-            next_seq: 0,
-            written_seq: 0,
-            jobs: Some(job_tx),
-            results: res_rx,
-            pending: BTreeMap::new(),
-            workers,
-        }
-    }
-
-    fn send_block(&mut self) -> io::Result<()> {
-        let block = std::mem::replace(&mut self.buf, Vec::with_capacity(GZIP_BLOCK));
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        // Keep the number of blocks in flight bounded: drain results while the queue is full.
-        let mut job = Some((seq, block));
-        while let Some(j) = job.take() {
-            match self.jobs.as_ref().expect("open").try_send(j) {
-                Ok(()) => {}
-                Err(std::sync::mpsc::TrySendError::Full(j)) => {
-                    job = Some(j);
-                    self.receive_one()?;
-                }
-                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
-                    return Err(io::Error::other("gzip workers stopped"));
-                }
-            }
-        }
-        self.write_ready()
-    }
-
-    fn receive_one(&mut self) -> io::Result<()> {
-        let (seq, hash, data) = self
-            .results
-            .recv()
-            .map_err(|_| io::Error::other("gzip workers stopped"))??;
-        self.pending.insert(seq, (hash, data));
-        self.write_ready()
-    }
-
-    fn write_ready(&mut self) -> io::Result<()> {
-        while let Some((hash, data)) = self.pending.remove(&self.written_seq) {
-            self.out.write_all(&data)?;
-            if let (Members::ByEntry { list, .. }, Some(hash)) = (&mut self.members, hash) {
-                list.push((hash, data.len() as u64));
-            }
-            self.written_seq += 1;
-        }
-        Ok(())
-    }
-
-    /// Fills members from a tar stream, ending them where [`TarCutter`] says.
-    fn write_by_entry(&mut self, mut data: &[u8]) -> io::Result<()> {
-        while !data.is_empty() {
-            if self.buf.len() >= MAX_MEMBER {
-                self.send_block()?;
-            }
-            let filled = self.buf.len();
-            let Members::ByEntry { cutter, .. } = &mut self.members else {
-                unreachable!("only called for members by entry")
-            };
-            let (cut, rest) = cutter.next(data, filled, MAX_MEMBER - filled);
-            data = rest;
-            match cut {
-                Cut::Data(d) => self.buf.extend_from_slice(d),
-                Cut::Header { header, cut } => {
-                    if cut {
-                        self.send_block()?;
-                    }
-                    self.buf.extend_from_slice(&header);
-                }
-                Cut::Partial => {}
-            }
-        }
-        Ok(())
-    }
-}
-
-impl<W: Write> Write for ParallelGzip<W> {
-    fn write(&mut self, mut data: &[u8]) -> io::Result<usize> {
-        let n = data.len();
-        if matches!(self.members, Members::ByEntry { .. }) {
-            self.write_by_entry(data)?;
-            return Ok(n);
-        }
-        while !data.is_empty() {
-            let take = (GZIP_BLOCK - self.buf.len()).min(data.len());
-            self.buf.extend_from_slice(&data[..take]);
-            data = &data[take..];
-            if self.buf.len() == GZIP_BLOCK {
-                self.send_block()?;
-            }
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<W: Write + Send> FinishWrite for ParallelGzip<W> {
-    fn finish(mut self: Box<Self>) -> io::Result<Option<MemberList>> {
-        if let Members::ByEntry { cutter, .. } = &mut self.members {
-            // A header cut short (not a tar after all) still goes in.
-            let partial = cutter.take_partial();
-            self.buf.extend_from_slice(&partial);
-        }
-        // An empty stream still gets one (empty) member, so it is valid gzip.
-        if !self.buf.is_empty() || self.next_seq == 0 {
-            self.send_block()?;
-        }
-        while self.written_seq < self.next_seq {
-            self.receive_one()?;
-        }
-        self.jobs = None;
-        for w in self.workers.drain(..) {
-            let _ = w.join();
-        }
-        self.out.flush()?;
-        Ok(match std::mem::replace(&mut self.members, Members::Fixed) {
-            Members::Fixed => None,
-            Members::ByEntry { list, .. } => Some(MemberList {
-                level: self.level,
-                members: list,
-            }),
+    fn finish(self: Box<Self>) -> io::Result<Encoded> {
+        let (input_digest, input_len, encoder) = self.0.finish();
+        encoder.finish()?.flush()?;
+        Ok(Encoded {
+            input_digest,
+            input_len,
+            members: None,
         })
-    }
-}
-
-impl<W: Write> Drop for ParallelGzip<W> {
-    fn drop(&mut self) {
-        self.jobs = None;
-        // Workers exit once the job channel closes; results they still send are dropped.
-        while self.results.try_recv().is_ok() {}
     }
 }
 
@@ -466,12 +252,12 @@ mod tests {
                 x as u8
             })
             .collect();
-        assert!(incompressible(&random[..1 << 20]));
-        assert!(!incompressible(&data()[..1 << 20]));
         let mut out = Vec::new();
         let mut e = encoder(LayerCompression::Gzip(6), &mut out).unwrap();
         e.write_all(&random).unwrap();
-        e.finish().unwrap();
+        let encoded = e.finish().unwrap();
+        assert_eq!(encoded.input_digest, Digest::of(&random));
+        assert_eq!(encoded.input_len, random.len() as u64);
         let mut back = Vec::new();
         flate2::read::MultiGzDecoder::new(&out[..])
             .read_to_end(&mut back)
@@ -514,7 +300,7 @@ mod tests {
         for chunk in input.chunks(piece) {
             e.write_all(chunk).unwrap();
         }
-        let list = e.finish().unwrap().expect("members are listed");
+        let list = e.finish().unwrap().members.expect("members are listed");
         (out, list)
     }
 

@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::image::DescriptorBuilder;
 
-use crate::compress::{LayerCompression, copy_layer_encoder, encoder};
-use crate::digest::ThreadedHashingWriter;
+use crate::compress::{FinishWrite, LayerCompression, copy_layer_encoder, encoder};
 use crate::error::{IoContext, Result, StoreError};
 use crate::layer::Layer;
 use crate::members::{MemberList, MemberSource};
@@ -77,10 +76,9 @@ pub fn write_layer_listing_members(
             None => encoder(opts.compression, &mut blob),
         }
         .map_err(|e| StoreError::Stream("start compressor", e))?;
-        // One pass: the tar is hashed (diffID) on its way into the compressor, and the
-        // compressed bytes are hashed by the blob writer.
-        let hashed = ThreadedHashingWriter::new(compressed);
-        let mut tar = tar::Builder::new(hashed);
+        // One pass: the compressor hashes the tar (diffID) on its way in, and the blob
+        // writer hashes the compressed bytes.
+        let mut tar = tar::Builder::new(compressed);
         tar.follow_symlinks(false);
         let mut w = Walker {
             tar: &mut tar,
@@ -88,14 +86,11 @@ pub fn write_layer_listing_members(
             links: HashMap::new(),
         };
         w.dir(upper, Path::new(""))?;
-        let hashed = tar
+        let encoded = tar
             .into_inner()
-            .map_err(|e| StoreError::Stream("write layer", e))?;
-        let (diff_id, _, compressed) = hashed.finish();
-        let members = compressed
-            .finish()
+            .and_then(|compressed| compressed.finish())
             .map_err(|e| StoreError::Stream("compress layer", e))?;
-        (diff_id, members)
+        (encoded.input_digest, encoded.members)
     };
     let (digest, size) = blob.commit(None)?;
     let layer = Layer {
@@ -110,8 +105,8 @@ pub fn write_layer_listing_members(
     Ok((layer, members))
 }
 
-struct Walker<'a, W: Write> {
-    tar: &'a mut tar::Builder<W>,
+struct Walker<'a, 'w> {
+    tar: &'a mut tar::Builder<Box<dyn FinishWrite + 'w>>,
     opts: &'a DiffOptions,
     /// (dev, inode) of multiply-linked files already written, and their path.
     links: HashMap<(u64, u64), PathBuf>,
@@ -144,7 +139,7 @@ fn layer_xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-impl<W: Write> Walker<'_, W> {
+impl Walker<'_, '_> {
     fn header(&self, md: &fs::Metadata, kind: tar::EntryType) -> tar::Header {
         let mut h = tar::Header::new_ustar();
         h.set_entry_type(kind);
@@ -173,6 +168,21 @@ impl<W: Write> Walker<'_, W> {
         link: Option<&Path>,
         xattrs: &[(String, Vec<u8>)],
         data: impl io::Read,
+    ) -> Result<()> {
+        self.put_header(h, path, link, xattrs)?;
+        self.tar
+            .append(h, data)
+            .map_err(|e| StoreError::Stream("write layer entry", e))
+    }
+
+    /// Writes the PAX header an entry needs, and fills in the ustar header's names and
+    /// checksum.
+    fn put_header(
+        &mut self,
+        h: &mut tar::Header,
+        path: &Path,
+        link: Option<&Path>,
+        xattrs: &[(String, Vec<u8>)],
     ) -> Result<()> {
         let err = |e| StoreError::Stream("write layer entry", e);
         let name = path.as_os_str().as_bytes();
@@ -204,7 +214,26 @@ impl<W: Write> Walker<'_, W> {
             old.linkname[..n].copy_from_slice(&lb[..n]);
         }
         h.set_cksum();
-        self.tar.append(h, data).map_err(err)
+        Ok(())
+    }
+
+    /// [`Self::put`] for a regular file of `h.size()` bytes: the data goes to the compressor
+    /// straight from the file (exactly that much of it), then the padding to a 512-byte block.
+    fn put_file(
+        &mut self,
+        h: &mut tar::Header,
+        path: &Path,
+        xattrs: &[(String, Vec<u8>)],
+        mut file: fs::File,
+    ) -> Result<()> {
+        let err = |e| StoreError::Stream("write layer entry", e);
+        let size = h.size().map_err(err)?;
+        self.put_header(h, path, None, xattrs)?;
+        let w = self.tar.get_mut();
+        w.write_all(h.as_bytes()).map_err(err)?;
+        w.write_from(&mut file, size).map_err(err)?;
+        let pad = (512 - size % 512) % 512;
+        w.write_all(&[0; 512][..pad as usize]).map_err(err)
     }
 
     fn dir(&mut self, dir: &Path, rel: &Path) -> Result<()> {
@@ -258,7 +287,7 @@ impl<W: Write> Walker<'_, W> {
                 h.set_size(md.len());
                 let f = fs::File::open(&path).at("open", &path)?;
                 let xattrs = layer_xattrs(&path);
-                self.put(&mut h, &rel, None, &xattrs, f)?;
+                self.put_file(&mut h, &rel, &xattrs, f)?;
             } else {
                 let kind = if ft.is_char_device() {
                     tar::EntryType::Char

@@ -7,7 +7,7 @@ use std::path::{Component, Path};
 use oci_spec::image::{Descriptor, DescriptorBuilder};
 
 use crate::compress::{FinishWrite, LayerCompression, encoder};
-use crate::digest::{Digest, HashingReader};
+use crate::digest::Digest;
 use crate::error::{Result, StoreError};
 use crate::store::Store;
 
@@ -110,7 +110,7 @@ pub fn import_tar_as(
     input: impl Read + Send,
     compression: LayerCompression,
 ) -> Result<Layer> {
-    let plain = HashingReader::new(decompressed(input)?);
+    let plain = decompressed(input)?;
     let mut blob = store.writer()?;
     let diff_id = check_and_compress(
         plain,
@@ -130,10 +130,7 @@ pub fn import_tar_as(
 
 /// Reads the tar through `plain`, checking each entry, while `sink` compresses the bytes;
 /// returns the diffID.
-fn check_and_compress<R: Read>(
-    plain: HashingReader<R>,
-    sink: Box<dyn FinishWrite + '_>,
-) -> Result<Digest> {
+fn check_and_compress<R: Read>(plain: R, sink: Box<dyn FinishWrite + '_>) -> Result<Digest> {
     let mut archive = tar::Archive::new(Tee { inner: plain, sink });
     let mut entries_seen = 0u64;
     for entry in archive.entries().map_err(bad_tar)? {
@@ -161,14 +158,16 @@ fn check_and_compress<R: Read>(
     let mut tee = archive.into_inner();
     // The end-of-archive blocks (and any padding) belong to the layer's bytes too.
     io::copy(&mut tee, &mut io::sink()).map_err(bad_tar)?;
-    let Tee { inner, sink } = tee;
-    let (diff_id, size, _) = inner.finish();
-    if size == 0 {
+    // The compressor hashed every byte the archive read (the diffID).
+    let encoded = tee
+        .sink
+        .finish()
+        .map_err(|e| StoreError::Stream("compress layer", e))?;
+    if encoded.input_len == 0 {
         return Err(bad_tar("the input is empty"));
     }
-    tracing::debug!(entries = entries_seen, bytes = size, %diff_id, "layer read");
-    sink.finish()
-        .map_err(|e| StoreError::Stream("compress layer", e))?;
+    let diff_id = encoded.input_digest;
+    tracing::debug!(entries = entries_seen, bytes = encoded.input_len, %diff_id, "layer read");
     Ok(diff_id)
 }
 

@@ -34,7 +34,7 @@ pub struct MemberList {
     pub members: Vec<([u8; 32], u64)>,
 }
 
-const HEADER: &str = "kiln-gzip-members v1 level ";
+const HEADER: &str = "kiln-gzip-members v2 level ";
 
 impl MemberList {
     /// The list as text: a header line, then `HEX LENGTH` per member.
