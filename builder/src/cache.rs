@@ -189,28 +189,35 @@ impl Cache {
     /// Content digest of a file, re-hashed only when its stat changed.
     pub fn file_digest(&mut self, path: &Path) -> std::io::Result<String> {
         let md = fs::symlink_metadata(path)?;
-        let stamp = |digest: String| FileStamp {
-            dev: md.dev(),
-            ino: md.ino(),
-            size: md.size(),
-            mtime_ns: md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128,
-            ctime_ns: md.ctime() as i128 * 1_000_000_000 + md.ctime_nsec() as i128,
-            digest,
-        };
-        let key = path.to_string_lossy().into_owned();
-        if let Some(s) = self.files.get(&key)
-            && *s == stamp(s.digest.clone())
-        {
-            return Ok(s.digest.clone());
+        let mut digests = self.file_digests(&[(path.to_path_buf(), md)])?;
+        Ok(digests.pop().expect("one digest per file"))
+    }
+
+    /// Content digests of files (with their metadata): those whose stat is unchanged come
+    /// from the cache, the others are read, on as many threads as there are cores.
+    fn file_digests(&mut self, files: &[(PathBuf, fs::Metadata)]) -> std::io::Result<Vec<String>> {
+        let mut digests: Vec<Option<String>> = files
+            .iter()
+            .map(|(path, md)| {
+                let s = self.files.get(path.to_string_lossy().as_ref())?;
+                (*s == stamp(md, s.digest.clone())).then(|| s.digest.clone())
+            })
+            .collect();
+        let missing: Vec<usize> = (0..files.len()).filter(|&i| digests[i].is_none()).collect();
+        let hashed = hash_files(files, &missing)?;
+        for (i, digest) in missing.into_iter().zip(hashed) {
+            let (path, md) = &files[i];
+            self.files.insert(
+                path.to_string_lossy().into_owned(),
+                stamp(md, digest.clone()),
+            );
+            self.files_dirty = true;
+            digests[i] = Some(digest);
         }
-        let mut f = fs::File::open(path)?;
-        let mut h = snapshotter::HashingReader::new(&mut f);
-        std::io::copy(&mut h, &mut std::io::sink())?;
-        let (d, _, _) = h.finish();
-        let digest = d.to_string();
-        self.files.insert(key, stamp(digest.clone()));
-        self.files_dirty = true;
-        Ok(digest)
+        Ok(digests
+            .into_iter()
+            .map(|d| d.expect("every file hashed"))
+            .collect())
     }
 
     /// Hashes a COPY source (a file or a whole directory) into `out`, keyed by paths relative
@@ -222,29 +229,12 @@ impl Cache {
         out: &mut BTreeMap<String, String>,
         excluded: &dyn Fn(&Path, bool) -> bool,
     ) -> std::io::Result<()> {
-        let md = fs::symlink_metadata(src)?;
-        let rel = src
-            .strip_prefix(base)
-            .unwrap_or(src)
-            .to_string_lossy()
-            .into_owned();
-        let mode = md.permissions().mode() & 0o7777;
-        if md.file_type().is_symlink() {
-            out.insert(rel, format!("link:{}", fs::read_link(src)?.display()));
-        } else if md.is_dir() {
-            out.insert(rel, format!("dir:{mode:o}"));
-            let mut names: Vec<_> = fs::read_dir(src)?.collect::<Result<Vec<_>, _>>()?;
-            names.sort_by_key(|e| e.file_name());
-            for e in names {
-                let p = e.path();
-                if excluded(&p, e.file_type()?.is_dir()) {
-                    continue;
-                }
-                self.hash_source(base, &p, out, excluded)?;
-            }
-        } else {
-            let d = self.file_digest(src)?;
-            out.insert(rel, format!("{mode:o}:{d}"));
+        let mut files = Vec::new();
+        walk_source(base, src, out, excluded, &mut files)?;
+        let digests = self.file_digests(&files)?;
+        for ((path, md), digest) in files.iter().zip(digests) {
+            let mode = md.permissions().mode() & 0o7777;
+            out.insert(relative(base, path), format!("{mode:o}:{digest}"));
         }
         Ok(())
     }
@@ -258,6 +248,86 @@ impl Cache {
             );
         }
     }
+}
+
+fn relative(base: &Path, path: &Path) -> String {
+    path.strip_prefix(base)
+        .unwrap_or(path)
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// What the file-hash cache keeps about a file: its stat, and its content digest.
+fn stamp(md: &fs::Metadata, digest: String) -> FileStamp {
+    FileStamp {
+        dev: md.dev(),
+        ino: md.ino(),
+        size: md.size(),
+        mtime_ns: md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128,
+        ctime_ns: md.ctime() as i128 * 1_000_000_000 + md.ctime_nsec() as i128,
+        digest,
+    }
+}
+
+/// Puts a source's symlinks and directories (with their modes) in `out`, and lists its
+/// files, in name order, leaving out what `excluded` says.
+fn walk_source(
+    base: &Path,
+    src: &Path,
+    out: &mut BTreeMap<String, String>,
+    excluded: &dyn Fn(&Path, bool) -> bool,
+    files: &mut Vec<(PathBuf, fs::Metadata)>,
+) -> std::io::Result<()> {
+    let md = fs::symlink_metadata(src)?;
+    let mode = md.permissions().mode() & 0o7777;
+    if md.file_type().is_symlink() {
+        let target = fs::read_link(src)?;
+        out.insert(relative(base, src), format!("link:{}", target.display()));
+    } else if md.is_dir() {
+        out.insert(relative(base, src), format!("dir:{mode:o}"));
+        let mut names: Vec<_> = fs::read_dir(src)?.collect::<Result<Vec<_>, _>>()?;
+        names.sort_by_key(|e| e.file_name());
+        for e in names {
+            let p = e.path();
+            if excluded(&p, e.file_type()?.is_dir()) {
+                continue;
+            }
+            walk_source(base, &p, out, excluded, files)?;
+        }
+    } else {
+        files.push((src.to_path_buf(), md));
+    }
+    Ok(())
+}
+
+/// The SHA-256 of each file `files[i]` for `i` in `which`, in that order; read on up to four
+/// threads when there are many.
+fn hash_files(files: &[(PathBuf, fs::Metadata)], which: &[usize]) -> std::io::Result<Vec<String>> {
+    let hash = |i: &usize| -> std::io::Result<String> {
+        let mut f = fs::File::open(&files[*i].0)?;
+        let mut h = snapshotter::HashingReader::new(&mut f);
+        std::io::copy(&mut h, &mut std::io::sink())?;
+        Ok(h.finish().0.to_string())
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    if which.len() < 64 || threads < 2 {
+        return which.iter().map(hash).collect();
+    }
+    // Contiguous shares, so each thread reads files of the same directories.
+    let share = which.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = which
+            .chunks(share)
+            .map(|part| s.spawn(move || part.iter().map(hash).collect::<Vec<_>>()))
+            .collect();
+        let mut all = Vec::with_capacity(which.len());
+        for w in workers {
+            for r in w.join().expect("hashing threads do not panic") {
+                all.push(r?);
+            }
+        }
+        Ok(all)
+    })
 }
 
 #[cfg(test)]

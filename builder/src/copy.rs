@@ -1,7 +1,7 @@
 //! COPY from the build context into a new snapshot's upper directory.
 
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 /// Ownership and mode applied to copied files.
@@ -38,6 +38,8 @@ pub(crate) fn context_path(context: &Path, src: &str) -> Result<PathBuf, String>
 }
 
 pub(crate) use vm_sandbox::scoped_path;
+
+use crate::copy_tree::{apply_attrs, copy_dir_contents, copy_entry, make_dir};
 
 /// Decides whether a context path is left out (`.dockerignore`): true for a file that is
 /// excluded, or a directory that is excluded with nothing below it re-included.
@@ -78,7 +80,7 @@ impl PreviousCopy<'_> {
     /// source did not change (same mode and digest) and the copy would have the same owner,
     /// mode and mtime. That file is in a committed layer, which never changes; later steps
     /// write through overlayfs's copy-up.
-    fn link(
+    pub(crate) fn link(
         &self,
         dest: &Dest<'_>,
         src: &Path,
@@ -300,101 +302,9 @@ fn in_lower(dest: &Dest<'_>, dir: &Path) -> bool {
 
 /// Gives a copied directory its source's mtime, once everything inside it is in place: the
 /// layer then does not depend on when the build ran.
-fn keep_mtime(dir: &Path, source: &fs::Metadata) -> Result<(), String> {
+pub(crate) fn keep_mtime(dir: &Path, source: &fs::Metadata) -> Result<(), String> {
     filetime::set_file_mtime(dir, filetime::FileTime::from_last_modification_time(source))
         .map_err(|e| format!("set mtime of {}: {e}", dir.display()))
-}
-
-fn make_dir(target: &Path, md: &fs::Metadata, attrs: CopyAttrs) -> Result<(), String> {
-    if !target.is_dir() {
-        fs::create_dir(target).map_err(|e| format!("create {}: {e}", target.display()))?;
-    }
-    apply_attrs(target, md, attrs, true)
-}
-
-fn copy_dir_contents(
-    layer: &Dest<'_>,
-    src: &Path,
-    dest: &Path,
-    attrs: CopyAttrs,
-    excluded: Excluded<'_>,
-) -> Result<(), String> {
-    let mut entries: Vec<_> = fs::read_dir(src)
-        .map_err(|e| format!("read {}: {e}", src.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("read {}: {e}", src.display()))?;
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let from = e.path();
-        let to = dest.join(e.file_name());
-        let md = fs::symlink_metadata(&from).map_err(|e| format!("{}: {e}", from.display()))?;
-        if excluded(&from, md.is_dir()) {
-            continue;
-        }
-        if md.is_dir() {
-            make_dir(&to, &md, attrs)?;
-            copy_dir_contents(layer, &from, &to, attrs, excluded)?;
-            keep_mtime(&to, &md)?;
-        } else if !layer
-            .previous
-            .is_some_and(|p| p.link(layer, &from, &md, &to, attrs))
-        {
-            copy_entry(&from, &to, attrs)?;
-        }
-    }
-    Ok(())
-}
-
-fn copy_entry(src: &Path, dest: &Path, attrs: CopyAttrs) -> Result<(), String> {
-    let md = fs::symlink_metadata(src).map_err(|e| format!("{}: {e}", src.display()))?;
-    if dest.is_dir() && !md.is_dir() {
-        return Err(format!(
-            "cannot copy file {} over directory {}",
-            src.display(),
-            dest.display()
-        ));
-    }
-    let _ = fs::remove_file(dest);
-    if md.file_type().is_symlink() {
-        let t = fs::read_link(src).map_err(|e| format!("{}: {e}", src.display()))?;
-        symlink(&t, dest).map_err(|e| format!("create {}: {e}", dest.display()))?;
-    } else {
-        fs::copy(src, dest).map_err(|e| format!("copy {}: {e}", src.display()))?;
-    }
-    apply_attrs(dest, &md, attrs, false)
-}
-
-fn apply_attrs(
-    path: &Path,
-    md: &fs::Metadata,
-    attrs: CopyAttrs,
-    is_dir: bool,
-) -> Result<(), String> {
-    // Copied files belong to root unless --chown says otherwise. (Without privileges the
-    // default can't be applied here; rootless builds do it inside the user namespace.)
-    let (uid, gid) = attrs.owner.unwrap_or((0, 0));
-    if attrs.owner.is_some_and(|o| o != (0, 0)) && !nix::unistd::geteuid().is_root() {
-        return Err(format!(
-            "--chown to {uid}:{gid} needs root: rootless builds map only root for now"
-        ));
-    }
-    if nix::unistd::geteuid().is_root() {
-        std::os::unix::fs::lchown(path, Some(uid), Some(gid))
-            .map_err(|e| format!("chown {}: {e}", path.display()))?;
-    }
-    if md.file_type().is_symlink() {
-        return Ok(());
-    }
-    let old = md.permissions().mode() & 0o7777;
-    let mode = attrs.mode.map_or(old, |m| m.apply(old, is_dir));
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("chmod {}: {e}", path.display()))?;
-    if !is_dir {
-        let mtime = filetime::FileTime::from_last_modification_time(md);
-        filetime::set_file_mtime(path, mtime)
-            .map_err(|e| format!("set mtime of {}: {e}", path.display()))?;
-    }
-    Ok(())
 }
 
 /// Applies `--chown`/`--chmod` to everything under `dir` (an unpacked archive), keeping

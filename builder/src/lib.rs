@@ -15,6 +15,7 @@ pub mod build;
 pub mod cache;
 mod chmod;
 mod copy;
+mod copy_tree;
 pub mod dispatch;
 pub mod error;
 mod fetch;

@@ -356,6 +356,7 @@ impl Builder<'_> {
         shown.extend(spec.heredocs.iter().map(|h| format!("<<{}", h.name)));
         state.created_by = crate::history::copy(if is_add { "ADD" } else { "COPY" }, &shown, &dest);
         let mut files = plan.identities.clone();
+        let started = std::time::Instant::now();
         if let Some(c) = self.cache {
             let mut c = c.lock().unwrap_or_else(|p| p.into_inner());
             for item in &plan.items {
@@ -373,6 +374,11 @@ impl Builder<'_> {
                 }
             }
         }
+        tracing::debug!(
+            files = files.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "sources hashed"
+        );
         let targets: Vec<String> = plan
             .items
             .iter()
@@ -414,7 +420,9 @@ impl Builder<'_> {
                     unchanged: &p.unchanged,
                 }),
             };
+            let started = std::time::Instant::now();
             plan.apply(&sreq, &dest, attrs)?;
+            tracing::debug!(ms = started.elapsed().as_millis() as u64, "sources copied");
             Ok(active)
         })
     }
