@@ -46,6 +46,7 @@ mod placement;
 pub mod reference;
 pub mod snapshot;
 pub mod store;
+mod writeback;
 
 pub use config::{ImageConfig, RunConfig};
 pub use digest::{Digest, HashingReader, HashingWriter};

@@ -19,6 +19,7 @@ use super::{BlobWriter, Store};
 use crate::digest::{Digest, ThreadedHashingWriter};
 use crate::error::{IoContext, Result, StoreError};
 use crate::reference::Reference;
+use crate::writeback::EarlyWriteback;
 
 /// The annotation that names an image in an OCI layout's index.
 pub const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
@@ -153,7 +154,7 @@ fn sync_parent(path: &Path) -> Result<()> {
 struct FsBlobWriter {
     blobs: PathBuf,
     tmp_path: PathBuf,
-    out: ThreadedHashingWriter<BufWriter<tempfile::NamedTempFile>>,
+    out: ThreadedHashingWriter<BufWriter<EarlyWriteback<tempfile::NamedTempFile>>>,
 }
 
 impl Write for FsBlobWriter {
@@ -172,7 +173,8 @@ impl BlobWriter for FsBlobWriter {
         let tmp = buffered
             .into_inner()
             .map_err(|e| e.into_error())
-            .at("write", &tmp_path)?;
+            .at("write", &tmp_path)?
+            .into_inner();
         if let Some(e) = expected
             && e != &actual
         {
@@ -225,7 +227,10 @@ impl Store for FsStore {
         Ok(Box::new(FsBlobWriter {
             blobs: self.root.join("blobs/sha256"),
             tmp_path: tmp.path().to_path_buf(),
-            out: ThreadedHashingWriter::new(BufWriter::with_capacity(1 << 20, tmp)),
+            out: ThreadedHashingWriter::new(BufWriter::with_capacity(
+                1 << 20,
+                EarlyWriteback::new(tmp),
+            )),
         }))
     }
 
