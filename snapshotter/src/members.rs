@@ -20,9 +20,9 @@ use sha2::{Digest as _, Sha256};
 const MIN_MEMBER: usize = 64 << 10;
 /// The input a member has on average: an entry of `n` bytes ends one with a chance of
 /// `n / TARGET_MEMBER`, decided by a hash of its name.
-const TARGET_MEMBER: u64 = 1 << 20;
+const TARGET_MEMBER: u64 = 256 << 10;
 /// A member never has more input than this (cut inside a large file's data).
-pub(crate) const MAX_MEMBER: usize = 2 << 20;
+pub(crate) const MAX_MEMBER: usize = 1 << 20;
 
 /// A gzip blob's members in order: the SHA-256 of each one's uncompressed input and its
 /// compressed length, with the compression level they were made at.
