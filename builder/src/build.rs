@@ -101,6 +101,8 @@ struct StageRun<'a> {
     req: &'a BuildRequest,
     file: &'a str,
     total: usize,
+    /// Per stage: the image has its layers.
+    exported: &'a [bool],
 }
 
 /// What a build reports as it goes.
@@ -230,6 +232,10 @@ pub(crate) struct StageState {
     pub(crate) from_cache: bool,
     /// The history text of the layer step running (`RUN ... # buildkit`).
     pub(crate) created_by: String,
+    /// The image has this stage's layers (it is the target, or the target is based on it):
+    /// they get their blobs as they are made. Other stages' layers are only read from
+    /// their snapshots (`COPY --from`, `--mount from=`), see [`crate::unwritten`].
+    pub(crate) exported: bool,
 }
 
 impl StageState {
@@ -333,6 +339,13 @@ impl Builder<'_> {
                     .map_or(stage.from_node, |(n, _)| n);
                 fail(node, m)
             })?;
+        // The image has the target's layers, and those of every stage it is based on.
+        let mut exported = vec![false; stages.len()];
+        let mut at = Some(target);
+        while let Some(i) = at.filter(|&i| !exported[i]) {
+            exported[i] = true;
+            at = stage_index(&names[..i], &bases[i]);
+        }
         let total: usize = needed
             .iter()
             .map(|&i| stages[i].instructions.len() + 1)
@@ -354,6 +367,7 @@ impl Builder<'_> {
             req,
             file,
             total,
+            exported: &exported,
         };
         let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
         let run =
@@ -417,6 +431,7 @@ impl Builder<'_> {
                 index: 0,
                 from_cache: false,
                 created_by: String::new(),
+                exported: true,
             }
         } else {
             let desc = self.find_or_pull(image, &req.platform)?;
@@ -452,6 +467,7 @@ impl Builder<'_> {
                 index: 0,
                 from_cache: false,
                 created_by: String::new(),
+                exported: true,
             }
         };
         // Global ARGs are visible in a stage only once redeclared there; keep them at hand.
@@ -556,6 +572,7 @@ impl Builder<'_> {
             req,
             file,
             total,
+            exported,
         } = *ctx;
         let fail = |n: &Node, message: String| BuildError::Instruction {
             at: format!("{file}:{}", n.start),
@@ -573,6 +590,7 @@ impl Builder<'_> {
             .map_err(|m| fail(stage.from_node, m))?;
         state.step = step;
         state.index = i;
+        state.exported = exported[i];
         state.no_cache = req.no_cache_filter.iter().any(|f| {
             f == &i.to_string()
                 || stage
@@ -657,12 +675,15 @@ impl Builder<'_> {
             let records = log.select(crate::remote_cache::ExportMode::Min);
             image.build_cache = Some(crate::remote_cache::inline_document(&records));
         }
-        // The image needs its layers' blobs (not their snapshots) in the store.
+        // The image needs its layers' blobs (not their snapshots) in the store; a layer
+        // another build made for a stage the image did not have gets its blob now.
+        let mut layers: Vec<Layer> = Vec::with_capacity(state.layers.len());
         for l in &state.layers {
-            self.ensure_blob(&l.layer.descriptor)
+            let layer = self.written_layer(l).map_err(BuildError::Other)?;
+            self.ensure_blob(&layer.descriptor)
                 .map_err(BuildError::Other)?;
+            layers.push(layer);
         }
-        let layers: Vec<Layer> = state.layers.into_iter().map(|l| l.layer).collect();
         // HEALTHCHECK, ONBUILD and SHELL exist only in Docker's config format: it is the
         // default when they are used; asked for OCI, they are dropped with a warning (as
         // buildah does).

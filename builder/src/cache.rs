@@ -173,6 +173,32 @@ impl Cache {
         )
     }
 
+    /// The blob written for a layer first made without one (see [`crate::unwritten`]), by
+    /// diffID and compression.
+    pub fn written_blob(&self, diff_id: &Digest, compression: &str) -> Option<Descriptor> {
+        let path = self
+            .dir
+            .join("written")
+            .join(format!("{}-{compression}", diff_id.hex()));
+        serde_json::from_slice(&fs::read(path).ok()?).ok()
+    }
+
+    /// Remembers the blob written for a layer first made without one.
+    pub fn save_written_blob(
+        &self,
+        diff_id: &Digest,
+        compression: &str,
+        blob: &Descriptor,
+    ) -> std::io::Result<()> {
+        write_atomic(
+            &self
+                .dir
+                .join("written")
+                .join(format!("{}-{compression}", diff_id.hex())),
+            &serde_json::to_vec(blob).expect("descriptors serialize"),
+        )
+    }
+
     /// The inputs the step in `slot` had last time.
     pub fn last_inputs(&self, slot: &Digest) -> Option<StepInputs> {
         serde_json::from_slice(&fs::read(self.dir.join("last").join(slot.hex())).ok()?).ok()

@@ -29,6 +29,7 @@ mod schedule;
 mod sources;
 mod step_cache;
 mod steps;
+mod unwritten;
 
 pub use build::{BuildEvent, BuildRequest, Builder, SecretSource, unused_build_args};
 pub use dispatch::{ConfigState, apply_config};

@@ -6,13 +6,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use snapshotter::Digest;
-use snapshotter::diff::{DiffOptions, write_layer_listing_members};
+use snapshotter::diff::{DiffOptions, layer_diff_id, write_layer_listing_members};
 use snapshotter::layer::Layer;
 use snapshotter::members::MemberSource;
 use snapshotter::snapshot::{Active, chain_id};
 
 use crate::build::{BuildEvent, Builder, StageLayer, StageState, push_history};
 use crate::cache::{CacheEntry, StepInputs, explain_miss};
+use crate::unwritten::{is_placeholder, placeholder};
 
 impl Builder<'_> {
     /// Reuses the layer the cache has for `inputs`, or makes it with `make` and records it.
@@ -34,6 +35,7 @@ impl Builder<'_> {
             {
                 let _ = c.save_inputs(slot, &inputs);
                 drop(c);
+                let entry = self.exportable(state, entry)?;
                 self.served(state, &key, entry);
                 return Ok(());
             }
@@ -226,12 +228,28 @@ impl Builder<'_> {
             ..DiffOptions::from_env()
         };
         let started = std::time::Instant::now();
-        let (layer, members) = write_layer_listing_members(self.store, &active.upper, &opts)
-            .map_err(|e| e.to_string())?;
+        // A stage the image does not have needs its layers' snapshots, not their blobs
+        // (unless the cache is exported with them).
+        let (layer, members) = if state.exported || self.cache_log.is_some() {
+            write_layer_listing_members(self.store, &active.upper, &opts)
+                .map_err(|e| e.to_string())?
+        } else {
+            let (diff_id, tar_len) =
+                layer_diff_id(&active.upper, &opts).map_err(|e| e.to_string())?;
+            let descriptor = placeholder(&diff_id, tar_len, &opts);
+            (
+                Layer {
+                    descriptor,
+                    diff_id,
+                },
+                None,
+            )
+        };
         tracing::debug!(
             digest = %layer.descriptor.digest(),
             size = layer.descriptor.size(),
             ms = started.elapsed().as_millis() as u64,
+            blob = !is_placeholder(&layer.descriptor),
             "layer written"
         );
         if let (Some(list), Some(cache)) = (members, self.cache)

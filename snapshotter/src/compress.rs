@@ -13,6 +13,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use oci_spec::image::MediaType;
+use sha2::{Digest as _, Sha256};
 
 use crate::digest::{Digest, ThreadedHashingWriter};
 use crate::members::{MemberList, MemberSource, TarCutter};
@@ -162,6 +163,40 @@ pub fn copy_layer_encoder<'a, W: Write + Send + 'a>(
             )))
         }
         LayerCompression::Zstd(_) => encoder(compression, out),
+    }
+}
+
+/// A writer that only hashes what it is given (a layer's diffID, with nothing stored).
+pub fn hash_only<'a>() -> Box<dyn FinishWrite + 'a> {
+    Box::new(InputHash {
+        hasher: Sha256::new(),
+        len: 0,
+    })
+}
+
+struct InputHash {
+    hasher: Sha256,
+    len: u64,
+}
+
+impl Write for InputHash {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.hasher.update(b);
+        self.len += b.len() as u64;
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl FinishWrite for InputHash {
+    fn finish(self: Box<Self>) -> io::Result<Encoded> {
+        Ok(Encoded {
+            input_digest: Digest::from_hasher(self.hasher),
+            input_len: self.len,
+            members: None,
+        })
     }
 }
 

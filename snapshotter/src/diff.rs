@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::image::DescriptorBuilder;
 
-use crate::compress::{FinishWrite, LayerCompression, copy_layer_encoder, encoder};
+use crate::compress::{FinishWrite, LayerCompression, copy_layer_encoder, encoder, hash_only};
+use crate::digest::Digest;
 use crate::error::{IoContext, Result, StoreError};
 use crate::layer::Layer;
 use crate::members::{MemberList, MemberSource};
@@ -60,6 +61,24 @@ impl DiffOptions {
 /// ustar fields, and xattrs, go in PAX headers.
 pub fn write_layer(store: &dyn Store, upper: &Path, opts: &DiffOptions) -> Result<Layer> {
     write_layer_listing_members(store, upper, opts).map(|(layer, _)| layer)
+}
+
+/// The diffID and tar length [`write_layer`] would give `upper`, with nothing compressed or
+/// stored: the same tar stream, only hashed.
+pub fn layer_diff_id(upper: &Path, opts: &DiffOptions) -> Result<(Digest, u64)> {
+    let mut tar = tar::Builder::new(hash_only());
+    tar.follow_symlinks(false);
+    let mut w = Walker {
+        tar: &mut tar,
+        opts,
+        links: HashMap::new(),
+    };
+    w.dir(upper, Path::new(""))?;
+    let encoded = tar
+        .into_inner()
+        .and_then(|hashed| hashed.finish())
+        .map_err(|e| StoreError::Stream("hash layer", e))?;
+    Ok((encoded.input_digest, encoded.input_len))
 }
 
 /// [`write_layer`], returning too the list of gzip members of a layer of copied files
@@ -313,7 +332,6 @@ impl Walker<'_, '_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::digest::Digest;
     use crate::snapshot::OPAQUE_XATTR;
     use crate::snapshot::unpack_layer;
     use crate::store::MemStore;
@@ -339,6 +357,25 @@ mod tests {
             )
             .unwrap();
             xattr::set(dir.join("etc/conf.d"), OPAQUE_XATTR, b"y").unwrap();
+        }
+    }
+
+    #[test]
+    fn hashing_a_layer_gives_the_diff_id_writing_it_does() {
+        let dir = tempfile::tempdir().unwrap();
+        tree(dir.path());
+        fs::write(dir.path().join("big"), vec![7u8; 3 << 20]).unwrap();
+        for copied_files in [None, Some(None)] {
+            let opts = DiffOptions {
+                copied_files,
+                ..DiffOptions::default()
+            };
+            let store = MemStore::new();
+            let layer = write_layer(&store, dir.path(), &opts).unwrap();
+            let (diff_id, len) = layer_diff_id(dir.path(), &opts).unwrap();
+            assert_eq!(diff_id, layer.diff_id);
+            assert_eq!(len % 512, 0);
+            assert!(len > 3 << 20);
         }
     }
 

@@ -587,3 +587,141 @@ fn a_copy_rerun_after_changes_equals_one_made_from_nothing() {
         .count();
     assert_eq!(left, 0, "member lists outlived their blobs");
 }
+
+#[test]
+fn stages_the_image_lacks_get_their_blobs_only_when_an_image_or_cache_needs_them() {
+    // A build stage read only through COPY --from: its layers are hashed, not compressed
+    // or stored. A later build that targets it (from the cache) writes the blobs then, and
+    // gets the image a build from nothing gives; so does a cache exported with them.
+    if !tests::builds_as_root() {
+        return;
+    }
+    let store = || {
+        let c = TestContext::new();
+        c.kiln()
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .arg("import")
+            .arg(tests::busybox_rootfs_tar())
+            .arg("busybox")
+            .run()
+            .ok();
+        c
+    };
+    let ctx = store();
+    let dir = ctx.work().join("ms");
+    std::fs::create_dir_all(dir.join("src/many")).unwrap();
+    std::fs::write(dir.join("src/x.txt"), "x\n").unwrap();
+    // 3 MB in 40 files: a COPY layer of several gzip members (cut at entries, unlike a RUN
+    // layer's), so its blob shows whether it was written as a COPY layer.
+    for i in 0..40u64 {
+        let body: String = (0..75_000u64)
+            .map(|j| (b'a' + ((i * 31 + j * j * 7) % 26) as u8) as char)
+            .collect();
+        std::fs::write(dir.join(format!("src/many/{i:02}")), body).unwrap();
+    }
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM busybox AS build\nCOPY src/ /src/\n\
+         RUN mkdir /out && cat /src/x.txt > /out/x && head -c 3000000 /dev/zero | tr '\\0' a > /out/big\n\
+         FROM busybox\nCOPY --from=build /out /opt/\nRUN ls /opt > /opt/list\n",
+    )
+    .unwrap();
+    let build = |c: &TestContext, extra: &[&str]| {
+        c.kiln()
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .args(["build", "-q"])
+            .args(extra)
+            .arg(&dir)
+            .run()
+            .ok()
+            .to_string()
+    };
+    let blobs = |c: &TestContext| -> std::collections::BTreeSet<String> {
+        std::fs::read_dir(c.root().join("blobs/sha256"))
+            .unwrap()
+            .map(|e| format!("sha256:{}", e.unwrap().file_name().to_string_lossy()))
+            .collect()
+    };
+    let manifest = |c: &TestContext, tag: &str| -> (String, Vec<String>) {
+        let v: serde_json::Value =
+            serde_json::from_str(c.kiln().args(["inspect", tag]).run().ok()).unwrap();
+        let digest = v[0]["Descriptor"]["digest"].as_str().unwrap().to_string();
+        let hex = digest.trim_start_matches("sha256:");
+        let m: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(c.root().join("blobs/sha256").join(hex)).unwrap(),
+        )
+        .unwrap();
+        let layers = m["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["digest"].as_str().unwrap().to_string())
+            .collect();
+        (digest, layers)
+    };
+    build(&ctx, &["-t", "final"]);
+    let before = blobs(&ctx);
+    let seen = ctx
+        .kiln()
+        .args([
+            "run",
+            "--rm",
+            "final",
+            "sh",
+            "-c",
+            "cat /opt/x /opt/list && wc -c < /opt/big",
+        ])
+        .run();
+    // (The shell makes /opt/list before ls runs.)
+    assert_eq!(seen.ok(), "x\nbig\nlist\nx\n3000000\n");
+
+    // Every step of the build stage is cached; its two layers get their blobs now.
+    let out = ctx
+        .kiln()
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .args(["build", "--progress=plain", "--target", "build", "-t", "b"])
+        .arg(&dir)
+        .run();
+    out.ok();
+    assert_eq!(marks(&out.stderr), ["CACHED"; 2], "{}", out.stderr);
+    let (cached, layers) = manifest(&ctx, "b");
+    let new: Vec<&String> = layers.iter().filter(|l| !before.contains(*l)).collect();
+    assert_eq!(
+        new.len(),
+        2,
+        "the build stage's blobs were written by the first build"
+    );
+    let fresh = store();
+    build(&fresh, &["--target", "build", "-t", "b"]);
+    assert_eq!(
+        manifest(&fresh, "b").0,
+        cached,
+        "not the image a build from nothing makes"
+    );
+
+    // A cache exported with every stage carries those blobs too.
+    let other = store();
+    build(&other, &["-t", "final"]);
+    let cache_dir = other.work().join("exported");
+    build(
+        &other,
+        &[
+            "-t",
+            "final",
+            "--cache-to",
+            &format!("type=local,dest={},mode=max", cache_dir.display()),
+        ],
+    );
+    let third = store();
+    let out = third
+        .kiln()
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .args(["build", "--progress=plain", "--target", "build", "-t", "b"])
+        .arg("--cache-from")
+        .arg(format!("type=local,src={}", cache_dir.display()))
+        .arg(&dir)
+        .run();
+    out.ok();
+    assert_eq!(marks(&out.stderr), ["CACHED"; 2], "{}", out.stderr);
+    assert_eq!(manifest(&third, "b").0, cached);
+}
