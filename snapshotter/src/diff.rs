@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::image::DescriptorBuilder;
 
-use crate::compress::{FinishWrite, LayerCompression, copy_layer_encoder, encoder, hash_only};
+use crate::compress::{
+    Encoded, FinishWrite, LayerCompression, copy_layer_encoder, encoder, hash_only,
+};
 use crate::digest::Digest;
 use crate::error::{IoContext, Result, StoreError};
 use crate::layer::Layer;
@@ -66,7 +68,13 @@ pub fn write_layer(store: &dyn Store, upper: &Path, opts: &DiffOptions) -> Resul
 /// The diffID and tar length [`write_layer`] would give `upper`, with nothing compressed or
 /// stored: the same tar stream, only hashed.
 pub fn layer_diff_id(upper: &Path, opts: &DiffOptions) -> Result<(Digest, u64)> {
-    let mut tar = tar::Builder::new(hash_only());
+    let encoded = write_tar(upper, opts, hash_only())?;
+    Ok((encoded.input_digest, encoded.input_len))
+}
+
+/// Writes the layer tar of `upper` into `sink` (which hashes it) and finishes it.
+fn write_tar(upper: &Path, opts: &DiffOptions, sink: Box<dyn FinishWrite + '_>) -> Result<Encoded> {
+    let mut tar = tar::Builder::new(sink);
     tar.follow_symlinks(false);
     let mut w = Walker {
         tar: &mut tar,
@@ -74,11 +82,9 @@ pub fn layer_diff_id(upper: &Path, opts: &DiffOptions) -> Result<(Digest, u64)> 
         links: HashMap::new(),
     };
     w.dir(upper, Path::new(""))?;
-    let encoded = tar
-        .into_inner()
-        .and_then(|hashed| hashed.finish())
-        .map_err(|e| StoreError::Stream("hash layer", e))?;
-    Ok((encoded.input_digest, encoded.input_len))
+    tar.into_inner()
+        .and_then(|sink| sink.finish())
+        .map_err(|e| StoreError::Stream("write layer", e))
 }
 
 /// [`write_layer`], returning too the list of gzip members of a layer of copied files
@@ -97,18 +103,7 @@ pub fn write_layer_listing_members(
         .map_err(|e| StoreError::Stream("start compressor", e))?;
         // One pass: the compressor hashes the tar (diffID) on its way in, and the blob
         // writer hashes the compressed bytes.
-        let mut tar = tar::Builder::new(compressed);
-        tar.follow_symlinks(false);
-        let mut w = Walker {
-            tar: &mut tar,
-            opts,
-            links: HashMap::new(),
-        };
-        w.dir(upper, Path::new(""))?;
-        let encoded = tar
-            .into_inner()
-            .and_then(|compressed| compressed.finish())
-            .map_err(|e| StoreError::Stream("compress layer", e))?;
+        let encoded = write_tar(upper, opts, compressed)?;
         (encoded.input_digest, encoded.members)
     };
     let (digest, size) = blob.commit(None)?;

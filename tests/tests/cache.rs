@@ -462,6 +462,20 @@ fn explain_cache_and_build_arg_files() {
     );
 }
 
+/// A store with busybox imported under SOURCE_DATE_EPOCH: the same base in every such
+/// store, so whole manifests can be compared between them.
+fn store_with_base() -> TestContext {
+    let c = TestContext::new();
+    c.kiln()
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .arg("import")
+        .arg(tests::busybox_rootfs_tar())
+        .arg("busybox")
+        .run()
+        .ok();
+    c
+}
+
 #[test]
 fn a_copy_rerun_after_changes_equals_one_made_from_nothing() {
     // A re-run COPY hard-links the files that did not change from the previous build's
@@ -472,19 +486,7 @@ fn a_copy_rerun_after_changes_equals_one_made_from_nothing() {
     if !tests::builds_as_root() {
         return;
     }
-    // The same base in both stores, so whole manifests can be compared.
-    let store = || {
-        let c = TestContext::new();
-        c.kiln()
-            .env("SOURCE_DATE_EPOCH", "1700000000")
-            .arg("import")
-            .arg(tests::busybox_rootfs_tar())
-            .arg("busybox")
-            .run()
-            .ok();
-        c
-    };
-    let ctx = store();
+    let ctx = store_with_base();
     let dir = ctx.work().join("ctx");
     std::fs::create_dir_all(dir.join("src/sub")).unwrap();
     for (name, body) in [
@@ -564,7 +566,7 @@ fn a_copy_rerun_after_changes_equals_one_made_from_nothing() {
         "{shared} of {} members shared",
         lists[1].len()
     );
-    let fresh = store();
+    let fresh = store_with_base();
     build(&fresh);
     let made = copy_layer(&fresh);
     assert_eq!(rebuilt.0, made.0, "the re-run COPY's layer differs");
@@ -596,18 +598,7 @@ fn stages_the_image_lacks_get_their_blobs_only_when_an_image_or_cache_needs_them
     if !tests::builds_as_root() {
         return;
     }
-    let store = || {
-        let c = TestContext::new();
-        c.kiln()
-            .env("SOURCE_DATE_EPOCH", "1700000000")
-            .arg("import")
-            .arg(tests::busybox_rootfs_tar())
-            .arg("busybox")
-            .run()
-            .ok();
-        c
-    };
-    let ctx = store();
+    let ctx = store_with_base();
     let dir = ctx.work().join("ms");
     std::fs::create_dir_all(dir.join("src/many")).unwrap();
     std::fs::write(dir.join("src/x.txt"), "x\n").unwrap();
@@ -691,7 +682,7 @@ fn stages_the_image_lacks_get_their_blobs_only_when_an_image_or_cache_needs_them
         2,
         "the build stage's blobs were written by the first build"
     );
-    let fresh = store();
+    let fresh = store_with_base();
     build(&fresh, &["--target", "build", "-t", "b"]);
     assert_eq!(
         manifest(&fresh, "b").0,
@@ -700,7 +691,7 @@ fn stages_the_image_lacks_get_their_blobs_only_when_an_image_or_cache_needs_them
     );
 
     // A cache exported with every stage carries those blobs too.
-    let other = store();
+    let other = store_with_base();
     build(&other, &["-t", "final"]);
     let cache_dir = other.work().join("exported");
     build(
@@ -712,7 +703,7 @@ fn stages_the_image_lacks_get_their_blobs_only_when_an_image_or_cache_needs_them
             &format!("type=local,dest={},mode=max", cache_dir.display()),
         ],
     );
-    let third = store();
+    let third = store_with_base();
     let out = third
         .kiln()
         .env("SOURCE_DATE_EPOCH", "1700000000")
