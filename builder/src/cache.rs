@@ -212,15 +212,8 @@ impl Cache {
         )
     }
 
-    /// Content digest of a file, re-hashed only when its stat changed.
-    pub fn file_digest(&mut self, path: &Path) -> std::io::Result<String> {
-        let md = fs::symlink_metadata(path)?;
-        let mut digests = self.file_digests(&[(path.to_path_buf(), md)])?;
-        Ok(digests.pop().expect("one digest per file"))
-    }
-
-    /// Content digests of files (with their metadata): those whose stat is unchanged come
-    /// from the cache, the others are read, on as many threads as there are cores.
+    /// Content digests of files (with their metadata), re-hashed only when their stat
+    /// changed: the others come from the cache; those are read on every core.
     fn file_digests(&mut self, files: &[(PathBuf, fs::Metadata)]) -> std::io::Result<Vec<String>> {
         let mut digests: Vec<Option<String>> = files
             .iter()

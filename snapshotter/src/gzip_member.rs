@@ -80,7 +80,7 @@ pub(crate) fn make_member(
     if incompressible(data) {
         return Ok(stored_member(data));
     }
-    // Room for all of it: deflate never grows data by more than its stored form does.
+    // Room for what a compressible piece usually comes to; the Vec grows if it needs more.
     let mut gz = flate2::write::GzEncoder::new(
         Vec::with_capacity(data.len() / 2 + data.len() / 64 + 64),
         flate2::Compression::new(level),
