@@ -31,6 +31,10 @@ impl<F: Write + AsFd> EarlyWriteback<F> {
         self.file
     }
 
+    pub(crate) fn get_ref(&self) -> &F {
+        &self.file
+    }
+
     fn kick(&mut self) {
         let len = self.written - self.kicked;
         // SAFETY: sync_file_range only reads its integer arguments; the descriptor is

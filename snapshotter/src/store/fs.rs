@@ -10,16 +10,16 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufWriter, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use oci_spec::image::{Descriptor, ImageIndex, ImageIndexBuilder, MediaType};
 
+use super::blob_file::{BlobFile, FinishedBlob};
 use super::{BlobWriter, Store};
-use crate::digest::{Digest, ThreadedHashingWriter};
+use crate::digest::Digest;
 use crate::error::{IoContext, Result, StoreError};
 use crate::reference::Reference;
-use crate::writeback::EarlyWriteback;
 
 /// The annotation that names an image in an OCI layout's index.
 pub const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
@@ -154,7 +154,7 @@ fn sync_parent(path: &Path) -> Result<()> {
 struct FsBlobWriter {
     blobs: PathBuf,
     tmp_path: PathBuf,
-    out: ThreadedHashingWriter<BufWriter<EarlyWriteback<tempfile::NamedTempFile>>>,
+    out: BlobFile,
 }
 
 impl Write for FsBlobWriter {
@@ -169,12 +169,13 @@ impl Write for FsBlobWriter {
 impl BlobWriter for FsBlobWriter {
     fn commit(self: Box<Self>, expected: Option<&Digest>) -> Result<(Digest, u64)> {
         let tmp_path = self.tmp_path;
-        let (actual, size, buffered) = self.out.finish();
-        let tmp = buffered
-            .into_inner()
-            .map_err(|e| e.into_error())
-            .at("write", &tmp_path)?
-            .into_inner();
+        let FinishedBlob {
+            digest: actual,
+            size,
+            file: tmp,
+            direct_chunks,
+        } = self.out.finish().at("write", &tmp_path)?;
+        tracing::trace!(%actual, size, direct_chunks, "blob written");
         if let Some(e) = expected
             && e != &actual
         {
@@ -227,10 +228,7 @@ impl Store for FsStore {
         Ok(Box::new(FsBlobWriter {
             blobs: self.root.join("blobs/sha256"),
             tmp_path: tmp.path().to_path_buf(),
-            out: ThreadedHashingWriter::new(BufWriter::with_capacity(
-                1 << 20,
-                EarlyWriteback::new(tmp),
-            )),
+            out: BlobFile::new(tmp),
         }))
     }
 

@@ -2,6 +2,7 @@
 //!
 //! [`FsStore`] keeps an OCI image layout on disk; [`MemStore`] is the in-memory test double.
 
+mod blob_file;
 mod fs;
 mod mem;
 
