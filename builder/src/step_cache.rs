@@ -168,7 +168,7 @@ impl Builder<'_> {
     pub(crate) fn ensure_present(&self, l: &StageLayer) -> Result<(), String> {
         self.ensure_blob(&l.layer.descriptor)?;
         self.snapshots
-            .ensure_layer(self.store, &l.chain, &l.layer.descriptor)
+            .ensure_layer(self.store, &l.chain, &l.layer.descriptor, &l.layer.diff_id)
             .map_err(|e| e.to_string())?;
         Ok(())
     }
@@ -193,7 +193,7 @@ impl Builder<'_> {
         let chain = chain_id(state.layers.last().map(|l| &l.chain), &diff_id);
         let dir = self
             .snapshots
-            .ensure_layer(self.store, &chain, &entry.layer)
+            .ensure_layer(self.store, &chain, &entry.layer, &diff_id)
             .map_err(|e| e.to_string())?;
         let layer = Layer {
             descriptor: entry.layer.clone(),

@@ -8,14 +8,14 @@
 //! ```
 
 use std::fs;
-use std::io::Read;
+use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use oci_spec::image::Descriptor;
 use sha2::{Digest as _, Sha256};
 
-use crate::digest::Digest;
+use crate::digest::{Digest, HashingReader};
 use crate::error::{IoContext, Result, StoreError};
 use crate::layer::decompressed;
 use crate::store::Store;
@@ -189,6 +189,7 @@ impl Snapshots {
         store: &dyn Store,
         chain: &Digest,
         layer: &Descriptor,
+        diff_id: &Digest,
     ) -> Result<PathBuf> {
         let dest = self.layer_dir(chain);
         if dest.exists() {
@@ -202,10 +203,27 @@ impl Snapshots {
         let fs_dir = tmp.path().join("fs");
         fs::create_dir(&fs_dir).at("create directory", &fs_dir)?;
         let blob = VerifyingReader::new(store.open(&digest)?, digest.clone());
-        unpack_layer(decompressed(blob)?, &fs_dir).map_err(|e| match e {
-            StoreError::InvalidLayer(m) => StoreError::InvalidLayer(format!("layer {digest}: {m}")),
-            e => e,
-        })?;
+        let mut plain = HashingReader::new(decompressed(blob)?);
+        unpack_layer(&mut plain, &fs_dir)
+            // The tar may end before the stream does (padding): all of it is the diffID's,
+            // and reading to the end is also what checks the blob's digest.
+            .and_then(|()| {
+                io::copy(&mut plain, &mut io::sink())
+                    .map_err(|e| StoreError::InvalidLayer(format!("read: {e}")))
+            })
+            .map_err(|e| match e {
+                StoreError::InvalidLayer(m) => {
+                    StoreError::InvalidLayer(format!("layer {digest}: {m}"))
+                }
+                e => e,
+            })?;
+        let (actual, _, _) = plain.finish();
+        if actual != *diff_id {
+            // Another image naming this diffID must not get this content under its chain.
+            return Err(StoreError::InvalidLayer(format!(
+                "layer {digest}: its content has diffID {actual}, the image config says {diff_id}"
+            )));
+        }
         self.publish(&fs_dir, &dest)?;
         Ok(dest)
     }
@@ -231,7 +249,7 @@ impl Snapshots {
         for (layer, diff_id) in layers.iter().zip(diff_ids) {
             let diff_id: Digest = diff_id.parse()?;
             let chain = chain_id(out.last().map(|(c, _)| c), &diff_id);
-            let dir = self.ensure_layer(store, &chain, layer)?;
+            let dir = self.ensure_layer(store, &chain, layer, &diff_id)?;
             out.push((chain, dir));
         }
         Ok(out)

@@ -95,3 +95,47 @@ fn every_crafted_layer_is_refused_or_contained() {
     assert!(n >= 15, "the corpus has {n} cases");
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+/// An image whose config names another diffID than its layer's content must not get that
+/// content unpacked under the chain ID the config implies (another image naming the
+/// diffID would then share it): the unpack is refused and leaves nothing behind.
+#[test]
+fn a_layer_whose_content_is_not_the_configs_diff_id_is_refused() {
+    use snapshotter::digest::Digest;
+    let tmp = tempfile::tempdir().unwrap();
+    let store = snapshotter::store::FsStore::open(tmp.path().join("store")).unwrap();
+    let snaps = snapshotter::snapshot::Snapshots::open(tmp.path()).unwrap();
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_size(3);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_entry_type(tar::EntryType::Regular);
+    tar.append_data(&mut h, "hello", &b"hi\n"[..]).unwrap();
+    let layer = snapshotter::layer::import_tar(&store, &tar.into_inner().unwrap()[..]).unwrap();
+
+    let claimed = Digest::of(b"some other layer");
+    let err = snaps
+        .ensure_layer(&store, &claimed, &layer.descriptor, &claimed)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("its content has diffID {}", layer.diff_id)) && !err.contains('\n'),
+        "{err}"
+    );
+    assert!(!snaps.layer_dir(&claimed).exists());
+    assert_eq!(
+        fs::read_dir(tmp.path().join("snapshots/tmp"))
+            .unwrap()
+            .count(),
+        0,
+        "the half-made unpack is gone"
+    );
+
+    let dir = snaps
+        .ensure_layer(&store, &layer.diff_id, &layer.descriptor, &layer.diff_id)
+        .unwrap();
+    assert_eq!(fs::read(dir.join("hello")).unwrap(), b"hi\n");
+}
