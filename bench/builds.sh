@@ -1,32 +1,29 @@
 #!/usr/bin/env bash
 # Build benchmark: kiln against docker/BuildKit (a private dockerd, the fastest peer measured
-# here) and buildah (overlay, --layers), in one alternating run on the peer harness's cases
-# (../shared/bench: small, copy-many with its cached and rebuild-one-file steps, multistage,
-# big-layer), printing medians and the ratios against BuildKit.
+# here) and buildah (overlay, --layers), in one alternating run on bench/cases (small,
+# copy-many with its unchanged and one-file-changed rebuilds, multistage, a 1 GiB RUN layer
+# with its push and pull), printing medians, min-max, peak RSS and the ratios against
+# BuildKit (builds.py).
 #
 #   bench/builds.sh            every case, 3 rounds (about 15 minutes on 2 cores)
 #   bench/builds.sh --quick    the small case, 1 round, kiln and BuildKit only (CI)
 #   ROUNDS=5 UNITS=copy-many bench/builds.sh
 #
-# The harness sets up its peers, the busybox base in a registry on 127.0.0.1:5000 and the
-# contexts (../shared/bench/setup.sh, idempotent); kiln pulls the base from that registry.
+# bench/setup.sh makes the registry on 127.0.0.1:5000, the busybox base and the contexts;
+# bench/dockerd.sh starts the private dockerd (stopped again at the end if this started it).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
-TOP=$(cd "$HERE/.." && pwd)
-SHARED=$(cd "$TOP/../shared/bench" 2>/dev/null && pwd) || { echo "builds: ../shared/bench is missing" >&2; exit 1; }
-export BENCH_WORK=${BENCH_WORK:-/tmp/peerbench}
 if [ "${1:-}" = "--quick" ]; then
-  export ROUNDS=${ROUNDS:-1} UNITS=${UNITS:-small} VARIANTS=${VARIANTS:-docker-buildkit,tool}
+  ROUNDS=${ROUNDS:-1} UNITS=${UNITS:-small} TOOLS=${TOOLS:-kiln,buildkit}
 else
-  export ROUNDS=${ROUNDS:-3} UNITS=${UNITS:-small,copy-many,multistage,big-layer}
-  export VARIANTS=${VARIANTS:-buildah-overlay-chroot,docker-buildkit,tool}
+  ROUNDS=${ROUNDS:-3} UNITS=${UNITS:-small,copy-many,multistage,big-layer} TOOLS=${TOOLS:-kiln,buildkit,buildah}
 fi
-cargo build --release --quiet --manifest-path "$TOP/Cargo.toml" -p cli
-export TOOL=$TOP/target/release/kiln
-export KILN_ROOT=$BENCH_WORK/kiln-store
-# Untimed reset between rounds: an empty store with only the base image pulled.
-export TOOL_RESET="rm -rf $KILN_ROOT; $TOOL pull -q {base} >/dev/null"
-export OUT=${OUT:-$BENCH_WORK/results/kiln-$(date +%Y%m%d-%H%M%S)}
-"$SHARED/run-peers.sh" builds
-python3 "$SHARED/lib/report.py" "$OUT" --suite builds --ref docker-buildkit --transpose
-echo "(ratios are against docker-buildkit; below 1 means faster than BuildKit)"
+"$HERE/setup.sh" >/dev/null
+started=0
+if [[ ",$TOOLS," == *",buildkit,"* ]] && ! "$HERE/dockerd.sh" status; then
+  "$HERE/dockerd.sh" start
+  started=1
+fi
+cleanup() { if [ "$started" = 1 ]; then "$HERE/dockerd.sh" stop; fi; }
+trap cleanup EXIT
+python3 "$HERE/builds.py" --rounds "$ROUNDS" --units "$UNITS" --tools "$TOOLS"

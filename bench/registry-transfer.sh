@@ -59,32 +59,41 @@ oci_ref=$(python3 -c 'import json,sys; m=json.load(open(sys.argv[1]))["manifests
 bytes=$(python3 -c 'import json,sys,os; d=sys.argv[1]; m=json.load(open(d+"/index.json"))["manifests"][0]["digest"].split(":")[1]; man=json.load(open(d+"/blobs/sha256/"+m)); print(sum(l["size"] for l in man["layers"]))' "$WORK/oci-src")
 
 now() { date +%s.%N; }
-time_it() { local s; s=$(now); "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }; echo "$(now) - $s" | bc -l; }
+# Wall seconds on stdout; the peak RSS (KB) of the command's largest process in $WORK/rss.
+time_it() { local s; s=$(now); /usr/bin/time -f %M -o "$WORK/rss" bash -c '"$@"' _ "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }; echo "$(now) - $s" | bc -l; }
+rss() { tail -1 "$WORK/rss"; }
 median() { sort -g | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.3f", m}'; }
+mb() { sort -g | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.0f", m / 1024}'; }
 
 kiln_push() { "$KILN" --root "$src" push -q "bench/transfer:$LAYER_MIB" "$REG/bench/kiln:1"; }
 skopeo_push() { skopeo copy -q --dest-tls-verify=false "oci:$WORK/oci-src:$oci_ref" "docker://$REG/bench/skopeo:1"; }
 kiln_pull() { rm -rf "$WORK/pull-store"; "$KILN" --root "$WORK/pull-store" pull -q "$REG/bench/kiln:1"; }
 skopeo_pull() { rm -rf "$WORK/pull-oci"; skopeo copy -q --src-tls-verify=false "docker://$REG/bench/skopeo:1" "oci:$WORK/pull-oci:1"; }
+export KILN src LAYER_MIB REG WORK oci_ref
+export -f kiln_push skopeo_push kiln_pull skopeo_pull
 
 kp=(); sp=(); kl=(); sl=()
+declare -A R
+# time_it into array $1, peak RSS into R[$1]
+take() { local t; t=$(time_it "$2"); eval "$1+=(\"\$t\")"; R[$1]+="$(rss) "; }
 for r in $(seq "$ROUNDS"); do
   # Alternate which tool goes first.
   reset_registry
-  if [ $((r % 2)) = 1 ]; then kp+=("$(time_it kiln_push)"); sp+=("$(time_it skopeo_push)")
-  else sp+=("$(time_it skopeo_push)"); kp+=("$(time_it kiln_push)"); fi
-  if [ $((r % 2)) = 1 ]; then kl+=("$(time_it kiln_pull)"); sl+=("$(time_it skopeo_pull)")
-  else sl+=("$(time_it skopeo_pull)"); kl+=("$(time_it kiln_pull)"); fi
+  if [ $((r % 2)) = 1 ]; then take kp kiln_push; take sp skopeo_push
+  else take sp skopeo_push; take kp kiln_push; fi
+  if [ $((r % 2)) = 1 ]; then take kl kiln_pull; take sl skopeo_pull
+  else take sl skopeo_pull; take kl kiln_pull; fi
 done
 # The pulled image is the pushed one, byte for byte.
 "$KILN" --root "$WORK/pull-store" system check >/dev/null
 
 mb=$(echo "$bytes / 1000000" | bc)
 printf 'image: 5 layers, %s MB compressed (incompressible data), %s round(s), registry %s\n' "$mb" "$ROUNDS" "$REG"
-printf '%-6s %10s %10s %9s %9s %7s\n' step "kiln s" "skopeo s" "kiln MB/s" "sk MB/s" ratio
+printf '%-6s %10s %10s %9s %9s %7s %8s %8s\n' step "kiln s" "skopeo s" "kiln MB/s" "sk MB/s" ratio "kiln RSS" "sk RSS"
 for step in push pull; do
-  if [ $step = push ]; then k=$(printf '%s\n' "${kp[@]}" | median); s=$(printf '%s\n' "${sp[@]}" | median)
-  else k=$(printf '%s\n' "${kl[@]}" | median); s=$(printf '%s\n' "${sl[@]}" | median); fi
-  printf '%-6s %10s %10s %9.0f %9.0f %7.2f\n' $step "$k" "$s" "$(echo "$mb / $k" | bc -l)" "$(echo "$mb / $s" | bc -l)" "$(echo "$k / $s" | bc -l)"
+  if [ $step = push ]; then k=$(printf '%s\n' "${kp[@]}" | median); s=$(printf '%s\n' "${sp[@]}" | median); kr=${R[kp]}; sr=${R[sp]}
+  else k=$(printf '%s\n' "${kl[@]}" | median); s=$(printf '%s\n' "${sl[@]}" | median); kr=${R[kl]}; sr=${R[sl]}; fi
+  printf '%-6s %10s %10s %9.0f %9.0f %7.2f %8s %8s\n' $step "$k" "$s" "$(echo "$mb / $k" | bc -l)" "$(echo "$mb / $s" | bc -l)" "$(echo "$k / $s" | bc -l)" \
+    "$(printf '%s\n' $kr | mb)" "$(printf '%s\n' $sr | mb)"
 done
-echo "(ratio = kiln / skopeo; below 1 means kiln is faster)"
+echo "(ratio = kiln / skopeo; below 1 means kiln is faster; RSS: peak of the largest process, MB, median)"

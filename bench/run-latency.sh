@@ -70,8 +70,27 @@ build, 21 RUN steps${T}$KILN --root $ROOT build -q --no-cache $WORK/many
 EOF
 
 python3 - "$WORK" "$ROUNDS" <<'PY'
-import statistics, subprocess, sys, time
+import shlex, statistics, subprocess, sys, tempfile, time
 work, rounds = sys.argv[1], int(sys.argv[2])
+peak = {}
+
+def run(cmd):
+    p = subprocess.run(cmd, shell=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if p.returncode != 0:
+        sys.exit(f"failed ({p.returncode}): {cmd}\n{p.stderr.decode()}")
+
+def peak_kb(cmd):
+    """The peak RSS (KB) of the largest process of cmd's tree, from an extra, untimed run
+    under GNU time (whose own small fork is what the count starts from, not Python's)."""
+    with tempfile.NamedTemporaryFile("r") as f:
+        run(f"/usr/bin/time -f %M -o {f.name} sh -c {shlex.quote(cmd)}")
+        return int(f.read().split()[-1])
+
+def timed(cmd):
+    """Wall seconds of one run (nothing wrapped around the command)."""
+    t = time.perf_counter()
+    run(cmd)
+    return time.perf_counter() - t
 
 def load(path):
     return dict(line.rstrip("\n").split("\t", 1) for line in open(path) if line.strip())
@@ -79,23 +98,22 @@ def load(path):
 def measure(cases, rounds):
     names = list(cases)
     times = {n: [] for n in names}
+    peak.update({n: [] for n in names})
     for r in range(rounds):
         order = names[r % len(names):] + names[:r % len(names)]
         for n in order:
-            t = time.perf_counter()
-            p = subprocess.run(cases[n], shell=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            dt = time.perf_counter() - t
-            if p.returncode != 0:
-                sys.exit(f"failed ({p.returncode}): {cases[n]}\n{p.stderr.decode()}")
-            times[n].append(dt)
+            times[n].append(timed(cases[n]))
+    for n in names:
+        peak[n].append(peak_kb(cases[n]))
     return times
 
 def row(name, ts):
-    return f"| {name} | {statistics.median(ts) * 1000:.1f} | {min(ts) * 1000:.1f}-{max(ts) * 1000:.1f} |"
+    rss = statistics.median(peak[name]) / 1024
+    return f"| {name} | {statistics.median(ts) * 1000:.1f} | {min(ts) * 1000:.1f}-{max(ts) * 1000:.1f} | {rss:.1f} |"
 
 lat = measure(load(f"{work}/cases.tsv"), rounds)
 print(f"\ncontainer start, {rounds} rounds (ms)\n")
-print("| case | median | min-max |\n|---|---|---|")
+print("| case | median | min-max | peak RSS MB |\n|---|---|---|---|")
 for n, ts in lat.items():
     print(row(n, ts))
 k = statistics.median(lat["kiln run --rm --network none busybox true"])
@@ -107,7 +125,7 @@ print("target: <= 1.5x crun, or runc where crun cannot start as the host is (tru
 
 steps = measure(load(f"{work}/steps.tsv"), max(3, rounds // 3))
 print(f"\nRUN step cost, {max(3, rounds // 3)} rounds (ms)\n")
-print("| case | median | min-max |\n|---|---|---|")
+print("| case | median | min-max | peak RSS MB |\n|---|---|---|---|")
 for n, ts in steps.items():
     print(row(n, ts))
 per_step = (statistics.median(steps["build, 21 RUN steps"]) - statistics.median(steps["build, 1 RUN step"])) / 20

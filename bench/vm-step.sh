@@ -56,24 +56,34 @@ kiln --version (process start alone)${T}$KILN --version
 CASES
 
 python3 - "$WORK" "$ROUNDS" <<'PY'
-import statistics, subprocess, sys, time
+import shlex, statistics, subprocess, sys, tempfile, time
 work, rounds = sys.argv[1], int(sys.argv[2])
+
+def run(cmd):
+    p = subprocess.run(cmd, shell=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if p.returncode != 0:
+        sys.exit(f"failed ({p.returncode}): {cmd}\n{p.stderr.decode()}")
 cases = dict(l.rstrip("\n").split("\t", 1) for l in open(f"{work}/cases.tsv") if l.strip())
 names = list(cases)
 times = {n: [] for n in names}
+peak = {n: [] for n in names}
 for r in range(rounds):
     for n in names[r % len(names):] + names[:r % len(names)]:
         t = time.perf_counter()
-        p = subprocess.run(cases[n], shell=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        dt = time.perf_counter() - t
-        if p.returncode != 0:
-            sys.exit(f"failed ({p.returncode}): {cases[n]}\n{p.stderr.decode()}")
-        times[n].append(dt)
+        run(cases[n])
+        times[n].append(time.perf_counter() - t)
+# The peak RSS of the largest process of each command's tree (qemu's, for a VM), from one
+# extra, untimed run under GNU time (whose small fork the count starts from, not Python's).
+for n in names:
+    with tempfile.NamedTemporaryFile("r") as f:
+        run(f"/usr/bin/time -f %M -o {f.name} sh -c {shlex.quote(cases[n])}")
+        peak[n].append(int(f.read().split()[-1]))
 med = {n: statistics.median(ts) for n, ts in times.items()}
 print(f"\nmicroVM step, {rounds} rounds (ms)\n")
-print("| case | median | min-max |\n|---|---|---|")
+print("| case | median | min-max | peak RSS MB |\n|---|---|---|---|")
 for n, ts in times.items():
-    print(f"| {n} | {med[n] * 1000:.1f} | {min(ts) * 1000:.1f}-{max(ts) * 1000:.1f} |")
+    rss = statistics.median(peak[n]) / 1024
+    print(f"| {n} | {med[n] * 1000:.1f} | {min(ts) * 1000:.1f}-{max(ts) * 1000:.1f} | {rss:.1f} |")
 k = med["kiln run --rm --isolation vm busybox true"]
 floor = med["qemu microvm boot to a busybox init and power-off (the floor)"]
 step = (med["build, 3 RUN steps, --isolation vm"] - med["build, 1 RUN step, --isolation vm"]) / 2
