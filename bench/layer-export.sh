@@ -21,15 +21,7 @@ for t in pigz zstd python3; do command -v "$t" >/dev/null || { echo "layer-expor
 cargo build --release --quiet --manifest-path "$TOP/Cargo.toml" -p cli
 KILN=$TOP/target/release/kiln
 data=$WORK/layer-data
-mkdir -p "$data/big"
-if [ "$(stat -c %s "$data/big/big.bin" 2>/dev/null || echo 0)" != "$BIG_BYTES" ]; then
-  head -c "$BIG_BYTES" /dev/urandom >"$data/big/big.bin"
-fi
-if [ ! -f "$data/tree.$TREE_FILES.done" ]; then
-  rm -rf "$data/tree"
-  python3 "$HERE/gen-tree.py" "$data/tree" "$TREE_FILES"
-  touch "$data/tree.$TREE_FILES.done"
-fi
+"$HERE/make-data.sh" "$data" "$BIG_BYTES" "$TREE_FILES"
 store=$WORK/layer-store
 
 now() { date +%s.%N; }
