@@ -210,7 +210,10 @@ impl Store for FsStore {
     fn open(&self, digest: &Digest) -> Result<Box<dyn Read + Send>> {
         let path = self.blob_path(digest);
         match File::open(&path) {
-            Ok(f) => Ok(Box::new(f)),
+            Ok(f) => {
+                let len = f.metadata().at("stat", &path)?.len();
+                Ok(super::read_ahead::reader(f, len))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 Err(StoreError::BlobNotFound(digest.clone()))
             }

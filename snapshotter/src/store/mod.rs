@@ -5,6 +5,7 @@
 mod blob_file;
 mod fs;
 mod mem;
+mod read_ahead;
 
 use std::io::{Read, Write};
 
