@@ -80,13 +80,15 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 
-printf '%-11s %-8s %10s %10s %12s %12s\n' case tool "cold s" "warm s" "warm/cold" "warm RSS MB"
+range() { sort -g | awk 'NR==1{lo=$1} {hi=$1} END {printf "%.3f-%.3f", lo, hi}'; }
+printf '%-11s %-8s %10s %14s %10s %14s %10s %12s\n' case tool "cold s" "cold min-max" "warm s" "warm min-max" "warm/cold" "warm RSS MB"
 for case in $CASES; do
   best=
   for tool in $TOOLS; do
     c=$(printf '%s\n' ${T[$case.$tool.cold]} | median); w=$(printf '%s\n' ${T[$case.$tool.warm]} | median)
     r=$(printf '%s\n' ${T[$case.$tool.warmrss]} | median | awk '{printf "%.0f", $1 / 1024}')
-    printf '%-11s %-8s %10s %10s %12.2f %12s\n' "$case" "$tool" "$c" "$w" "$(echo "$w / $c" | bc -l)" "$r"
+    printf '%-11s %-8s %10s %14s %10s %14s %10.2f %12s\n' "$case" "$tool" "$c" "$(printf '%s\n' ${T[$case.$tool.cold]} | range)" \
+      "$w" "$(printf '%s\n' ${T[$case.$tool.warm]} | range)" "$(echo "$w / $c" | bc -l)" "$r"
     if [ "$tool" != kiln ] && { [ -z "$best" ] || [ "$(echo "$w < $best" | bc)" = 1 ]; }; then best=$w; fi
   done
   if [ -n "$best" ]; then

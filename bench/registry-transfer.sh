@@ -89,11 +89,13 @@ done
 
 mb=$(echo "$bytes / 1000000" | bc)
 printf 'image: 5 layers, %s MB compressed (incompressible data), %s round(s), registry %s\n' "$mb" "$ROUNDS" "$REG"
-printf '%-6s %10s %10s %9s %9s %7s %8s %8s\n' step "kiln s" "skopeo s" "kiln MB/s" "sk MB/s" ratio "kiln RSS" "sk RSS"
+range() { sort -g | awk 'NR==1{lo=$1} {hi=$1} END {printf "%.3f-%.3f", lo, hi}'; }
+printf '%-6s %10s %14s %10s %14s %9s %9s %7s %8s %8s\n' step "kiln s" "kiln min-max" "skopeo s" "sk min-max" "kiln MB/s" "sk MB/s" ratio "kiln RSS" "sk RSS"
 for step in push pull; do
-  if [ $step = push ]; then k=$(printf '%s\n' "${kp[@]}" | median); s=$(printf '%s\n' "${sp[@]}" | median); kr=${R[kp]}; sr=${R[sp]}
-  else k=$(printf '%s\n' "${kl[@]}" | median); s=$(printf '%s\n' "${sl[@]}" | median); kr=${R[kl]}; sr=${R[sl]}; fi
-  printf '%-6s %10s %10s %9.0f %9.0f %7.2f %8s %8s\n' $step "$k" "$s" "$(echo "$mb / $k" | bc -l)" "$(echo "$mb / $s" | bc -l)" "$(echo "$k / $s" | bc -l)" \
-    "$(printf '%s\n' $kr | mb)" "$(printf '%s\n' $sr | mb)"
+  if [ $step = push ]; then ks=("${kp[@]}"); ss=("${sp[@]}"); kr=${R[kp]}; sr=${R[sp]}
+  else ks=("${kl[@]}"); ss=("${sl[@]}"); kr=${R[kl]}; sr=${R[sl]}; fi
+  k=$(printf '%s\n' "${ks[@]}" | median); s=$(printf '%s\n' "${ss[@]}" | median)
+  printf '%-6s %10s %14s %10s %14s %9.0f %9.0f %7.2f %8s %8s\n' $step "$k" "$(printf '%s\n' "${ks[@]}" | range)" "$s" "$(printf '%s\n' "${ss[@]}" | range)" \
+    "$(echo "$mb / $k" | bc -l)" "$(echo "$mb / $s" | bc -l)" "$(echo "$k / $s" | bc -l)" "$(printf '%s\n' $kr | mb)" "$(printf '%s\n' $sr | mb)"
 done
 echo "(ratio = kiln / skopeo; below 1 means kiln is faster; RSS: peak of the largest process, MB, median)"
