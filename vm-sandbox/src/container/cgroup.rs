@@ -15,6 +15,37 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// The groups this process came from, for each group it has joined and not left yet: where
+/// a sandbox's reaper moves itself ([`joined_homes`]).
+static JOINED_HOMES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn note_joined(home: &Path) {
+    JOINED_HOMES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(home.to_path_buf());
+}
+
+fn note_left(home: &Path) {
+    let mut homes = JOINED_HOMES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(i) = homes.iter().position(|h| h == home) {
+        homes.remove(i);
+    }
+}
+
+/// The groups (one per controller) that this process left to join the build's `pids` and
+/// `memory` groups. A sandbox's reaper moves itself back into them as it starts: it is kiln's
+/// own process, not the container's, and the namespace teardown it exists to wait out (a
+/// fraction of a second after a step that touched many files) would otherwise keep the build's
+/// groups busy, and the build waiting for them, after the build has finished.
+pub(crate) fn joined_homes() -> Vec<PathBuf> {
+    JOINED_HOMES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+}
 
 /// A `pids` cgroup this process has joined; left and removed on drop.
 pub struct ProcessLimit {
@@ -80,6 +111,7 @@ impl ProcessLimit {
                 .map_err(|e| format!("limit processes to {max}: {e}"))?;
             fs::write(dir.join("cgroup.procs"), "0")
                 .map_err(|e| format!("join {}: {e}", dir.display()))?;
+            note_joined(&group.home);
             Ok(group)
         })();
         Some(made)
@@ -88,6 +120,7 @@ impl ProcessLimit {
 
 impl Drop for ProcessLimit {
     fn drop(&mut self) {
+        note_left(&self.home);
         let _ = fs::write(self.home.join("cgroup.procs"), "0");
         remove_group(&self.dir);
     }
@@ -201,6 +234,7 @@ impl MemoryLimit {
             }
             fs::write(dir.join("cgroup.procs"), "0")
                 .map_err(|e| format!("join {}: {e}", dir.display()))?;
+            note_joined(&group.home);
             Ok(group)
         })();
         Some(made)
@@ -209,6 +243,7 @@ impl MemoryLimit {
 
 impl Drop for MemoryLimit {
     fn drop(&mut self) {
+        note_left(&self.home);
         let _ = fs::write(self.home.join("cgroup.procs"), "0");
         remove_group(&self.dir);
     }

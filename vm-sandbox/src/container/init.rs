@@ -54,7 +54,7 @@ fn run(spec: &InitSpec) -> Result<(ExitStatus, bool), String> {
         super::idmap::enter_user_namespace()?;
     }
     // Forked before the PID namespace exists, so that it can outlive the container.
-    let reaper = start_reaper();
+    let reaper = start_reaper(&spec.reaper_groups);
     // Only the PID namespace is entered here (it applies to children); the child makes its own
     // mount namespace, so its pivot_root does not move this helper's root.
     unshare(CloneFlags::CLONE_NEWPID).map_err(|e| format!("create a pid namespace: {e}"))?;
@@ -172,8 +172,10 @@ pub(super) fn forward_signals_until_exit(child: Pid, set: &SigSet) -> Result<Exi
 /// Starts the reaper: a process that holds the container's mount namespace (whose PID 1's
 /// PID it reads from the returned pipe) until this helper has exited. Unmounting a
 /// container's tree waits for an RCU grace period, tens of milliseconds; without the reaper,
-/// the container's exit would pay it before its status reached the caller.
-fn start_reaper() -> Option<std::os::fd::OwnedFd> {
+/// the container's exit would pay it before its status reached the caller. The reaper first
+/// moves itself back into `groups` (the caller's groups from before it joined the build's),
+/// so that its teardown does not keep the build's groups busy.
+fn start_reaper(groups: &[std::path::PathBuf]) -> Option<std::os::fd::OwnedFd> {
     let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ok()?;
     // SAFETY: the helper is single-threaded (see init_main), so the child may run any code.
     #[allow(unsafe_code)]
@@ -181,6 +183,9 @@ fn start_reaper() -> Option<std::os::fd::OwnedFd> {
     match forked.ok()? {
         ForkResult::Child => {
             drop(write);
+            for home in groups {
+                let _ = fs::write(home.join("cgroup.procs"), "0");
+            }
             // Nothing of the container's output may stay open here.
             if let Ok(null) = fs::OpenOptions::new()
                 .read(true)

@@ -50,6 +50,10 @@ pub(crate) struct InitSpec {
     /// Where the helper writes the host PID of the container's PID 1, once it exists.
     #[serde(default)]
     pub(crate) pid_file: Option<PathBuf>,
+    /// The groups the caller left to join the build's cgroups; the helper's reaper moves
+    /// itself back into them ([`cgroup::joined_homes`]).
+    #[serde(default)]
+    pub(crate) reaper_groups: Vec<PathBuf>,
 }
 
 /// How the run ended, as the helper reports it.
@@ -243,6 +247,7 @@ impl ContainerSandbox {
             result: d.join("result.json"),
             rootless: !nix::unistd::geteuid().is_root() || idmap::in_user_namespace(),
             pid_file: pid_file.map(Path::to_path_buf),
+            reaper_groups: cgroup::joined_homes(),
         };
         for p in [&init.merged, &init.empty] {
             fs::create_dir(p).map_err(io(format!("create {}", p.display())))?;
