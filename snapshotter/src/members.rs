@@ -34,7 +34,9 @@ pub struct MemberList {
     pub members: Vec<([u8; 32], u64)>,
 }
 
-const HEADER: &str = "kiln-gzip-members v3 level ";
+/// v4: members deflated by libdeflate (a list from before holds zlib's members, which a
+/// fresh build would not make the same: it is not read, so outputs stay reproducible).
+const HEADER: &str = "kiln-gzip-members v4 level ";
 
 impl MemberList {
     /// The list as text: a header line, then `HEX LENGTH` per member.
