@@ -409,3 +409,114 @@ fn vm_steps_cannot_reach_the_host() {
     assert!(Path::new(&secret).exists());
     assert_nothing_left(&ctx);
 }
+
+/// The MD5 of `data` as the host's `md5sum` prints it.
+fn host_md5(data: &[u8]) -> String {
+    use std::io::Write as _;
+    let mut child = Command::new("md5sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `kiln run -i` feeds the guest's standard input (any bytes, over many frames, then its end);
+/// without `-i` the guest reads nothing. `-d` runs the VM under a monitor that `ps`, `logs`,
+/// `stop` and `kill` reach: `stop`'s SIGTERM reaches the guest's process (its trap runs and
+/// sets the exit code), `kill` ends the VM (137); `exec`, `top` and `cp` into a running VM
+/// say in one line why they cannot.
+#[test]
+fn vm_containers_take_input_and_signals_and_run_detached() {
+    if !vm_available() {
+        return;
+    }
+    let ctx = TestContext::new();
+    let base = ctx.base_image();
+    let input: Vec<u8> = (0..6000u32).map(|i| (i * 7 % 256) as u8).collect();
+    let out = ctx
+        .kiln()
+        .args(["run", "--rm", "-i", "--isolation", "vm"])
+        .arg(base)
+        .args(["sh", "-c", "md5sum; echo end"])
+        .stdin(input.clone())
+        .run();
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.stdout, format!("{}end\n", host_md5(&input)), "{out:?}");
+    let out = ctx
+        .kiln()
+        .args(["run", "--rm", "--isolation", "vm"])
+        .arg(base)
+        .args(["sh", "-c", "cat; echo end"])
+        .stdin("not for the guest\n")
+        .run();
+    assert_eq!(out.stdout, "end\n", "{out:?}");
+
+    let script = "trap 'echo got-term; exit 7' TERM; echo started; while true; do sleep 0.2; done";
+    let id = ctx
+        .kiln()
+        .args([
+            "run",
+            "-d",
+            "--isolation",
+            "vm",
+            "--name",
+            "vmd",
+            base,
+            "sh",
+            "-c",
+        ])
+        .arg(script)
+        .run()
+        .ok()
+        .trim()
+        .to_string();
+    assert_eq!(id.len(), 64, "{id}");
+    wait_for("the VM container's first line", || {
+        ctx.run_kiln(&["logs", "vmd"]).stdout == "started\n"
+    });
+    let ps = ctx.run_kiln(&["ps"]);
+    let row = ps.stdout.lines().find(|l| l.ends_with("vmd")).unwrap();
+    assert!(row.starts_with(&id[..12]) && row.contains("Up "), "{row}");
+    for (args, what) in [
+        (vec!["exec", "vmd", "true"], "exec is not supported"),
+        (vec!["top", "vmd"], "top is not supported"),
+        (
+            vec!["cp", "vmd:/etc/passwd", "-"],
+            "cannot be reached while it runs",
+        ),
+    ] {
+        let o = ctx.run_kiln(&args);
+        assert!(o.one_error_line().contains(what), "{args:?}: {o:?}");
+    }
+    ctx.run_kiln(&["stop", "vmd"]).ok();
+    assert_eq!(ctx.run_kiln(&["wait", "vmd"]).ok(), "7\n");
+    assert_eq!(ctx.run_kiln(&["logs", "vmd"]).stdout, "started\ngot-term\n");
+    ctx.run_kiln(&["rm", "vmd"]).ok();
+
+    let stubborn = "trap '' TERM INT; echo started; while true; do sleep 0.2; done";
+    ctx.kiln()
+        .args([
+            "run",
+            "-d",
+            "--isolation",
+            "vm",
+            "--name",
+            "vmk",
+            base,
+            "sh",
+            "-c",
+        ])
+        .arg(stubborn)
+        .run()
+        .ok();
+    wait_for("the second VM container's first line", || {
+        ctx.run_kiln(&["logs", "vmk"]).stdout == "started\n"
+    });
+    ctx.run_kiln(&["kill", "vmk"]).ok();
+    assert_eq!(ctx.run_kiln(&["wait", "vmk"]).ok(), "137\n");
+    ctx.run_kiln(&["rm", "vmk"]).ok();
+    assert_nothing_left(&ctx);
+}

@@ -317,6 +317,12 @@ pub(crate) fn top(root: &Path, a: TopArgs) -> anyhow::Result<ExitCode> {
     let State::Running { pid } = c.state() else {
         bail!("container {} is not running", a.container);
     };
+    if c.config.vm.is_some() {
+        bail!(
+            "top is not supported for container {}: its processes run in a microVM (--isolation vm), out of the host's sight",
+            a.container
+        );
+    }
     let pids = pids_in_namespace_of(pid)?;
     let ps_args = if a.ps_args.is_empty() {
         vec!["-ef".to_string()]

@@ -30,6 +30,12 @@ pub(crate) fn exec(root: &Path, a: ExecArgs) -> anyhow::Result<ExitCode> {
     let State::Running { pid } = c.state() else {
         bail!("container {} is not running", a.container);
     };
+    if c.config.vm.is_some() {
+        bail!(
+            "exec is not supported for container {}: it runs in a microVM (--isolation vm), which has no way in for another process",
+            a.container
+        );
+    }
     let base = &c.config.spec;
     let mut env = base.env.clone();
     for e in &a.env {
@@ -118,10 +124,15 @@ fn top_name(path: &str) -> String {
         .unwrap_or_else(|| ".".into())
 }
 
-fn target_of(c: &Container) -> EnterTarget {
+/// Where `cp` reads or writes: the running container's own view, else its root filesystem.
+fn target_of(c: &Container) -> anyhow::Result<EnterTarget> {
     match c.state() {
-        State::Running { pid } => EnterTarget::Process(pid),
-        _ => EnterTarget::Root(c.rootfs()),
+        State::Running { .. } if c.config.vm.is_some() => bail!(
+            "container {} runs in a microVM (--isolation vm): its files cannot be reached while it runs; copy after it stops",
+            c.config.name
+        ),
+        State::Running { pid } => Ok(EnterTarget::Process(pid)),
+        _ => Ok(EnterTarget::Root(c.rootfs())),
     }
 }
 
@@ -150,7 +161,7 @@ pub(crate) fn cp(root: &Path, a: CpArgs) -> anyhow::Result<ExitCode> {
                     stderr: stderr.clone(),
                 };
                 sandbox
-                    .enter(target_of(&c), action.clone(), io)
+                    .enter(target_of(&c)?, action.clone(), io)
                     .map_err(|e| anyhow::anyhow!("{e}"))
             };
             match dest {
@@ -178,6 +189,7 @@ pub(crate) fn cp(root: &Path, a: CpArgs) -> anyhow::Result<ExitCode> {
         }
         (src, Place::Container(ctr, dest)) => {
             let c = containers.find(&ctr)?;
+            let target = target_of(&c)?;
             let dest = absolute(&dest);
             let stderr = dup(std::io::stderr(), "stderr")?;
             let null = Arc::new(OwnedFd::from(
@@ -191,7 +203,7 @@ pub(crate) fn cp(root: &Path, a: CpArgs) -> anyhow::Result<ExitCode> {
                         stderr,
                     };
                     let action = EnterAction::ArchiveIn { dest, top: None };
-                    sandbox.enter(target_of(&c), action, io)?;
+                    sandbox.enter(target, action, io)?;
                 }
                 Place::Host(src) => {
                     std::fs::symlink_metadata(&src)
@@ -213,7 +225,7 @@ pub(crate) fn cp(root: &Path, a: CpArgs) -> anyhow::Result<ExitCode> {
                         dest,
                         top: Some(top),
                     };
-                    let ran = sandbox.enter(target_of(&c), action, io);
+                    let ran = sandbox.enter(target, action, io);
                     let archived = archive
                         .join()
                         .map_err(|_| anyhow::anyhow!("the archive thread panicked"))?;

@@ -21,17 +21,8 @@ pub(crate) fn run(
     a: RunArgs,
 ) -> anyhow::Result<ExitCode> {
     let vm = super::vm_options(&a.isolation)?;
-    if vm.is_some() {
-        if a.detach {
-            bail!(
-                "-d is not supported with --isolation vm yet: the microVM runs in the foreground"
-            );
-        }
-        if a.interactive || a.tty {
-            bail!(
-                "-i and -t are not supported with --isolation vm yet: the guest has no input channel"
-            );
-        }
+    if vm.is_some() && a.tty {
+        bail!("-t is not supported with --isolation vm yet: the guest has no terminal for it");
     }
     let network = match a.network.as_str() {
         "none" => Network::None,

@@ -315,11 +315,20 @@ impl Container {
     /// Sends `sig` to the container: through its sandbox helper, which forwards it (it runs as
     /// the caller, so this works whatever user the container's process runs as, and from any
     /// user namespace); `SIGKILL` to the helper takes the container down with it.
+    /// (For a microVM, see below.)
     pub(crate) fn signal(&self, sig: nix::sys::signal::Signal) -> anyhow::Result<()> {
         use nix::sys::signal::kill;
         use nix::unistd::Pid;
         let (first, helper) = self.pids().context("the container is not running")?;
-        let target = helper.unwrap_or(first);
+        // In a microVM, `first` is qemu: SIGKILL ends the VM at once; other signals go to the
+        // process running the VM, which passes them to the guest's process.
+        let target = match helper {
+            Some(_) if self.config.vm.is_some() && sig == nix::sys::signal::Signal::SIGKILL => {
+                first
+            }
+            Some(h) => h,
+            None => first,
+        };
         kill(Pid::from_raw(target), sig)
             .with_context(|| format!("signal container {}", self.config.name))
     }

@@ -115,11 +115,13 @@ pub(crate) fn supervise(
     let _ = blocked.thread_block();
     let outcome = match &ctr.config.vm {
         Some(vm) => {
-            // Signals reach this process (and end the VM with it): qemu would inherit a
-            // blocked mask.
-            let _ = blocked.thread_unblock();
-            use vm_sandbox::Sandbox as _;
-            vm_sandbox::MicroVmSandbox::new(vm.options(), root.join("vm")).run(&rootfs, spec, io)
+            // The VM's run catches them and passes them to the guest's process.
+            vm_sandbox::MicroVmSandbox::new(vm.options(), root.join("vm")).run_container(
+                &rootfs,
+                spec,
+                io,
+                Some(&ctr.pid_path()),
+            )
         }
         None => sandbox.run_recording_pid(&rootfs, spec, io, Some(&ctr.pid_path())),
     };

@@ -9,7 +9,8 @@
 //! contents). The guest mounts it under a tmpfs overlay upper, runs the step and writes
 //! the upper directory as a layer tar to a virtio disk, which the host unpacks into the
 //! run's upper directory, so callers see the same result as from the container backend.
-//! Output and the exit status come back as frames on the serial console.
+//! Output and the exit status come back as frames on the serial console; standard input
+//! and signals go in as frames on its input ([`MicroVmSandbox::run_container`]).
 //!
 //! VMMs: [`Vmm::Qemu`] (`qemu-system-x86_64 -M microvm`, KVM on hardware virtualization,
 //! else TCG). [`Vmm::Builtin`], an in-process VMM on the rust-vmm crates: its core
@@ -17,6 +18,7 @@
 //! small test guests; booting Linux with it (hardware KVM only) is not, so runs refuse it.
 
 mod builtin;
+mod console_input;
 mod cpio;
 mod kernel;
 pub mod protocol;
@@ -174,6 +176,34 @@ impl Sandbox for MicroVmSandbox {
         spec: &RunSpec,
         streams: RunIo,
     ) -> Result<RunOutcome, SandboxError> {
+        self.run_with(rootfs, spec, streams, None, None)
+    }
+}
+
+impl MicroVmSandbox {
+    /// Runs a container (`kiln run`): as [`Sandbox::run`], and meanwhile the signals a
+    /// container gets (SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2) sent to this
+    /// process go to the guest's process instead, and `pid_file` says `QEMU_PID OWN_PID`
+    /// while the VM runs (`SIGKILL` to qemu ends the run as a container killed by it).
+    pub fn run_container(
+        &self,
+        rootfs: &RootFs,
+        spec: &RunSpec,
+        streams: RunIo,
+        pid_file: Option<&std::path::Path>,
+    ) -> Result<RunOutcome, SandboxError> {
+        let (_forwarding, signals) = console_input::SignalForwarder::install()?;
+        self.run_with(rootfs, spec, streams, Some(signals), pid_file)
+    }
+
+    fn run_with(
+        &self,
+        rootfs: &RootFs,
+        spec: &RunSpec,
+        streams: RunIo,
+        signals: Option<std::sync::mpsc::Receiver<i32>>,
+        pid_file: Option<&std::path::Path>,
+    ) -> Result<RunOutcome, SandboxError> {
         if rootfs.direct {
             return Err(SandboxError::Unavailable(
                 "--isolation vm needs overlay snapshots (this store copies layers instead)".into(),
@@ -214,7 +244,15 @@ impl Sandbox for MicroVmSandbox {
                 .collect(),
             mounts: Vec::new(),
             read_only: spec.read_only,
+            interactive: false,
         };
+        let stdin = match &streams {
+            RunIo::Fds {
+                stdin: Some(fd), ..
+            } => Some(fd.clone()),
+            _ => None,
+        };
+        guest.interactive = stdin.is_some();
         for name in ETC_FILES {
             let p = etc.join(name);
             let body = fs::read(&p).map_err(io(format!("read {}", p.display())))?;
@@ -304,10 +342,18 @@ impl Sandbox for MicroVmSandbox {
                 memory_mib: self.options.memory_mib,
                 kvm,
                 timeout: self.options.timeout,
+                pid_file,
             },
             out,
             err,
+            console_input::GuestInput { stdin, signals },
         )?;
+        if report.killed_from_outside {
+            return Ok(RunOutcome {
+                status: ExitStatus::Signal(9),
+                oom_killed: false,
+            });
+        }
         // A cache mount keeps what the step wrote even when the step failed.
         if let Some(len) = report.mounts {
             sync_back(&mounts_disk, len, &d.join("mounts"), &writable)?;

@@ -4,7 +4,10 @@
 //!
 //! A spec is a list of records `KEY LEN\nBYTES\n`, so values may hold any byte. A frame is a
 //! line `FRAME_MARK KIND HEX\n`; lines without the mark are the guest kernel's own messages
-//! (a panic, say), which the host keeps for its error messages.
+//! (a panic, say), which the host keeps for its error messages. Frames go the other way too,
+//! on the console's input, once the guest has said it is [`Frame::Ready`] for them (its
+//! terminal set raw, so nothing is echoed or cut at line length): the container's standard
+//! input and its end, and signals for the step's process.
 
 /// Where the spec is in the initramfs.
 pub const SPEC_PATH: &str = "/kiln/spec";
@@ -38,6 +41,8 @@ pub struct GuestSpec {
     pub mounts: Vec<GuestMount>,
     /// The root is read-only.
     pub read_only: bool,
+    /// Standard input comes from the host ([`Frame::Stdin`]); otherwise it is `/dev/null`.
+    pub interactive: bool,
 }
 
 /// A mount in the guest.
@@ -140,6 +145,9 @@ impl GuestSpec {
         if self.read_only {
             record(&mut out, "read-only", b"1");
         }
+        if self.interactive {
+            record(&mut out, "stdin", b"1");
+        }
         out
     }
 
@@ -155,6 +163,7 @@ impl GuestSpec {
                 "hostname" => spec.hostname = text(value)?,
                 "module" => spec.modules.push(text(value)?),
                 "read-only" => spec.read_only = value == b"1",
+                "stdin" => spec.interactive = value == b"1",
                 "tmpfs" | "copy" => {
                     let v = text(value)?;
                     let (target, rest) = v.split_once('\0').ok_or("spec: bad mount")?;
@@ -212,6 +221,14 @@ pub enum Frame {
     /// The writable mounts' contents are on the mounts device: a tar of this many bytes,
     /// mount `N` under `N/`.
     Mounts(u64),
+    /// The guest reads frames from the host now.
+    Ready,
+    /// From the host: bytes for the step's standard input.
+    Stdin(Vec<u8>),
+    /// From the host: the step's standard input has ended.
+    StdinEnd,
+    /// From the host: send this signal to the step's process.
+    Signal(i32),
 }
 
 const CHUNK: usize = 2048;
@@ -252,6 +269,10 @@ impl Frame {
             Frame::Failed(m) => (b'f', m.clone().into_bytes()),
             Frame::Output(n) => (b'd', n.to_string().into_bytes()),
             Frame::Mounts(n) => (b'm', n.to_string().into_bytes()),
+            Frame::Ready => (b'r', Vec::new()),
+            Frame::Stdin(d) => (b'i', d.clone()),
+            Frame::StdinEnd => (b'z', Vec::new()),
+            Frame::Signal(s) => (b's', s.to_string().into_bytes()),
         };
         let mut out = FRAME_MARK.to_vec();
         out.push(kind);
@@ -286,6 +307,10 @@ impl Frame {
             b'f' => Frame::Failed(text()?),
             b'd' => Frame::Output(text()?.parse().ok()?),
             b'm' => Frame::Mounts(text()?.parse().ok()?),
+            b'r' => Frame::Ready,
+            b'i' => Frame::Stdin(payload),
+            b'z' => Frame::StdinEnd,
+            b's' => Frame::Signal(text()?.parse().ok()?),
             _ => return None,
         })
     }
@@ -327,6 +352,7 @@ mod tests {
                 },
             ],
             read_only: true,
+            interactive: true,
         };
         assert_eq!(GuestSpec::decode(&spec.encode()).unwrap(), spec);
         assert!(GuestSpec::decode(b"arg 10\nshort\n").is_err());
@@ -346,6 +372,10 @@ mod tests {
             Frame::Failed("exec: \"x\": not found".into()),
             Frame::Output(1 << 40),
             Frame::Mounts(7),
+            Frame::Ready,
+            Frame::Stdin(b"line\n\x04".to_vec()),
+            Frame::StdinEnd,
+            Frame::Signal(15),
         ] {
             let line = f.encode();
             assert_eq!(line.last(), Some(&b'\n'));

@@ -1,7 +1,8 @@
 //! The qemu VMM: `qemu-system-x86_64 -M microvm` as a child process, with KVM where the host
 //! has hardware virtualization and software emulation (TCG) otherwise. The guest's serial
 //! console is qemu's stdout, read here line by line: frames go to the step's streams, other
-//! lines (the guest kernel's) are kept for error messages.
+//! lines (the guest kernel's) are kept for error messages. qemu's stdin is the console's
+//! input ([`console_input`]).
 
 use std::io::{self, BufRead as _, BufReader, Write};
 use std::os::unix::process::CommandExt as _;
@@ -9,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::console_input::{self, GuestInput};
 use super::protocol::{EXIT_PORT, Frame};
 use crate::SandboxError;
 
@@ -23,6 +25,8 @@ pub(crate) struct Boot<'a> {
     pub(crate) memory_mib: u32,
     pub(crate) kvm: bool,
     pub(crate) timeout: Option<Duration>,
+    /// Where to write `QEMU_PID OWN_PID` once qemu runs (a container's pid file).
+    pub(crate) pid_file: Option<&'a Path>,
 }
 
 /// What the guest reported, and how the VM ended.
@@ -39,6 +43,8 @@ pub(crate) struct Report {
     /// can push it out of `kernel_log`.
     pub(crate) panic: Option<String>,
     pub(crate) timed_out: bool,
+    /// qemu was killed from outside (`SIGKILL`, as `kiln kill` does to a VM container).
+    pub(crate) killed_from_outside: bool,
     /// qemu's own error output.
     pub(crate) vmm_errors: String,
 }
@@ -125,9 +131,12 @@ fn command(boot: &Boot) -> Command {
             boot.output_disk.display()
         ))
         .args(["-device", "virtio-blk-device,drive=out,serial=kiln-out"])
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stderr(Stdio::piped())
+        // Out of the caller's process group: a terminal's Ctrl-C is for the guest's process
+        // (passed on by kiln), not for qemu. qemu still dies with kiln (PDEATHSIG below).
+        .process_group(0);
     if let Some(disk) = boot.mounts_disk {
         cmd.arg("-drive")
             .arg(format!(
@@ -159,13 +168,27 @@ pub(crate) fn boot(
     boot: &Boot,
     mut stdout: Box<dyn Write + Send>,
     mut stderr: Box<dyn Write + Send>,
+    input: GuestInput,
 ) -> Result<Report, SandboxError> {
     let mut child = command(boot).spawn().map_err(|source| SandboxError::Io {
         what: format!("start {}", boot.qemu.display()),
         source,
     })?;
+    if let Some(p) = boot.pid_file {
+        let tmp = p.with_extension("tmp");
+        let pids = format!("{} {}", child.id(), std::process::id());
+        if let Err(source) = std::fs::write(&tmp, pids).and_then(|()| std::fs::rename(&tmp, p)) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(SandboxError::Io {
+                what: format!("write {}", p.display()),
+                source,
+            });
+        }
+    }
     let serial = child.stdout.take().expect("stdout is piped");
     let errors = child.stderr.take().expect("stderr is piped");
+    let to_guest = console_input::start(input, child.stdin.take().expect("stdin is piped"));
     let console = std::thread::spawn(move || {
         let mut report = Report::default();
         let mut reader = BufReader::new(serial);
@@ -189,6 +212,10 @@ pub(crate) fn boot(
                 Some(Frame::Failed(m)) => report.failed = Some(m),
                 Some(Frame::Output(n)) => report.output = Some(n),
                 Some(Frame::Mounts(n)) => report.mounts = Some(n),
+                Some(Frame::Ready) => {
+                    let _ = to_guest.send(Frame::Ready);
+                }
+                Some(Frame::Stdin(_) | Frame::StdinEnd | Frame::Signal(_)) => {}
                 None => {
                     let t = String::from_utf8_lossy(text).trim_end().to_string();
                     if report.panic.is_none() && t.contains("Kernel panic") {
@@ -212,9 +239,14 @@ pub(crate) fn boot(
     });
     let started = Instant::now();
     let mut timed_out = false;
+    let mut killed_from_outside = false;
     loop {
         match child.try_wait() {
-            Ok(Some(_)) => break,
+            Ok(Some(status)) => {
+                use std::os::unix::process::ExitStatusExt as _;
+                killed_from_outside = status.signal() == Some(libc::SIGKILL);
+                break;
+            }
             Ok(None) => {}
             Err(source) => {
                 let _ = child.kill();
@@ -235,5 +267,6 @@ pub(crate) fn boot(
     let mut report = console.join().unwrap_or_default();
     report.vmm_errors = vmm_errors.join().unwrap_or_default();
     report.timed_out = timed_out;
+    report.killed_from_outside = killed_from_outside && report.exited.is_none();
     Ok(report)
 }

@@ -4,7 +4,8 @@
 //! modules it names (virtio, overlay), mounts the image's root (`/lower`, unpacked from the
 //! initramfs) under a tmpfs overlay upper, builds `/proc`, `/dev`, `/sys` and the `/etc`
 //! files as the container backend does, and runs the step as the spec's user. The step's
-//! output goes to the serial console as frames; afterwards the upper directory goes to the
+//! output goes to the serial console as frames, and frames from the host on its input carry
+//! the step's standard input and signals (`input`); afterwards the upper directory goes to the
 //! output disk (`/dev/vda`) as a layer tar, and the VM stops through qemu's exit port.
 //!
 //! The build compiles this file with a plain `rustc -C target-feature=+crt-static`, so it
@@ -12,6 +13,7 @@
 
 #![allow(unsafe_code)]
 
+mod input;
 mod layer_tar;
 #[path = "../../container/program.rs"]
 mod program;
@@ -83,6 +85,8 @@ fn run() -> Result<(), String> {
         .open("/dev/ttyS0")
         .map_err(|e| format!("open the serial console: {e}"))?;
     *CONSOLE.lock().unwrap_or_else(|e| e.into_inner()) = Some(console);
+    let stdin = input::start("/dev/ttyS0")?;
+    send(&Frame::Ready);
 
     let raw = fs::read(protocol::SPEC_PATH).map_err(|e| format!("read the step's spec: {e}"))?;
     let spec = GuestSpec::decode(&raw)?;
@@ -111,7 +115,7 @@ fn run() -> Result<(), String> {
     )?;
     let mounted = prepare_root(&spec)?;
     let oom_before = oom_kills();
-    let outcome = start_and_wait(&spec);
+    let outcome = start_and_wait(&spec, stdin);
     for m in mounted.iter().rev() {
         sys::unmount(m);
     }
@@ -318,15 +322,22 @@ fn prepare_root(spec: &GuestSpec) -> Result<Vec<PathBuf>, String> {
 
 /// Runs the step and waits for it; its output goes out as frames meanwhile. Every other
 /// process is killed once it has ended.
-fn start_and_wait(spec: &GuestSpec) -> Result<sys::Waited, String> {
+fn start_and_wait(spec: &GuestSpec, stdin: input::StdinChunks) -> Result<sys::Waited, String> {
     let pipe = |what| sys::pipe().map_err(|e| format!("create the {what} pipe: {e}"));
     let (out_r, out_w) = pipe("stdout")?;
     let (err_r, err_w) = pipe("stderr")?;
     let (fail_r, fail_w) = pipe("status")?;
-    let null = fs::File::open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?;
+    let (in_r, in_w) = if spec.interactive {
+        let (r, w) = pipe("stdin")?;
+        (r, Some(w))
+    } else {
+        let null = fs::File::open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?;
+        (null, None)
+    };
     let pid = sys::fork_process().map_err(|e| format!("fork: {e}"))?;
     if pid == 0 {
-        let wired = sys::duplicate_to(null.as_raw_fd(), 0)
+        drop(in_w);
+        let wired = sys::duplicate_to(in_r.as_raw_fd(), 0)
             .and_then(|()| sys::duplicate_to(out_w.as_raw_fd(), 1))
             .and_then(|()| sys::duplicate_to(err_w.as_raw_fd(), 2));
         let msg = match wired {
@@ -337,7 +348,11 @@ fn start_and_wait(spec: &GuestSpec) -> Result<sys::Waited, String> {
         let _ = fail_w.write_all(msg.as_bytes());
         sys::exit_now(127);
     }
-    drop((out_w, err_w, fail_w, null));
+    drop((out_w, err_w, fail_w, in_r));
+    input::step_started(pid);
+    if let Some(w) = in_w {
+        input::feed(stdin, w);
+    }
     let forward = |mut r: fs::File, make: fn(Vec<u8>) -> Frame| {
         std::thread::spawn(move || {
             let mut buf = vec![0u8; protocol::MAX_CHUNK];
@@ -360,6 +375,7 @@ fn start_and_wait(spec: &GuestSpec) -> Result<sys::Waited, String> {
             break;
         }
     }
+    input::step_ended();
     sys::kill_all(sys::SIGKILL);
     while sys::wait_any().is_some() {}
     for r in readers {

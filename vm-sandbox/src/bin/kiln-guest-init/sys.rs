@@ -54,6 +54,21 @@ unsafe extern "C" {
     ) -> isize;
     fn llistxattr(path: *const c_char, list: *mut c_char, size: usize) -> isize;
     fn tcdrain(fd: c_int) -> c_int;
+    fn tcgetattr(fd: c_int, termios: *mut Termios) -> c_int;
+    fn tcsetattr(fd: c_int, when: c_int, termios: *const Termios) -> c_int;
+}
+
+/// glibc's `struct termios` on x86-64 (`NCCS` is 32).
+#[repr(C)]
+struct Termios {
+    iflag: u32,
+    oflag: u32,
+    cflag: u32,
+    lflag: u32,
+    line: u8,
+    cc: [u8; 32],
+    ispeed: u32,
+    ospeed: u32,
 }
 
 fn cpath(p: &Path) -> io::Result<CString> {
@@ -268,6 +283,52 @@ pub(crate) fn list_xattrs(path: &Path) -> Vec<String> {
         .filter(|n| !n.is_empty())
         .filter_map(|n| String::from_utf8(n.to_vec()).ok())
         .collect()
+}
+
+/// Makes the terminal `fd` pass its input on byte for byte: no echo, no line editing or
+/// length limit, no signal characters, no CR/LF translation; one byte completes a read. Its
+/// output processing stays as it was.
+pub(crate) fn raw_input(fd: c_int) -> io::Result<()> {
+    const IGNBRK: u32 = 0o1;
+    const BRKINT: u32 = 0o2;
+    const PARMRK: u32 = 0o10;
+    const ISTRIP: u32 = 0o40;
+    const INLCR: u32 = 0o100;
+    const IGNCR: u32 = 0o200;
+    const ICRNL: u32 = 0o400;
+    const IXON: u32 = 0o2000;
+    const ISIG: u32 = 0o1;
+    const ICANON: u32 = 0o2;
+    const ECHO: u32 = 0o10;
+    const ECHONL: u32 = 0o100;
+    const IEXTEN: u32 = 0o100000;
+    const VTIME: usize = 5;
+    const VMIN: usize = 6;
+    const TCSANOW: c_int = 0;
+    let mut t = Termios {
+        iflag: 0,
+        oflag: 0,
+        cflag: 0,
+        lflag: 0,
+        line: 0,
+        cc: [0; 32],
+        ispeed: 0,
+        ospeed: 0,
+    };
+    // SAFETY: `t` is a `struct termios` as glibc lays it out, which tcgetattr fills in.
+    check(unsafe { tcgetattr(fd, &mut t) })?;
+    t.iflag &= !(IGNBRK | BRKINT | PARMRK | ISTRIP | INLCR | IGNCR | ICRNL | IXON);
+    t.lflag &= !(ECHO | ECHONL | ICANON | ISIG | IEXTEN);
+    t.cc[VMIN] = 1;
+    t.cc[VTIME] = 0;
+    // SAFETY: `t` is the valid `struct termios` read above, with flags changed.
+    check(unsafe { tcsetattr(fd, TCSANOW, &t) })
+}
+
+/// Sends `sig` to the process `pid`.
+pub(crate) fn signal(pid: c_int, sig: c_int) {
+    // SAFETY: kill(2) has no memory effects on this process.
+    unsafe { kill(pid, sig) };
 }
 
 /// Waits until everything written to the terminal `fd` has been sent.

@@ -1,0 +1,186 @@
+//! What goes into a guest on its console's input (qemu's stdin): the caller's standard input
+//! for an interactive run, and the signals meant for the step's process. Frames wait until
+//! the guest reports [`Frame::Ready`] (its terminal raw); nothing is sent before, since the
+//! guest's terminal would echo it.
+//!
+//! [`SignalForwarder`] catches the signals a container gets (`kiln stop`, `kill`, the
+//! terminal's Ctrl-C) in the process that runs the VM, for the guest's process instead of
+//! this one.
+
+use std::fs;
+use std::io::{Read as _, Write as _};
+use std::os::fd::OwnedFd;
+use std::process::ChildStdin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
+
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+
+use super::protocol::Frame;
+use crate::SandboxError;
+
+/// The bytes of standard input one frame carries.
+const STDIN_CHUNK: usize = 1024;
+
+/// What a run sends into its guest.
+#[derive(Default)]
+pub(crate) struct GuestInput {
+    /// The step's standard input (the guest gives it `/dev/null` without).
+    pub(crate) stdin: Option<Arc<OwnedFd>>,
+    /// Signals for the step's process.
+    pub(crate) signals: Option<Receiver<i32>>,
+}
+
+/// Starts the threads that feed `to` (qemu's stdin); returns where the console reader reports
+/// the guest's [`Frame::Ready`]. The writer ends when every source has ended or qemu has gone;
+/// the thread reading the caller's standard input ends with its input (or the process).
+pub(crate) fn start(input: GuestInput, mut to: ChildStdin) -> Sender<Frame> {
+    let (tx, rx) = channel::<Frame>();
+    if let Some(fd) = input.stdin {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let Ok(fd) = fd.try_clone() else {
+                let _ = tx.send(Frame::StdinEnd);
+                return;
+            };
+            let mut from = fs::File::from(fd);
+            let mut buf = vec![0u8; STDIN_CHUNK];
+            loop {
+                match from.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if tx.send(Frame::Stdin(buf[..n].to_vec())).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = tx.send(Frame::StdinEnd);
+        });
+    }
+    if let Some(signals) = input.signals {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for sig in signals {
+                if tx.send(Frame::Signal(sig)).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        let mut ready = false;
+        for frame in rx {
+            if frame == Frame::Ready {
+                ready = true;
+                for f in held.drain(..) {
+                    if write_frame(&mut to, &f).is_err() {
+                        return;
+                    }
+                }
+            } else if ready {
+                if write_frame(&mut to, &frame).is_err() {
+                    return;
+                }
+            } else {
+                held.push(frame);
+            }
+        }
+    });
+    tx
+}
+
+fn write_frame(to: &mut ChildStdin, frame: &Frame) -> std::io::Result<()> {
+    to.write_all(&frame.encode())?;
+    to.flush()
+}
+
+/// The signals a container's process gets through the process running its VM.
+const FORWARDED: [Signal; 6] = [
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+
+/// The write end of the forwarder's pipe, for the signal handler (-1: none).
+static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    let fd = SIGNAL_PIPE.load(Ordering::Relaxed);
+    if fd >= 0 {
+        let byte = sig as u8;
+        // SAFETY: write(2) is async-signal-safe; `byte` lives for the call.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::write(fd, (&byte as *const u8).cast(), 1)
+        };
+    }
+}
+
+/// While it lives, [`FORWARDED`] signals to this process are caught and passed to the
+/// receiver [`SignalForwarder::install`] returns, instead of ending the process. One at a time
+/// per process.
+pub(crate) struct SignalForwarder {
+    previous: Vec<(Signal, SigAction)>,
+    write: Option<OwnedFd>,
+}
+
+impl SignalForwarder {
+    pub(crate) fn install() -> Result<(SignalForwarder, Receiver<i32>), SandboxError> {
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| SandboxError::Setup(format!("create a signal pipe: {e}")))?;
+        use std::os::fd::AsRawFd as _;
+        SIGNAL_PIPE.store(write.as_raw_fd(), Ordering::SeqCst);
+        let mut forwarder = SignalForwarder {
+            previous: Vec::new(),
+            write: Some(write),
+        };
+        let action = SigAction::new(
+            SigHandler::Handler(on_signal),
+            SaFlags::SA_RESTART,
+            SigSet::empty(),
+        );
+        for sig in FORWARDED {
+            // SAFETY: the handler only loads an atomic and calls write(2), both
+            // async-signal-safe.
+            #[allow(unsafe_code)]
+            let old = unsafe { sigaction(sig, &action) }
+                .map_err(|e| SandboxError::Setup(format!("catch {sig}: {e}")))?;
+            forwarder.previous.push((sig, old));
+        }
+        let mut unblock = SigSet::empty();
+        for sig in FORWARDED {
+            unblock.add(sig);
+        }
+        let _ = unblock.thread_unblock();
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            let mut from = fs::File::from(read);
+            let mut byte = [0u8; 1];
+            while let Ok(1) = from.read(&mut byte) {
+                if tx.send(i32::from(byte[0])).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok((forwarder, rx))
+    }
+}
+
+impl Drop for SignalForwarder {
+    fn drop(&mut self) {
+        for (sig, old) in self.previous.drain(..) {
+            // SAFETY: puts back the action that was there before install.
+            #[allow(unsafe_code)]
+            let _ = unsafe { sigaction(sig, &old) };
+        }
+        SIGNAL_PIPE.store(-1, Ordering::SeqCst);
+        // Closing the write end ends the reading thread, and with it the receiver's sender.
+        self.write.take();
+    }
+}
