@@ -140,7 +140,9 @@ fn marker_header() -> tar::Header {
 }
 
 /// Xattrs kept in layers: everything but overlayfs's own bookkeeping.
-fn layer_xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
+/// The extended attributes of `path` that belong in a layer (overlayfs's own left out),
+/// sorted by name.
+pub fn layer_xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
     let Ok(names) = xattr::list(path) else {
         return Vec::new();
     };

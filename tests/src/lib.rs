@@ -13,6 +13,7 @@
 pub mod docker;
 pub mod http_server;
 pub mod proxy;
+pub mod vm;
 
 use std::ffi::OsStr;
 use std::io::{Read, Write};

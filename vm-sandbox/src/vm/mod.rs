@@ -497,15 +497,27 @@ fn write_run_part<W: Write>(
         w.special(b"kiln/binds", &meta(cpio::S_IFDIR | 0o755))?;
         w.special(b"kiln/rw", &meta(cpio::S_IFDIR | 0o755))?;
     }
+    let mut xattrs = Vec::new();
     for (source, inside) in copies {
         let name = inside.trim_start_matches('/');
         let md = fs::metadata(source)?;
         if md.is_dir() {
-            rootfs::pack_merged(w, std::slice::from_ref(source), name)?;
+            rootfs::pack_merged(w, std::slice::from_ref(source), name, &mut xattrs)?;
         } else {
             let f = fs::File::open(source)?;
             rootfs::pack_file(w, name.as_bytes(), &md, f)?;
         }
     }
-    rootfs::pack_merged(w, lower, "lower")
+    rootfs::pack_merged(w, lower, "lower", &mut xattrs)?;
+    if !xattrs.is_empty() {
+        let list = protocol::encode_xattrs(&xattrs);
+        w.file(
+            protocol::XATTRS_PATH.trim_start_matches('/').as_bytes(),
+            &meta(cpio::S_IFREG | 0o600),
+            list.len() as u64,
+            &list[..],
+            None,
+        )?;
+    }
+    Ok(())
 }

@@ -12,6 +12,45 @@
 /// Where the spec is in the initramfs.
 pub const SPEC_PATH: &str = "/kiln/spec";
 
+/// Where the extended attributes of the packed root's files are in the initramfs (newc cpio
+/// has no field for them): records `x` of `PATH\0NAME\0VALUE`, paths as in the archive.
+pub const XATTRS_PATH: &str = "/kiln/xattrs";
+
+/// One file's extended attribute: path in the initramfs, name, value.
+pub type Xattr = (Vec<u8>, String, Vec<u8>);
+
+/// The [`XATTRS_PATH`] file's bytes.
+pub fn encode_xattrs(xattrs: &[Xattr]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (path, name, value) in xattrs {
+        let mut v = path.clone();
+        v.push(0);
+        v.extend_from_slice(name.as_bytes());
+        v.push(0);
+        v.extend_from_slice(value);
+        record(&mut out, "x", &v);
+    }
+    out
+}
+
+/// Reads an [`XATTRS_PATH`] file.
+pub fn decode_xattrs(data: &[u8]) -> Result<Vec<Xattr>, String> {
+    let mut out = Vec::new();
+    for (key, v) in records(data)? {
+        if key != "x" {
+            return Err(format!("xattrs: unknown record {key:?}"));
+        }
+        let mut parts = v.splitn(3, |b| *b == 0);
+        let (Some(path), Some(name), Some(value)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err("xattrs: bad record".into());
+        };
+        let name = String::from_utf8(name.to_vec()).map_err(|_| "xattrs: name is not UTF-8")?;
+        out.push((path.to_vec(), name, value.to_vec()));
+    }
+    Ok(out)
+}
+
 /// What starts a frame line: an escape byte and a tag no kernel message begins with.
 pub const FRAME_MARK: &[u8] = b"\x1b[kiln:";
 
@@ -357,6 +396,25 @@ mod tests {
         assert_eq!(GuestSpec::decode(&spec.encode()).unwrap(), spec);
         assert!(GuestSpec::decode(b"arg 10\nshort\n").is_err());
         assert!(GuestSpec::decode(b"bogus 1\nx\n").is_err());
+    }
+
+    #[test]
+    fn xattr_lists_round_trip_with_any_bytes() {
+        let list: Vec<Xattr> = vec![
+            (
+                b"lower/bin/ping".to_vec(),
+                "security.capability".into(),
+                vec![1, 0, 0, 2, 0, 0x20, 0, 0],
+            ),
+            (
+                b"lower/odd\nname".to_vec(),
+                "user.note".into(),
+                b"a\0b\n".to_vec(),
+            ),
+            (b"lower/empty".to_vec(), "trusted.x".into(), Vec::new()),
+        ];
+        assert_eq!(decode_xattrs(&encode_xattrs(&list)).unwrap(), list);
+        assert!(decode_xattrs(b"x 3\nabc\n").is_err());
     }
 
     #[test]

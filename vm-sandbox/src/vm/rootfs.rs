@@ -1,6 +1,7 @@
 //! Packs a step's root filesystem for the guest: the overlay lower directories (top-most
 //! first, in the snapshotter's form: whiteouts as 0:0 character devices, opaque directories
-//! marked by an xattr) merged as overlayfs would show them, written into a cpio archive.
+//! marked by an xattr) merged as overlayfs would show them, written into a cpio archive. The
+//! files' extended attributes, which cpio cannot hold, are listed for the guest to set.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -10,6 +11,7 @@ use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
 use std::path::{Path, PathBuf};
 
 use super::cpio::{CpioWriter, EntryMeta};
+use super::protocol::Xattr;
 
 fn meta_of(md: &fs::Metadata) -> EntryMeta {
     let rdev = md.rdev();
@@ -29,15 +31,18 @@ fn is_whiteout(md: &fs::Metadata) -> bool {
     md.file_type().is_char_device() && md.rdev() == 0
 }
 
-/// Writes the merged view of `lower` (top-most first) under `prefix` in `cpio`.
+/// Writes the merged view of `lower` (top-most first) under `prefix` in `cpio`; adds the
+/// extended attributes of what it packed to `xattrs`.
 pub(crate) fn pack_merged<W: Write>(
     cpio: &mut CpioWriter<W>,
     lower: &[PathBuf],
     prefix: &str,
+    xattrs: &mut Vec<Xattr>,
 ) -> io::Result<()> {
     let mut packer = Packer {
         cpio,
         links: HashMap::new(),
+        xattrs,
     };
     let layers: Vec<PathBuf> = lower.to_vec();
     packer.dir(prefix.as_bytes(), &layers)
@@ -47,6 +52,7 @@ struct Packer<'a, W: Write> {
     cpio: &'a mut CpioWriter<W>,
     /// Hard-linked files already packed: (device, inode) to the cpio inode number.
     links: HashMap<(u64, u64), u32>,
+    xattrs: &'a mut Vec<Xattr>,
 }
 
 impl<W: Write> Packer<'_, W> {
@@ -68,6 +74,9 @@ impl<W: Write> Packer<'_, W> {
             };
         }
         self.cpio.special(name, &meta)?;
+        if let Some(d) = dirs.first() {
+            self.note_xattrs(name, d);
+        }
         // Each child name's instances in the layers that merge here, top-most first.
         let mut children: BTreeMap<Vec<u8>, Vec<(PathBuf, fs::Metadata)>> = BTreeMap::new();
         for d in dirs {
@@ -111,8 +120,17 @@ impl<W: Write> Packer<'_, W> {
         Ok(())
     }
 
+    fn note_xattrs(&mut self, name: &[u8], path: &Path) {
+        for (key, value) in snapshotter::diff::layer_xattrs(path) {
+            self.xattrs.push((name.to_vec(), key, value));
+        }
+    }
+
     fn leaf(&mut self, name: &[u8], path: &Path, md: &fs::Metadata) -> io::Result<()> {
         let meta = meta_of(md);
+        if !md.file_type().is_socket() {
+            self.note_xattrs(name, path);
+        }
         let ft = md.file_type();
         if ft.is_symlink() {
             let target = fs::read_link(path)?;
@@ -206,7 +224,7 @@ mod tests {
         xattr::set(top.join("opaque"), "trusted.overlay.opaque", b"y").unwrap();
 
         let mut w = CpioWriter::new(Vec::new());
-        pack_merged(&mut w, &[top, bottom], "lower").unwrap();
+        pack_merged(&mut w, &[top, bottom], "lower", &mut Vec::new()).unwrap();
         let data = w.finish().unwrap();
         let out = t.path().join("out");
         fs::create_dir(&out).unwrap();

@@ -28,6 +28,7 @@ mod user;
 use std::fs;
 use std::io::{Read as _, Write as _};
 use std::os::fd::AsRawFd as _;
+use std::os::unix::ffi::OsStringExt as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -103,6 +104,7 @@ fn run() -> Result<(), String> {
     for d in ["/run/upper", "/run/work", "/run/etc"] {
         ensure_dir(Path::new(d))?;
     }
+    set_packed_xattrs()?;
     // Plain copies up: no metadata-only copy-ups or redirects, which a layer cannot express.
     sys::mount_fs(
         Some("overlay"),
@@ -142,6 +144,40 @@ fn run() -> Result<(), String> {
             oom: signal == sys::SIGKILL && oom_kills() > oom_before,
         },
     });
+    Ok(())
+}
+
+/// Gives the packed files the extended attributes the host listed ([`protocol::XATTRS_PATH`]).
+/// This kernel's tmpfs holds `security.*` and `trusted.*` ones but not `user.*` (Linux 6.6
+/// added those): what it refuses is named once on the step's standard error.
+fn set_packed_xattrs() -> Result<(), String> {
+    let raw = match fs::read(protocol::XATTRS_PATH) {
+        Ok(raw) => raw,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("read the files' extended attributes: {e}")),
+    };
+    let mut refused: Vec<String> = Vec::new();
+    for (path, name, value) in protocol::decode_xattrs(&raw)? {
+        let mut full = b"/".to_vec();
+        full.extend_from_slice(&path);
+        let full = PathBuf::from(std::ffi::OsString::from_vec(full));
+        if let Err(e) = sys::set_xattr(&full, &name, &value) {
+            if refused.len() < 3 {
+                refused.push(format!("{name} on {}: {e}", full.display()));
+            } else if refused.len() == 3 {
+                refused.push("...".into());
+            }
+        }
+    }
+    if !refused.is_empty() {
+        send(&Frame::Stderr(
+            format!(
+                "kiln: warning: the microVM could not give the image's files these extended attributes: {}\n",
+                refused.join(", ")
+            )
+            .into_bytes(),
+        ));
+    }
     Ok(())
 }
 

@@ -53,6 +53,13 @@ unsafe extern "C" {
         size: usize,
     ) -> isize;
     fn llistxattr(path: *const c_char, list: *mut c_char, size: usize) -> isize;
+    fn lsetxattr(
+        path: *const c_char,
+        name: *const c_char,
+        value: *const c_void,
+        size: usize,
+        flags: c_int,
+    ) -> c_int;
     fn tcdrain(fd: c_int) -> c_int;
     fn tcgetattr(fd: c_int, termios: *mut Termios) -> c_int;
     fn tcsetattr(fd: c_int, when: c_int, termios: *const Termios) -> c_int;
@@ -329,6 +336,21 @@ pub(crate) fn raw_input(fd: c_int) -> io::Result<()> {
 pub(crate) fn signal(pid: c_int, sig: c_int) {
     // SAFETY: kill(2) has no memory effects on this process.
     unsafe { kill(pid, sig) };
+}
+
+/// Sets the extended attribute `name` of `path` (not following a symlink) to `value`.
+pub(crate) fn set_xattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
+    let (p, n) = (cpath(path)?, cstr(name)?);
+    // SAFETY: both strings are NUL-terminated and `value` is valid for `value.len()` bytes.
+    check(unsafe {
+        lsetxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    })
 }
 
 /// Waits until everything written to the terminal `fd` has been sent.
