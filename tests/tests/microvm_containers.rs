@@ -142,7 +142,8 @@ fn add_entry(
     b.append_data(&mut h, name, data).unwrap();
 }
 
-/// A root of busybox with `/opt/cat`, a copy of it with the file capability `cap_net_raw+ep`
+/// A root of busybox with `/opt/cat`, a copy of it with the file capability
+/// `cap_net_bind_service+ep`
 /// (`security.capability`), and `/noted` with a `user.note` attribute.
 fn write_xattr_rootfs(path: &Path) {
     let busybox = std::fs::read("/bin/busybox").unwrap();
@@ -176,10 +177,8 @@ fn write_xattr_rootfs(path: &Path) {
         b"root:x:0:0::/:/bin/sh\nnobody:x:65534:65534::/:/bin/sh\n",
         None,
     );
-    // VFS_CAP_REVISION_2 with the effective bit; permitted: CAP_NET_RAW (13).
-    let cap: [u8; 20] = [
-        1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    ];
+    // VFS_CAP_REVISION_2 with the effective bit; permitted: CAP_NET_BIND_SERVICE (10).
+    let cap: [u8; 20] = [1, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
     b.append_pax_extensions([("SCHILY.xattr.security.capability", &cap[..])])
         .unwrap();
     add_entry(
@@ -204,9 +203,10 @@ fn write_xattr_rootfs(path: &Path) {
 }
 
 /// The image's files keep their extended attributes in the guest where its kernel can hold
-/// them: a file capability works for a non-root user, and a step that copies the file up
-/// gives the container backend's layer, attribute included. `user.*` ones, which this guest
-/// kernel's tmpfs refuses (Linux 6.6 added them), are named in a warning.
+/// them: a file capability works for a non-root user (root there has the container's
+/// capabilities), and a step that copies the file up gives the container backend's layer,
+/// attribute included. `user.*` ones, which this guest kernel's tmpfs refuses (Linux 6.6
+/// added them), are named in a warning.
 #[test]
 fn vm_steps_see_the_images_extended_attributes() {
     if !vm_available() {
@@ -240,10 +240,25 @@ fn vm_steps_see_the_images_extended_attributes() {
         .run();
     assert_eq!(out.code, Some(0), "{out:?}");
     assert_eq!(
-        out.stdout, "CapEff:\t0000000000002000\nCapEff:\t0000000000000000\n",
+        out.stdout, "CapEff:\t0000000000000400\nCapEff:\t0000000000000000\n",
         "{out:?}"
     );
     assert!(out.stderr.contains("user.note on /lower/noted"), "{out:?}");
+    // Root in the guest holds what root holds in a container: Docker's default set, less
+    // CAP_MKNOD and CAP_NET_RAW.
+    let caps: Vec<String> = ["container", "vm"]
+        .iter()
+        .map(|isolation| {
+            ctx.kiln()
+                .args(["run", "--rm", "--isolation", isolation, "xattrs:1"])
+                .args(["grep", "^Cap[BEP]", "/proc/self/status"])
+                .run()
+                .ok()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(caps[0], caps[1]);
+    assert!(caps[0].contains("CapBnd:\t00000000a00405fb"), "{caps:?}");
     let dir = ctx.work().join("xattr-ctx");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(

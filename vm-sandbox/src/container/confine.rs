@@ -218,6 +218,13 @@ pub(crate) fn set_rlimits(max_processes: Option<u64>) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_guest_keeps_the_same_capabilities() {
+        let mut ours: Vec<u8> = DEFAULT_CAPABILITIES.iter().map(|c| c.index()).collect();
+        ours.sort();
+        assert_eq!(ours, crate::vm::protocol::STEP_CAPABILITIES);
+    }
+
     use super::*;
 
     #[test]

@@ -54,6 +54,12 @@ pub fn decode_xattrs(data: &[u8]) -> Result<Vec<Xattr>, String> {
 /// What starts a frame line: an escape byte and a tag no kernel message begins with.
 pub const FRAME_MARK: &[u8] = b"\x1b[kiln:";
 
+/// The capabilities a step keeps, by number: the container backend's default set
+/// (`container::confine::DEFAULT_CAPABILITIES`, checked by a test), so that a step can do in
+/// the guest what it can in a container, and no more. The guest init cuts the bounding set
+/// to these before it runs the step.
+pub const STEP_CAPABILITIES: [u8; 12] = [0, 1, 3, 4, 5, 6, 7, 8, 10, 18, 29, 31];
+
 /// The I/O port of qemu's `isa-debug-exit` device: a byte written there stops the VM at once.
 pub const EXIT_PORT: u16 = 0xf4;
 

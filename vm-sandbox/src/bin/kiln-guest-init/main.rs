@@ -446,6 +446,7 @@ fn prepare_process(spec: &GuestSpec) -> Result<(String, Vec<String>), String> {
     ensure_dir(Path::new(cwd))?;
     std::env::set_current_dir(cwd).map_err(|e| format!("chdir {cwd}: {e}"))?;
     let env = program::with_defaults(&spec.env, &id.home, hostname);
+    sys::limit_bounding_set(&protocol::STEP_CAPABILITIES)?;
     sys::become_user(id.uid, id.gid, &id.groups)?;
     let program = spec.argv.first().ok_or("no command given")?;
     let resolved = program::find_program(program, &env)

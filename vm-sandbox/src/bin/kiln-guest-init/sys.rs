@@ -61,6 +61,7 @@ unsafe extern "C" {
         flags: c_int,
     ) -> c_int;
     fn tcdrain(fd: c_int) -> c_int;
+    fn prctl(option: c_int, ...) -> c_int;
     fn tcgetattr(fd: c_int, termios: *mut Termios) -> c_int;
     fn tcsetattr(fd: c_int, when: c_int, termios: *const Termios) -> c_int;
 }
@@ -235,6 +236,33 @@ pub(crate) fn become_user(uid: u32, gid: u32, groups: &[u32]) -> Result<(), Stri
     check(unsafe { setgid(gid) }).map_err(|e| format!("setgid {gid}: {e}"))?;
     // SAFETY: as above.
     check(unsafe { setuid(uid) }).map_err(|e| format!("setuid {uid}: {e}"))
+}
+
+/// Cuts the bounding set to `keep` (capability numbers): what a process started from here can
+/// ever hold. Root's capabilities after `execve` are the bounding set. Needs `CAP_SETPCAP`.
+pub(crate) fn limit_bounding_set(keep: &[u8]) -> Result<(), String> {
+    const PR_CAPBSET_DROP: c_int = 24;
+    let last: c_int = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40);
+    for cap in 0..=last {
+        if keep.iter().any(|k| c_int::from(*k) == cap) {
+            continue;
+        }
+        // SAFETY: prctl(PR_CAPBSET_DROP, cap) changes only this process's bounding set.
+        check(unsafe {
+            prctl(
+                PR_CAPBSET_DROP,
+                c_ulong::try_from(cap).unwrap_or(0),
+                0u64,
+                0u64,
+                0u64,
+            )
+        })
+        .map_err(|e| format!("drop capability {cap} from the bounding set: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Sets the hostname.
