@@ -9,6 +9,39 @@ use tests::{TestContext, wait_for};
 
 const EPOCH: &str = "1700000000";
 
+/// Runs kiln with a pseudo-terminal of 33 rows and 101 columns as its standard streams;
+/// what it printed there.
+fn on_terminal(ctx: &TestContext, args: &[&str]) -> String {
+    use std::io::Read as _;
+    let size = nix::pty::Winsize {
+        ws_row: 33,
+        ws_col: 101,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&size), None).unwrap();
+    let mut cmd = ctx.kiln().args(args).into_command();
+    cmd.stdin(pty.slave.try_clone().unwrap())
+        .stdout(pty.slave.try_clone().unwrap())
+        .stderr(pty.slave);
+    let mut child = cmd.spawn().unwrap();
+    drop(cmd);
+    let mut master = std::fs::File::from(pty.master);
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        out
+    });
+    child.wait().unwrap();
+    String::from_utf8_lossy(&reader.join().unwrap()).into_owned()
+}
+
 /// The MD5 of `data` as the host's `md5sum` prints it.
 fn host_md5(data: &[u8]) -> String {
     use std::io::Write as _;
@@ -22,11 +55,11 @@ fn host_md5(data: &[u8]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// `kiln run -i` feeds the guest's standard input (any bytes, over many frames, then its end);
-/// without `-i` the guest reads nothing. `-d` runs the VM under a monitor that `ps`, `logs`,
-/// `stop` and `kill` reach: `stop`'s SIGTERM reaches the guest's process (its trap runs and
-/// sets the exit code), `kill` ends the VM (137); `exec`, `top` and `cp` into a running VM
-/// say in one line why they cannot.
+/// `kiln run -i` feeds the guest's standard input (any bytes, over many frames, then its
+/// end); without `-i` the guest reads nothing; `-t` gives the step a terminal in the guest.
+/// `-d` runs the VM under a monitor that `ps`, `logs`, `stop` and `kill` reach: `stop`'s
+/// SIGTERM reaches the guest's process (its trap runs and sets the exit code), `kill` ends
+/// the VM (137); `exec`, `top` and `cp` into a running VM say in one line why they cannot.
 #[test]
 fn vm_containers_take_input_and_signals_and_run_detached() {
     if !vm_available() {
@@ -52,6 +85,40 @@ fn vm_containers_take_input_and_signals_and_run_detached() {
         .stdin("not for the guest\n")
         .run();
     assert_eq!(out.stdout, "end\n", "{out:?}");
+    // -t: a terminal in the guest, from the step root's own /dev/pts (line ends are the
+    // terminal's); with -i the input goes through it.
+    let out = ctx
+        .kiln()
+        .args(["run", "--rm", "-t", "--isolation", "vm"])
+        .arg(base)
+        .args(["sh", "-c", "tty; test -t 0 && test -t 2 && echo all-a-tty"])
+        .run();
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.stdout, "/dev/pts/0\r\nall-a-tty\r\n", "{out:?}");
+    // On a terminal, the guest's has its size.
+    let shown = on_terminal(
+        &ctx,
+        &[
+            "run",
+            "--rm",
+            "-t",
+            "--isolation",
+            "vm",
+            base,
+            "stty",
+            "size",
+        ],
+    );
+    assert!(shown.contains("33 101\r\n"), "{shown:?}");
+    let out = ctx
+        .kiln()
+        .args(["run", "--rm", "-i", "-t", "--isolation", "vm"])
+        .arg(base)
+        .args(["sh", "-c", "read line; echo \"got $line\"; exit 4"])
+        .stdin("typed\n")
+        .run();
+    assert_eq!(out.code, Some(4), "{out:?}");
+    assert!(out.stdout.contains("got typed\r\n"), "{out:?}");
 
     let script = "trap 'echo got-term; exit 7' TERM; echo started; while true; do sleep 0.2; done";
     let id = ctx

@@ -21,9 +21,6 @@ pub(crate) fn run(
     a: RunArgs,
 ) -> anyhow::Result<ExitCode> {
     let vm = super::vm_options(&a.isolation)?;
-    if vm.is_some() && a.tty {
-        bail!("-t is not supported with --isolation vm yet: the guest has no terminal for it");
-    }
     let network = match a.network.as_str() {
         "none" => Network::None,
         "host" | "default" => Network::Host,

@@ -57,7 +57,25 @@ pub(crate) fn supervise(
 
     let mut pumps = Vec::new();
     let mut terminal = None;
-    let io = if spec.tty {
+    // A microVM makes the step's terminal in the guest (its output comes back as stdout);
+    // here the caller's terminal goes raw, and its size is followed.
+    let mut vm_window = None;
+    if spec.tty && ctr.config.vm.is_some() {
+        let stdin_tty =
+            attach != Attach::Detached && nix::unistd::isatty(std::io::stdin()).unwrap_or(false);
+        if stdin_tty {
+            vm_window = Some(Arc::new(
+                std::io::stdin()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .context("duplicate stdin")?,
+            ));
+            if matches!(attach, Attach::Foreground { .. }) {
+                terminal = RawTerminal::enter();
+            }
+        }
+    }
+    let io = if spec.tty && ctr.config.vm.is_none() {
         let (io, session) = start_terminal(attach, Some(log.clone()))?;
         pumps.push(session.pump);
         terminal = session.raw;
@@ -121,6 +139,7 @@ pub(crate) fn supervise(
                 spec,
                 io,
                 Some(&ctr.pid_path()),
+                vm_window,
             )
         }
         None => sandbox.run_recording_pid(&rootfs, spec, io, Some(&ctr.pid_path())),

@@ -30,6 +30,9 @@ pub(crate) struct GuestInput {
     pub(crate) stdin: Option<Arc<OwnedFd>>,
     /// Signals for the step's process.
     pub(crate) signals: Option<Receiver<i32>>,
+    /// The caller's terminal, whose size the step's terminal follows (checked five times a
+    /// second).
+    pub(crate) window: Option<Arc<OwnedFd>>,
 }
 
 /// Starts the threads that feed `to` (qemu's stdin); returns where the console reader reports
@@ -65,6 +68,24 @@ pub(crate) fn start(input: GuestInput, mut to: ChildStdin) -> Sender<Frame> {
             for sig in signals {
                 if tx.send(Frame::Signal(sig)).is_err() {
                     return;
+                }
+            }
+        });
+    }
+    if let Some(term) = input.window {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut last = crate::tty::window_size(&*term).map(|w| (w.ws_row, w.ws_col));
+            loop {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                let now = crate::tty::window_size(&*term).map(|w| (w.ws_row, w.ws_col));
+                if now != last {
+                    if let Some((rows, cols)) = now
+                        && tx.send(Frame::WindowSize(rows, cols)).is_err()
+                    {
+                        return;
+                    }
+                    last = now;
                 }
             }
         });

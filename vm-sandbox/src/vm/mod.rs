@@ -176,7 +176,7 @@ impl Sandbox for MicroVmSandbox {
         spec: &RunSpec,
         streams: RunIo,
     ) -> Result<RunOutcome, SandboxError> {
-        self.run_with(rootfs, spec, streams, None, None)
+        self.run_with(rootfs, spec, streams, None, None, None)
     }
 }
 
@@ -184,16 +184,19 @@ impl MicroVmSandbox {
     /// Runs a container (`kiln run`): as [`Sandbox::run`], and meanwhile the signals a
     /// container gets (SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2) sent to this
     /// process go to the guest's process instead, and `pid_file` says `QEMU_PID OWN_PID`
-    /// while the VM runs (`SIGKILL` to qemu ends the run as a container killed by it).
+    /// while the VM runs (`SIGKILL` to qemu ends the run as a container killed by it). With
+    /// `spec.tty` the guest gives the step a pseudo-terminal (its output comes on `stdout`),
+    /// the size of `terminal` (the caller's, when it has one), following it.
     pub fn run_container(
         &self,
         rootfs: &RootFs,
         spec: &RunSpec,
         streams: RunIo,
         pid_file: Option<&std::path::Path>,
+        terminal: Option<Arc<std::os::fd::OwnedFd>>,
     ) -> Result<RunOutcome, SandboxError> {
         let (_forwarding, signals) = console_input::SignalForwarder::install()?;
-        self.run_with(rootfs, spec, streams, Some(signals), pid_file)
+        self.run_with(rootfs, spec, streams, Some(signals), pid_file, terminal)
     }
 
     fn run_with(
@@ -203,15 +206,11 @@ impl MicroVmSandbox {
         streams: RunIo,
         signals: Option<std::sync::mpsc::Receiver<i32>>,
         pid_file: Option<&std::path::Path>,
+        terminal: Option<Arc<std::os::fd::OwnedFd>>,
     ) -> Result<RunOutcome, SandboxError> {
         if rootfs.direct {
             return Err(SandboxError::Unavailable(
                 "--isolation vm needs overlay snapshots (this store copies layers instead)".into(),
-            ));
-        }
-        if spec.tty {
-            return Err(SandboxError::Unavailable(
-                "a terminal (-t) is not supported with --isolation vm yet".into(),
             ));
         }
         let kernel = kernel::find_kernel(self.options.kernel.as_deref())?;
@@ -245,6 +244,12 @@ impl MicroVmSandbox {
             mounts: Vec::new(),
             read_only: spec.read_only,
             interactive: false,
+            tty: spec.tty.then(|| {
+                terminal
+                    .as_deref()
+                    .and_then(crate::tty::window_size)
+                    .map_or((0, 0), |w| (w.ws_row, w.ws_col))
+            }),
         };
         let stdin = match &streams {
             RunIo::Fds {
@@ -346,7 +351,11 @@ impl MicroVmSandbox {
             },
             out,
             err,
-            console_input::GuestInput { stdin, signals },
+            console_input::GuestInput {
+                stdin,
+                signals,
+                window: terminal.filter(|_| spec.tty),
+            },
         )?;
         if report.killed_from_outside {
             return Ok(RunOutcome {

@@ -88,6 +88,9 @@ pub struct GuestSpec {
     pub read_only: bool,
     /// Standard input comes from the host ([`Frame::Stdin`]); otherwise it is `/dev/null`.
     pub interactive: bool,
+    /// The step gets a pseudo-terminal of this size (rows, columns; 0 0 when unknown) for
+    /// its standard streams (`kiln run -t`).
+    pub tty: Option<(u16, u16)>,
 }
 
 /// A mount in the guest.
@@ -139,6 +142,12 @@ fn records(mut data: &[u8]) -> Result<Vec<(String, Vec<u8>)>, String> {
         data = &rest[len + 1..];
     }
     Ok(out)
+}
+
+/// `"A B"` as two numbers.
+fn two_numbers(s: &str) -> Option<(u16, u16)> {
+    let (a, b) = s.split_once(' ')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
 }
 
 fn text(v: Vec<u8>) -> Result<String, String> {
@@ -193,6 +202,9 @@ impl GuestSpec {
         if self.interactive {
             record(&mut out, "stdin", b"1");
         }
+        if let Some((rows, cols)) = self.tty {
+            record(&mut out, "tty", format!("{rows} {cols}").as_bytes());
+        }
         out
     }
 
@@ -209,6 +221,7 @@ impl GuestSpec {
                 "module" => spec.modules.push(text(value)?),
                 "read-only" => spec.read_only = value == b"1",
                 "stdin" => spec.interactive = value == b"1",
+                "tty" => spec.tty = Some(two_numbers(&text(value)?).ok_or("spec: bad tty size")?),
                 "tmpfs" | "copy" => {
                     let v = text(value)?;
                     let (target, rest) = v.split_once('\0').ok_or("spec: bad mount")?;
@@ -274,6 +287,8 @@ pub enum Frame {
     StdinEnd,
     /// From the host: send this signal to the step's process.
     Signal(i32),
+    /// From the host: the caller's terminal is now this many rows and columns.
+    WindowSize(u16, u16),
 }
 
 const CHUNK: usize = 2048;
@@ -318,6 +333,7 @@ impl Frame {
             Frame::Stdin(d) => (b'i', d.clone()),
             Frame::StdinEnd => (b'z', Vec::new()),
             Frame::Signal(s) => (b's', s.to_string().into_bytes()),
+            Frame::WindowSize(r, c) => (b'w', format!("{r} {c}").into_bytes()),
         };
         let mut out = FRAME_MARK.to_vec();
         out.push(kind);
@@ -356,6 +372,10 @@ impl Frame {
             b'i' => Frame::Stdin(payload),
             b'z' => Frame::StdinEnd,
             b's' => Frame::Signal(text()?.parse().ok()?),
+            b'w' => {
+                let (r, c) = two_numbers(&text()?)?;
+                Frame::WindowSize(r, c)
+            }
             _ => return None,
         })
     }
@@ -398,6 +418,7 @@ mod tests {
             ],
             read_only: true,
             interactive: true,
+            tty: Some((24, 80)),
         };
         assert_eq!(GuestSpec::decode(&spec.encode()).unwrap(), spec);
         assert!(GuestSpec::decode(b"arg 10\nshort\n").is_err());
@@ -440,6 +461,7 @@ mod tests {
             Frame::Stdin(b"line\n\x04".to_vec()),
             Frame::StdinEnd,
             Frame::Signal(15),
+            Frame::WindowSize(50, 132),
         ] {
             let line = f.encode();
             assert_eq!(line.last(), Some(&b'\n'));

@@ -215,7 +215,9 @@ pub(crate) fn boot(
                 Some(Frame::Ready) => {
                     let _ = to_guest.send(Frame::Ready);
                 }
-                Some(Frame::Stdin(_) | Frame::StdinEnd | Frame::Signal(_)) => {}
+                Some(
+                    Frame::Stdin(_) | Frame::StdinEnd | Frame::Signal(_) | Frame::WindowSize(..),
+                ) => {}
                 None => {
                     let t = String::from_utf8_lossy(text).trim_end().to_string();
                     if report.panic.is_none() && t.contains("Kernel panic") {

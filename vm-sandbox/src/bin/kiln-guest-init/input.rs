@@ -1,5 +1,5 @@
 //! Frames from the host on the console's input: the step's standard input (when the spec is
-//! interactive) and signals for its process. A thread reads them from the moment the terminal
+//! interactive), signals for its process and its terminal's size. A thread reads them from the moment the terminal
 //! is raw; what comes before the step runs waits for it (input in a channel, signals in a
 //! list).
 
@@ -53,6 +53,7 @@ fn read_frames(tty: fs::File, stdin: Sender<Option<Vec<u8>>>) {
             Some(Frame::StdinEnd) => {
                 let _ = stdin.send(None);
             }
+            Some(Frame::WindowSize(rows, cols)) => crate::terminal::resize(rows, cols),
             Some(Frame::Signal(sig)) => {
                 let mut t = TARGET.lock().unwrap_or_else(|e| e.into_inner());
                 match t.pid {

@@ -21,6 +21,7 @@ mod program;
 #[allow(dead_code, unreachable_pub)]
 mod protocol;
 mod sys;
+mod terminal;
 #[path = "../../container/user.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod user;
@@ -29,7 +30,7 @@ use std::fs;
 use std::io::{Read as _, Write as _};
 use std::os::fd::AsRawFd as _;
 use std::os::unix::ffi::OsStringExt as _;
-use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -356,26 +357,72 @@ fn prepare_root(spec: &GuestSpec) -> Result<Vec<PathBuf>, String> {
     Ok(mounted)
 }
 
+/// Makes the frame for bytes read from one of the step's streams.
+type FrameOf = fn(Vec<u8>) -> Frame;
+
+/// The step's standard streams as its process gets them.
+enum ChildStreams {
+    /// A terminal: the slave's path (the child opens it as its controlling terminal), and
+    /// the slave as this process holds it until the step has ended.
+    Terminal(PathBuf, fs::File),
+    /// Input, output and error.
+    Pipes([fs::File; 3]),
+}
+
 /// Runs the step and waits for it; its output goes out as frames meanwhile. Every other
 /// process is killed once it has ended.
 fn start_and_wait(spec: &GuestSpec, stdin: input::StdinChunks) -> Result<sys::Waited, String> {
     let pipe = |what| sys::pipe().map_err(|e| format!("create the {what} pipe: {e}"));
-    let (out_r, out_w) = pipe("stdout")?;
-    let (err_r, err_w) = pipe("stderr")?;
     let (fail_r, fail_w) = pipe("status")?;
-    let (in_r, in_w) = if spec.interactive {
-        let (r, w) = pipe("stdin")?;
-        (r, Some(w))
-    } else {
-        let null = fs::File::open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?;
-        (null, None)
+    // The step's standard streams: a terminal's slave (with -t), else pipes (and /dev/null
+    // for input unless interactive). `outputs` are what the init reads them back from.
+    let mut outputs: Vec<(fs::File, FrameOf)> = Vec::new();
+    let mut input_to = None;
+    let streams = match spec.tty {
+        Some(size) => {
+            let (master, slave) = terminal::open(&Path::new(ROOT).join("dev/pts"), size)?;
+            let clone = |m: &fs::File| {
+                m.try_clone()
+                    .map_err(|e| format!("duplicate the terminal: {e}"))
+            };
+            if spec.interactive {
+                input_to = Some(clone(&master)?);
+            }
+            outputs.push((clone(&master)?, Frame::Stdout));
+            // Held open here until the step has ended: the master reads EOF (EIO) when the
+            // last slave closes, also when the step never got to open it.
+            let held = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(0o400)
+                .open(&slave)
+                .map_err(|e| format!("open the terminal {}: {e}", slave.display()))?;
+            ChildStreams::Terminal(slave, held)
+        }
+        None => {
+            let (out_r, out_w) = pipe("stdout")?;
+            let (err_r, err_w) = pipe("stderr")?;
+            outputs.push((out_r, Frame::Stdout));
+            outputs.push((err_r, Frame::Stderr));
+            let in_r = if spec.interactive {
+                let (r, w) = pipe("stdin")?;
+                input_to = Some(w);
+                r
+            } else {
+                fs::File::open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?
+            };
+            ChildStreams::Pipes([in_r, out_w, err_w])
+        }
     };
     let pid = sys::fork_process().map_err(|e| format!("fork: {e}"))?;
     if pid == 0 {
-        drop(in_w);
-        let wired = sys::duplicate_to(in_r.as_raw_fd(), 0)
-            .and_then(|()| sys::duplicate_to(out_w.as_raw_fd(), 1))
-            .and_then(|()| sys::duplicate_to(err_w.as_raw_fd(), 2));
+        drop(input_to);
+        let wired = match &streams {
+            ChildStreams::Terminal(slave, _) => terminal::attach(slave),
+            ChildStreams::Pipes(fds) => {
+                (0..3).try_for_each(|i| sys::duplicate_to(fds[i].as_raw_fd(), i as std::ffi::c_int))
+            }
+        };
         let msg = match wired {
             Ok(()) => start_program(spec),
             Err(e) => format!("set up the standard streams: {e}"),
@@ -384,23 +431,32 @@ fn start_and_wait(spec: &GuestSpec, stdin: input::StdinChunks) -> Result<sys::Wa
         let _ = fail_w.write_all(msg.as_bytes());
         sys::exit_now(127);
     }
-    drop((out_w, err_w, fail_w, in_r));
+    let held_slave = match streams {
+        ChildStreams::Terminal(_, slave) => Some(slave),
+        ChildStreams::Pipes(fds) => {
+            drop(fds);
+            None
+        }
+    };
+    drop(fail_w);
     input::step_started(pid);
-    if let Some(w) = in_w {
+    if let Some(w) = input_to {
         input::feed(stdin, w);
     }
-    let forward = |mut r: fs::File, make: fn(Vec<u8>) -> Frame| {
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; protocol::MAX_CHUNK];
-            loop {
-                match r.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => send(&make(buf[..n].to_vec())),
+    let readers: Vec<_> = outputs
+        .into_iter()
+        .map(|(mut r, make)| {
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; protocol::MAX_CHUNK];
+                loop {
+                    match r.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => send(&make(buf[..n].to_vec())),
+                    }
                 }
-            }
+            })
         })
-    };
-    let readers = [forward(out_r, Frame::Stdout), forward(err_r, Frame::Stderr)];
+        .collect();
     let mut failure = String::new();
     let mut fail_r = fail_r;
     let _ = fail_r.read_to_string(&mut failure);
@@ -412,8 +468,10 @@ fn start_and_wait(spec: &GuestSpec, stdin: input::StdinChunks) -> Result<sys::Wa
         }
     }
     input::step_ended();
+    terminal::forget();
     sys::kill_all(sys::SIGKILL);
     while sys::wait_any().is_some() {}
+    drop(held_slave);
     for r in readers {
         let _ = r.join();
     }

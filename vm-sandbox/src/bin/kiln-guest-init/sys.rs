@@ -62,6 +62,8 @@ unsafe extern "C" {
     ) -> c_int;
     fn tcdrain(fd: c_int) -> c_int;
     fn prctl(option: c_int, ...) -> c_int;
+    fn ioctl(fd: c_int, request: c_ulong, ...) -> c_int;
+    fn setsid() -> c_int;
     fn tcgetattr(fd: c_int, termios: *mut Termios) -> c_int;
     fn tcsetattr(fd: c_int, when: c_int, termios: *const Termios) -> c_int;
 }
@@ -263,6 +265,52 @@ pub(crate) fn limit_bounding_set(keep: &[u8]) -> Result<(), String> {
         .map_err(|e| format!("drop capability {cap} from the bounding set: {e}"))?;
     }
     Ok(())
+}
+
+/// `struct winsize`.
+#[repr(C)]
+struct Winsize {
+    rows: u16,
+    cols: u16,
+    xpixel: u16,
+    ypixel: u16,
+}
+
+/// Sets the window size of the terminal `fd`.
+pub(crate) fn set_window_size(fd: c_int, rows: u16, cols: u16) -> io::Result<()> {
+    const TIOCSWINSZ: c_ulong = 0x5414;
+    let ws = Winsize {
+        rows,
+        cols,
+        xpixel: 0,
+        ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one `struct winsize`, which `ws` is.
+    check(unsafe { ioctl(fd, TIOCSWINSZ, &ws as *const Winsize) })
+}
+
+/// Unlocks the pseudo-terminal whose master is `fd` and returns its number (its slave is
+/// `pts/N` in the same devpts instance).
+pub(crate) fn unlock_pty(fd: c_int) -> io::Result<u32> {
+    const TIOCGPTN: c_ulong = 0x8004_5430;
+    const TIOCSPTLCK: c_ulong = 0x4004_5431;
+    let unlock: c_int = 0;
+    // SAFETY: TIOCSPTLCK reads one int, which `unlock` is.
+    check(unsafe { ioctl(fd, TIOCSPTLCK, &unlock as *const c_int) })?;
+    let mut n: u32 = 0;
+    // SAFETY: TIOCGPTN writes one unsigned int, which `n` is.
+    check(unsafe { ioctl(fd, TIOCGPTN, &mut n as *mut u32) })?;
+    Ok(n)
+}
+
+/// Starts a new session with this process as its leader, then makes the terminal `fd` its
+/// controlling terminal.
+pub(crate) fn take_terminal(fd: c_int) -> io::Result<()> {
+    const TIOCSCTTY: c_ulong = 0x540E;
+    // SAFETY: setsid(2) takes no arguments and has no memory effects.
+    check(unsafe { setsid() })?;
+    // SAFETY: TIOCSCTTY takes an int argument (0: do not steal).
+    check(unsafe { ioctl(fd, TIOCSCTTY, 0 as c_int) })
 }
 
 /// Sets the hostname.
