@@ -17,7 +17,7 @@ use vm_sandbox::Sandbox;
 
 use crate::dispatch::{ConfigState, apply_config};
 use crate::error::{BuildError, Result};
-use crate::platform::{Platform, creation_time};
+use crate::platform::{Platform, creation_time_at};
 
 /// What to build.
 #[derive(Clone, Debug)]
@@ -88,6 +88,9 @@ pub struct Builder<'a> {
     pub remote_cache: Option<&'a crate::remote_cache::RemoteCache>,
     /// Where each layer step's key and layer are recorded, for `--cache-to`.
     pub cache_log: Option<&'a std::sync::Mutex<crate::remote_cache::CacheLog>>,
+    /// `SOURCE_DATE_EPOCH` ([`crate::source_date_epoch`]): layer mtimes are clamped to it,
+    /// the image's dates are it, and it is part of every layer step's cache key.
+    pub source_date_epoch: Option<u64>,
 }
 
 /// What every stage of one build shares.
@@ -236,6 +239,8 @@ pub(crate) struct StageState {
     /// they get their blobs as they are made. Other stages' layers are only read from
     /// their snapshots (`COPY --from`, `--mount from=`), see [`crate::unwritten`].
     pub(crate) exported: bool,
+    /// The build's `SOURCE_DATE_EPOCH`, for the history's dates.
+    pub(crate) source_date_epoch: Option<u64>,
 }
 
 impl StageState {
@@ -432,6 +437,7 @@ impl Builder<'_> {
                 from_cache: false,
                 created_by: String::new(),
                 exported: true,
+                source_date_epoch: self.source_date_epoch,
             }
         } else {
             let desc = self.find_or_pull(image, &req.platform)?;
@@ -468,6 +474,7 @@ impl Builder<'_> {
                 from_cache: false,
                 created_by: String::new(),
                 exported: true,
+                source_date_epoch: self.source_date_epoch,
             }
         };
         // Global ARGs are visible in a stage only once redeclared there; keep them at hand.
@@ -661,7 +668,7 @@ impl Builder<'_> {
     /// Writes the image of the target stage and names it.
     fn finish(&self, state: StageState, req: &BuildRequest) -> Result<StoredImage> {
         let mut image = state.cfg.image;
-        let created = creation_time().map_err(BuildError::Other)?;
+        let created = creation_time_at(self.source_date_epoch).map_err(BuildError::Other)?;
         image.created = Some(created);
         image.rootfs.diff_ids = state
             .layers
@@ -719,7 +726,7 @@ impl Builder<'_> {
 /// Adds a history entry; a layer step's text is the one it left in `state.created_by`.
 pub(crate) fn push_history(state: &mut StageState, created_by: String, empty: bool) {
     state.cfg.image.history.push(History {
-        created: creation_time().ok(),
+        created: creation_time_at(state.source_date_epoch).ok(),
         created_by: Some(created_by),
         comment: Some("buildkit.dockerfile.v0".into()),
         empty_layer: empty.then_some(true),
@@ -786,7 +793,11 @@ pub fn unused_build_args(dockerfile: &str, given: &[(String, String)]) -> Vec<St
     let mut out: Vec<String> = given
         .iter()
         .map(|(k, _)| k.clone())
-        .filter(|k| !declared.contains(k) && !PROXY.contains(&k.to_ascii_uppercase().as_str()))
+        .filter(|k| {
+            !declared.contains(k)
+                && !PROXY.contains(&k.to_ascii_uppercase().as_str())
+                && k != "SOURCE_DATE_EPOCH"
+        })
         .collect();
     out.sort();
     out.dedup();
@@ -822,6 +833,7 @@ mod tests {
             always_pull: false,
             remote_cache: None,
             cache_log: None,
+            source_date_epoch: None,
             store,
             snapshots: &snapshots,
             sandbox,

@@ -37,6 +37,10 @@ pub struct StepInputs {
     pub context: Vec<String>,
     /// COPY: `relative/path` -> `mode:sha256` (or `dir:mode`, `link:target`).
     pub files: BTreeMap<String, String>,
+    /// The build's `SOURCE_DATE_EPOCH` (its layers' mtimes are clamped to it); left out of
+    /// the key when unset, so keys from before it was part of them still match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_date_epoch: Option<u64>,
 }
 
 impl StepInputs {
@@ -56,6 +60,9 @@ pub fn explain_miss(prev: Option<&StepInputs>, now: &StepInputs) -> String {
     }
     if prev.instruction != now.instruction {
         return "the instruction changed".into();
+    }
+    if prev.source_date_epoch != now.source_date_epoch {
+        return "SOURCE_DATE_EPOCH changed".into();
     }
     let pairs = |v: &[String]| -> BTreeMap<String, String> {
         v.iter()

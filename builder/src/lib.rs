@@ -35,7 +35,7 @@ pub use build::{BuildEvent, BuildRequest, Builder, SecretSource, unused_build_ar
 pub use dispatch::{ConfigState, apply_config};
 pub use error::{BuildError, Result};
 pub use import::{ImportOptions, import};
-pub use platform::{Platform, creation_time};
+pub use platform::{Platform, creation_time, creation_time_at, source_date_epoch};
 
 /// The most processes a RUN step's user may have at once: a fork bomb in a Dockerfile fails
 /// its step instead of filling the host's process table.

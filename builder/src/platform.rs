@@ -66,20 +66,40 @@ impl FromStr for Platform {
     }
 }
 
-/// The creation time for new images: `SOURCE_DATE_EPOCH` when set (reproducible builds),
-/// else now; RFC 3339 in UTC.
-pub fn creation_time() -> Result<String, String> {
-    let secs = match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) => v
-            .trim()
-            .parse::<i64>()
-            .map_err(|_| format!("invalid SOURCE_DATE_EPOCH {v:?}: expected seconds since 1970"))?,
-        Err(_) => time::OffsetDateTime::now_utc().unix_timestamp(),
+/// The build's `SOURCE_DATE_EPOCH`: the build arg of that name when given (as BuildKit
+/// takes it), else the environment variable; `None` when neither is set.
+pub fn source_date_epoch(build_args: &[(String, String)]) -> Result<Option<u64>, String> {
+    let given = build_args
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "SOURCE_DATE_EPOCH")
+        .map(|(_, v)| v.clone())
+        .or_else(|| std::env::var("SOURCE_DATE_EPOCH").ok());
+    given
+        .map(|v| {
+            v.trim().parse::<u64>().map_err(|_| {
+                format!("invalid SOURCE_DATE_EPOCH {v:?}: expected seconds since 1970")
+            })
+        })
+        .transpose()
+}
+
+/// The creation time for new images: `epoch` (a `SOURCE_DATE_EPOCH`) when set (reproducible
+/// builds), else now; RFC 3339 in UTC.
+pub fn creation_time_at(epoch: Option<u64>) -> Result<String, String> {
+    let secs = match epoch {
+        Some(e) => i64::try_from(e).map_err(|_| format!("invalid SOURCE_DATE_EPOCH {e}"))?,
+        None => time::OffsetDateTime::now_utc().unix_timestamp(),
     };
     let t = time::OffsetDateTime::from_unix_timestamp(secs)
         .map_err(|e| format!("invalid SOURCE_DATE_EPOCH: {e}"))?;
     t.format(&time::format_description::well_known::Rfc3339)
         .map_err(|e| format!("format time: {e}"))
+}
+
+/// [`creation_time_at`] with the environment's `SOURCE_DATE_EPOCH`.
+pub fn creation_time() -> Result<String, String> {
+    creation_time_at(source_date_epoch(&[])?)
 }
 
 #[cfg(test)]
@@ -93,5 +113,17 @@ mod tests {
         assert!("linux".parse::<Platform>().is_err());
         assert!("linux//".parse::<Platform>().is_err());
         assert_eq!(Platform::host().os, "linux");
+    }
+
+    #[test]
+    fn the_build_arg_sets_the_epoch() {
+        let args = vec![("SOURCE_DATE_EPOCH".to_string(), "1700000000".to_string())];
+        assert_eq!(source_date_epoch(&args).unwrap(), Some(1_700_000_000));
+        assert_eq!(
+            creation_time_at(Some(1_700_000_000)).unwrap(),
+            "2023-11-14T22:13:20Z"
+        );
+        let bad = vec![("SOURCE_DATE_EPOCH".to_string(), "yesterday".to_string())];
+        assert!(source_date_epoch(&bad).unwrap_err().contains("yesterday"));
     }
 }

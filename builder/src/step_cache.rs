@@ -21,9 +21,11 @@ impl Builder<'_> {
         &self,
         state: &mut StageState,
         slot: &Digest,
-        inputs: StepInputs,
+        mut inputs: StepInputs,
         make: impl FnOnce(&Self, &mut StageState, Option<&PreviousLayer>) -> Result<Active, String>,
     ) -> Result<(), String> {
+        // A layer made with clamped mtimes is another layer.
+        inputs.source_date_epoch = self.source_date_epoch;
         let key = inputs.key();
         let mut prev = None;
         if let Some(cache) = self.cache {
@@ -225,6 +227,7 @@ impl Builder<'_> {
         let opts = DiffOptions {
             compression: self.compression,
             copied_files,
+            clamp_mtime: self.source_date_epoch,
             ..DiffOptions::from_env()
         };
         let started = std::time::Instant::now();

@@ -1,6 +1,5 @@
 //! The layer-making steps (RUN, COPY, WORKDIR); the cache around them is in `step_cache`.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use parser::Lexer;
@@ -228,7 +227,7 @@ impl Builder<'_> {
                 )
                 .chain(mounts.key.iter().cloned())
                 .collect(),
-            files: BTreeMap::new(),
+            ..Default::default()
         };
         self.with_cache(state, slot, inputs, |this, state, _| {
             let lower = state.lower_dirs();

@@ -207,6 +207,12 @@ impl KilnCommand {
         self
     }
 
+    /// Leaves an environment variable out (one the test's own environment may have).
+    pub fn env_remove(mut self, k: &str) -> Self {
+        self.cmd.env_remove(k);
+        self
+    }
+
     /// Feeds these bytes on standard input.
     pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Self {
         self.stdin = Some(bytes.into());

@@ -55,6 +55,25 @@ fn host_md5(data: &[u8]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Starts `script` in a detached VM container named `name` and waits for its first line
+/// (`started`); its ID.
+fn start_detached(ctx: &TestContext, name: &str, script: &str) -> String {
+    let id = ctx
+        .kiln()
+        .args(["run", "-d", "--isolation", "vm", "--name", name])
+        .arg(ctx.base_image())
+        .args(["sh", "-c", script])
+        .run()
+        .ok()
+        .trim()
+        .to_string();
+    assert_eq!(id.len(), 64, "{id}");
+    wait_for("the VM container's first line", || {
+        ctx.run_kiln(&["logs", name]).stdout == "started\n"
+    });
+    id
+}
+
 /// `kiln run -i` feeds the guest's standard input (any bytes, over many frames, then its
 /// end); without `-i` the guest reads nothing; `-t` gives the step a terminal in the guest.
 /// `-d` runs the VM under a monitor that `ps`, `logs`, `stop` and `kill` reach: `stop`'s
@@ -120,29 +139,11 @@ fn vm_containers_take_input_and_signals_and_run_detached() {
     assert_eq!(out.code, Some(4), "{out:?}");
     assert!(out.stdout.contains("got typed\r\n"), "{out:?}");
 
-    let script = "trap 'echo got-term; exit 7' TERM; echo started; while true; do sleep 0.2; done";
-    let id = ctx
-        .kiln()
-        .args([
-            "run",
-            "-d",
-            "--isolation",
-            "vm",
-            "--name",
-            "vmd",
-            base,
-            "sh",
-            "-c",
-        ])
-        .arg(script)
-        .run()
-        .ok()
-        .trim()
-        .to_string();
-    assert_eq!(id.len(), 64, "{id}");
-    wait_for("the VM container's first line", || {
-        ctx.run_kiln(&["logs", "vmd"]).stdout == "started\n"
-    });
+    let id = start_detached(
+        &ctx,
+        "vmd",
+        "trap 'echo got-term; exit 7' TERM; echo started; while true; do sleep 0.2; done",
+    );
     let ps = ctx.run_kiln(&["ps"]);
     let row = ps.stdout.lines().find(|l| l.ends_with("vmd")).unwrap();
     assert!(row.starts_with(&id[..12]) && row.contains("Up "), "{row}");
@@ -162,25 +163,11 @@ fn vm_containers_take_input_and_signals_and_run_detached() {
     assert_eq!(ctx.run_kiln(&["logs", "vmd"]).stdout, "started\ngot-term\n");
     ctx.run_kiln(&["rm", "vmd"]).ok();
 
-    let stubborn = "trap '' TERM INT; echo started; while true; do sleep 0.2; done";
-    ctx.kiln()
-        .args([
-            "run",
-            "-d",
-            "--isolation",
-            "vm",
-            "--name",
-            "vmk",
-            base,
-            "sh",
-            "-c",
-        ])
-        .arg(stubborn)
-        .run()
-        .ok();
-    wait_for("the second VM container's first line", || {
-        ctx.run_kiln(&["logs", "vmk"]).stdout == "started\n"
-    });
+    start_detached(
+        &ctx,
+        "vmk",
+        "trap '' TERM INT; echo started; while true; do sleep 0.2; done",
+    );
     ctx.run_kiln(&["kill", "vmk"]).ok();
     assert_eq!(ctx.run_kiln(&["wait", "vmk"]).ok(), "137\n");
     ctx.run_kiln(&["rm", "vmk"]).ok();

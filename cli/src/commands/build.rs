@@ -170,6 +170,7 @@ pub(crate) fn run(root: &Path, reg: &RegistryOptions, a: BuildArgs) -> anyhow::R
     let warn = |w: &str| renderer.event(builder::BuildEvent::Warning(w));
     let remote_cache = super::build_cache::import(&a.cache_from, root, reg, &warn);
     let cache_log = std::sync::Mutex::new(builder::remote_cache::CacheLog::default());
+    let source_date_epoch = builder::source_date_epoch(&build_args).map_err(anyhow::Error::msg)?;
     let builder = Builder {
         cache: (!a.no_cache).then_some(&cache),
         compression,
@@ -183,6 +184,7 @@ pub(crate) fn run(root: &Path, reg: &RegistryOptions, a: BuildArgs) -> anyhow::R
         cache_log: (!a.cache_to.is_empty()).then_some(&cache_log),
         source: Some(&source),
         always_pull: a.pull,
+        source_date_epoch,
     };
     // `<Dockerfile>.dockerignore` beside the Dockerfile wins over the context's `.dockerignore`.
     let ignore_path = parser::dockerignore::ignore_file(&dockerfile_path, &context);
