@@ -104,6 +104,20 @@ fn vm_containers_take_input_and_signals_and_run_detached() {
         .stdin("not for the guest\n")
         .run();
     assert_eq!(out.stdout, "end\n", "{out:?}");
+    // A step that leaves a large input unread ends as usual: the host sends only a window
+    // ahead of what the step has taken.
+    let out = ctx
+        .kiln()
+        .args(["run", "--rm", "-i", "--isolation", "vm"])
+        .arg(base)
+        .args(["sh", "-c", "echo ignored"])
+        .stdin(vec![b'x'; 20 << 20])
+        .run();
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (Some(0), "ignored\n"),
+        "{out:?}"
+    );
     // -t: a terminal in the guest, from the step root's own /dev/pts (line ends are the
     // terminal's); with -i the input goes through it.
     let out = ctx

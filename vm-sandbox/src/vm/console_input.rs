@@ -11,9 +11,9 @@ use std::fs;
 use std::io::{Read as _, Write as _};
 use std::os::fd::OwnedFd;
 use std::process::ChildStdin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Condvar, Mutex};
 
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 
@@ -35,13 +35,83 @@ pub(crate) struct GuestInput {
     pub(crate) window: Option<Arc<OwnedFd>>,
 }
 
-/// Starts the threads that feed `to` (qemu's stdin); returns where the console reader reports
-/// the guest's [`Frame::Ready`]. The writer ends when every source has ended or qemu has gone;
-/// the thread reading the caller's standard input ends with its input (or the process).
-pub(crate) fn start(input: GuestInput, mut to: ChildStdin) -> Sender<Frame> {
+/// How many bytes of standard input may be on their way to the guest, not yet taken by the
+/// step: the window [`Frame::StdinTaken`] reopens. Without it a step that does not read its
+/// input would have the rest pile up in the guest and the console's input back up, with
+/// signals behind it.
+const STDIN_WINDOW: u64 = 256 << 10;
+
+/// Bytes of standard input the guest may still be sent.
+#[derive(Default)]
+struct Credit {
+    state: Mutex<(u64, bool)>,
+    changed: Condvar,
+}
+
+impl Credit {
+    /// Waits until `n` bytes may go; false once the run has ended.
+    fn take(&self, n: u64) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while s.0 < n && !s.1 {
+            s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        if s.1 {
+            return false;
+        }
+        s.0 -= n;
+        true
+    }
+
+    fn give(&self, n: u64) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).0 += n;
+        self.changed.notify_all();
+    }
+
+    fn close(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
+        self.changed.notify_all();
+    }
+}
+
+/// The console reader's side of a run's input: what the guest says about it goes here.
+/// Dropped when the guest's output ends, which stops the input threads.
+pub(crate) struct InputHandle {
+    frames: Sender<Frame>,
+    credit: Arc<Credit>,
+    done: Arc<AtomicBool>,
+}
+
+impl InputHandle {
+    /// A frame from the guest about its input: [`Frame::Ready`] or [`Frame::StdinTaken`].
+    pub(crate) fn guest_said(&self, frame: &Frame) {
+        match frame {
+            Frame::Ready => {
+                let _ = self.frames.send(Frame::Ready);
+            }
+            Frame::StdinTaken(n) => self.credit.give(*n),
+            _ => {}
+        }
+    }
+}
+
+impl Drop for InputHandle {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::SeqCst);
+        self.credit.close();
+    }
+}
+
+/// Starts the threads that feed `to` (qemu's stdin). The writer ends when every source has
+/// ended or qemu has gone; the thread reading the caller's standard input ends with its input,
+/// the run, or the process.
+pub(crate) fn start(input: GuestInput, mut to: ChildStdin) -> InputHandle {
     let (tx, rx) = channel::<Frame>();
+    let credit = Arc::new(Credit::default());
+    credit.give(STDIN_WINDOW);
+    let done = Arc::new(AtomicBool::new(false));
     if let Some(fd) = input.stdin {
         let tx = tx.clone();
+        let credit = credit.clone();
         std::thread::spawn(move || {
             let Ok(fd) = fd.try_clone() else {
                 let _ = tx.send(Frame::StdinEnd);
@@ -53,7 +123,9 @@ pub(crate) fn start(input: GuestInput, mut to: ChildStdin) -> Sender<Frame> {
                 match from.read(&mut buf) {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
-                        if tx.send(Frame::Stdin(buf[..n].to_vec())).is_err() {
+                        if !credit.take(n as u64)
+                            || tx.send(Frame::Stdin(buf[..n].to_vec())).is_err()
+                        {
                             return;
                         }
                     }
@@ -74,9 +146,10 @@ pub(crate) fn start(input: GuestInput, mut to: ChildStdin) -> Sender<Frame> {
     }
     if let Some(term) = input.window {
         let tx = tx.clone();
+        let done = done.clone();
         std::thread::spawn(move || {
             let mut last = crate::tty::window_size(&*term).map(|w| (w.ws_row, w.ws_col));
-            loop {
+            while !done.load(Ordering::SeqCst) {
                 std::thread::sleep(std::time::Duration::from_millis(200));
                 let now = crate::tty::window_size(&*term).map(|w| (w.ws_row, w.ws_col));
                 if now != last {
@@ -110,7 +183,11 @@ pub(crate) fn start(input: GuestInput, mut to: ChildStdin) -> Sender<Frame> {
             }
         }
     });
-    tx
+    InputHandle {
+        frames: tx,
+        credit,
+        done,
+    }
 }
 
 fn write_frame(to: &mut ChildStdin, frame: &Frame) -> std::io::Result<()> {

@@ -289,6 +289,8 @@ pub enum Frame {
     Signal(i32),
     /// From the host: the caller's terminal is now this many rows and columns.
     WindowSize(u16, u16),
+    /// The step's standard input took this many more bytes (the host's window to send more).
+    StdinTaken(u64),
 }
 
 const CHUNK: usize = 2048;
@@ -334,6 +336,7 @@ impl Frame {
             Frame::StdinEnd => (b'z', Vec::new()),
             Frame::Signal(s) => (b's', s.to_string().into_bytes()),
             Frame::WindowSize(r, c) => (b'w', format!("{r} {c}").into_bytes()),
+            Frame::StdinTaken(n) => (b't', n.to_string().into_bytes()),
         };
         let mut out = FRAME_MARK.to_vec();
         out.push(kind);
@@ -372,6 +375,7 @@ impl Frame {
             b'i' => Frame::Stdin(payload),
             b'z' => Frame::StdinEnd,
             b's' => Frame::Signal(text()?.parse().ok()?),
+            b't' => Frame::StdinTaken(text()?.parse().ok()?),
             b'w' => {
                 let (r, c) = two_numbers(&text()?)?;
                 Frame::WindowSize(r, c)
@@ -462,6 +466,7 @@ mod tests {
             Frame::StdinEnd,
             Frame::Signal(15),
             Frame::WindowSize(50, 132),
+            Frame::StdinTaken(1024),
         ] {
             let line = f.encode();
             assert_eq!(line.last(), Some(&b'\n'));

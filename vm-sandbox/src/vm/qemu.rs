@@ -212,9 +212,7 @@ pub(crate) fn boot(
                 Some(Frame::Failed(m)) => report.failed = Some(m),
                 Some(Frame::Output(n)) => report.output = Some(n),
                 Some(Frame::Mounts(n)) => report.mounts = Some(n),
-                Some(Frame::Ready) => {
-                    let _ = to_guest.send(Frame::Ready);
-                }
+                Some(f @ (Frame::Ready | Frame::StdinTaken(_))) => to_guest.guest_said(&f),
                 Some(
                     Frame::Stdin(_) | Frame::StdinEnd | Frame::Signal(_) | Frame::WindowSize(..),
                 ) => {}

@@ -83,12 +83,16 @@ pub(crate) fn step_ended() {
 
 /// Copies the host's input into `pipe` (the step's standard input) on a thread of its own,
 /// which a step that does not read cannot keep from signals; the pipe closes at the input's
-/// end.
+/// end. Each chunk the step has taken is reported ([`Frame::StdinTaken`]): the host sends
+/// no more than a window ahead, so input waiting here stays bounded and the console's input
+/// never backs up behind it.
 pub(crate) fn feed(chunks: StdinChunks, mut pipe: fs::File) {
     std::thread::spawn(move || {
         for chunk in chunks {
             match chunk {
-                Some(data) if pipe.write_all(&data).is_ok() => {}
+                Some(data) if pipe.write_all(&data).is_ok() => {
+                    crate::send(&Frame::StdinTaken(data.len() as u64));
+                }
                 _ => return,
             }
         }
