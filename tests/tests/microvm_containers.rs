@@ -86,6 +86,26 @@ fn vm_containers_take_input_and_signals_and_run_detached() {
     }
     let ctx = TestContext::new();
     let base = ctx.base_image();
+    // The step starts with default signal actions: `yes` dies of SIGPIPE when `head` is done
+    // (the init's runtime ignores SIGPIPE, which exec would otherwise pass on; the run then
+    // never ended).
+    let out = ctx
+        .kiln()
+        .args(["run", "--rm", "--isolation", "vm", "--vm-timeout", "90s"])
+        .arg(base)
+        .args([
+            "sh",
+            "-c",
+            "yes | head -c 4; echo; grep SigIgn /proc/self/status",
+        ])
+        .run();
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let ignored = out
+        .stdout
+        .strip_prefix("y\ny\n\nSigIgn:\t")
+        .unwrap_or_else(|| panic!("{out:?}"));
+    let mask = u64::from_str_radix(ignored.trim(), 16).unwrap();
+    assert_eq!(mask & (1 << (13 - 1)), 0, "SIGPIPE ignored: {out:?}");
     let input: Vec<u8> = (0..6000u32).map(|i| (i * 7 % 256) as u8).collect();
     let out = ctx
         .kiln()

@@ -64,6 +64,8 @@ unsafe extern "C" {
     fn prctl(option: c_int, ...) -> c_int;
     fn ioctl(fd: c_int, request: c_ulong, ...) -> c_int;
     fn setsid() -> c_int;
+    #[link_name = "signal"]
+    fn set_signal_action(sig: c_int, handler: usize) -> usize;
     fn tcgetattr(fd: c_int, termios: *mut Termios) -> c_int;
     fn tcsetattr(fd: c_int, when: c_int, termios: *const Termios) -> c_int;
 }
@@ -331,6 +333,16 @@ pub(crate) fn exec(path: &str, argv: &[String], env: &[String]) -> String {
     argp.push(std::ptr::null());
     let mut envp: Vec<*const c_char> = envs.iter().map(|a| a.as_ptr()).collect();
     envp.push(std::ptr::null());
+    // The step starts with every signal at its default action: Rust's runtime ignores
+    // SIGPIPE in this process, and an ignored signal stays ignored across exec (`yes | head`
+    // would never end).
+    const SIG_DFL: usize = 0;
+    for sig in 1..32 {
+        if sig != SIGKILL && sig != 19 {
+            // SAFETY: setting a signal's action to the default has no memory effects.
+            unsafe { set_signal_action(sig, SIG_DFL) };
+        }
+    }
     // SAFETY: every array is null-terminated and points at strings that outlive the call.
     unsafe { execve(p.as_ptr(), argp.as_ptr(), envp.as_ptr()) };
     format!("exec {path}: {}", io::Error::last_os_error())
