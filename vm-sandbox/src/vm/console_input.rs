@@ -225,6 +225,8 @@ extern "C" fn on_signal(sig: libc::c_int) {
 /// per process.
 pub(crate) struct SignalForwarder {
     previous: Vec<(Signal, SigAction)>,
+    /// The calling thread's signal mask before (the caller may have blocked these).
+    mask: Option<SigSet>,
     write: Option<OwnedFd>,
 }
 
@@ -236,6 +238,7 @@ impl SignalForwarder {
         SIGNAL_PIPE.store(write.as_raw_fd(), Ordering::SeqCst);
         let mut forwarder = SignalForwarder {
             previous: Vec::new(),
+            mask: None,
             write: Some(write),
         };
         let action = SigAction::new(
@@ -255,7 +258,9 @@ impl SignalForwarder {
         for sig in FORWARDED {
             unblock.add(sig);
         }
-        let _ = unblock.thread_unblock();
+        forwarder.mask = unblock
+            .thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_UNBLOCK)
+            .ok();
         let (tx, rx) = channel();
         std::thread::spawn(move || {
             let mut from = fs::File::from(read);
@@ -272,6 +277,11 @@ impl SignalForwarder {
 
 impl Drop for SignalForwarder {
     fn drop(&mut self) {
+        // The mask first: a signal that comes between the two then waits, blocked, instead of
+        // meeting a default action the caller had blocked it from.
+        if let Some(mask) = self.mask.take() {
+            let _ = mask.thread_set_mask();
+        }
         for (sig, old) in self.previous.drain(..) {
             // SAFETY: puts back the action that was there before install.
             #[allow(unsafe_code)]
