@@ -5,23 +5,27 @@
 //! memory channel: a host file mapped into the guest as an e820 persistent-memory range
 //! (type 12), which the guest writes and the host reads after it stops.
 //!
-//! This much is tested here with small test guests (the boot state, the serial port, the exit
-//! port, the memory channel). Booting Linux needs hardware KVM ([`super::hardware_kvm`]): on
-//! PVM hosts a stock kernel does not boot (../shared/design/microvm.md), and `--vmm builtin`
-//! is refused there.
+//! With [`Devices::Interrupts`] it also gets KVM's interrupt controllers and timer and a PCI
+//! host bridge, and boots Linux (`builtin_linux.rs`). Small test guests check the boot
+//! state, the serial port, the exit port and the memory channel wherever /dev/kvm opens; a
+//! Linux boot needs hardware virtualization ([`super::hardware_kvm`]): on PVM hosts a stock
+//! kernel does not boot (../shared/design/microvm.md), and `--vmm builtin` is refused there.
 
 // Guest memory, KVM ioctls and a shared mapping: every unsafe block says why it holds.
 #![allow(unsafe_code)]
 
 use std::fs::File;
 use std::io::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_segment, kvm_userspace_memory_region};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
-use linux_loader::loader::bootparam::boot_params;
+use linux_loader::loader::bootparam::{boot_params, setup_header};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend as _, GuestMemoryMmap};
 
+use super::pci_host::PciHost;
 use super::protocol::EXIT_PORT;
 use crate::SandboxError;
 
@@ -65,18 +69,51 @@ pub(crate) enum Stop {
     Halted,
     /// A triple fault or a reset request.
     Shutdown,
+    /// Stopped from outside ([`Machine::run_with`]'s `stopping`).
+    Interrupted,
 }
 
 /// A machine with one vCPU.
 pub(crate) struct Machine {
     _kvm: Kvm,
-    _vm: VmFd,
+    vm: VmFd,
     vcpu: VcpuFd,
     memory: GuestMemoryMmap,
     memory_size: u64,
-    channel: Option<(memmap_region::Mapping, u64)>,
+    channels: Vec<Channel>,
+    devices: Devices,
     /// When `new` started, for the time to the first guest instruction.
     pub(crate) created: Instant,
+}
+
+/// A host file in guest-physical memory (an e820 persistent-memory range).
+struct Channel {
+    #[cfg_attr(not(test), allow(dead_code))] // held for the VM; read by the tests
+    map: memmap_region::Mapping,
+    addr: u64,
+    len: u64,
+}
+
+/// The devices a machine gets besides RAM and its vCPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Devices {
+    /// None: a test guest polls the serial port and stops with `hlt` or the exit port.
+    Bare,
+    /// KVM's interrupt controllers (PIC, I/O APIC, the vCPU's local APIC) and timer (PIT),
+    /// and a PCI host bridge ([`PciHost`]), which a Linux guest needs; `hlt` then waits for
+    /// an interrupt instead of stopping.
+    Interrupts,
+}
+
+/// Where channel `index` goes: above RAM, each on its own 1 GiB boundary (the first at
+/// [`CHANNEL_ADDR`] or above).
+fn channel_addr(memory_size: u64, previous_end: Option<u64>) -> u64 {
+    let gib = 1u64 << 30;
+    previous_end
+        .unwrap_or(memory_size)
+        .max(CHANNEL_ADDR)
+        .div_ceil(gib)
+        * gib
 }
 
 /// A file mapped shared into the process, for the memory channel.
@@ -126,11 +163,12 @@ mod memmap_region {
 }
 
 impl Machine {
-    /// A VM with `memory_mib` of RAM and, if given, `channel` (a file of `len` bytes) as a
-    /// persistent-memory range at [`CHANNEL_ADDR`].
+    /// A VM with `memory_mib` of RAM and `channels` (files of the given lengths) as
+    /// persistent-memory ranges above it, the first at [`CHANNEL_ADDR`] on small machines.
     pub(crate) fn new(
         memory_mib: u32,
-        channel: Option<(&File, u64)>,
+        channels: &[(&File, u64)],
+        devices: Devices,
     ) -> Result<Machine, SandboxError> {
         let created = Instant::now();
         let kvm = Kvm::new().map_err(vmm_err("open /dev/kvm"))?;
@@ -150,30 +188,45 @@ impl Machine {
         };
         // SAFETY: the region is the mapping `memory` owns, which lives as long as the VM.
         unsafe { vm.set_user_memory_region(region) }.map_err(vmm_err("map guest memory"))?;
-        let channel = match channel {
-            None => None,
-            Some((file, len)) => {
-                let len_usize = usize::try_from(len)
-                    .map_err(|_| SandboxError::Setup("memory channel too large".into()))?;
-                let map = memmap_region::Mapping::new(file, len_usize).map_err(|source| {
-                    SandboxError::Io {
-                        what: "map the memory channel".into(),
-                        source,
-                    }
-                })?;
-                let region = kvm_userspace_memory_region {
-                    slot: 1,
-                    guest_phys_addr: CHANNEL_ADDR,
-                    memory_size: len,
-                    userspace_addr: map.addr as u64,
-                    flags: 0,
-                };
-                // SAFETY: the region is `map`, kept in the machine as long as the VM.
-                unsafe { vm.set_user_memory_region(region) }
-                    .map_err(vmm_err("map the memory channel"))?;
-                Some((map, len))
-            }
-        };
+        let mut mapped: Vec<Channel> = Vec::new();
+        for (file, len) in channels {
+            let len_usize = usize::try_from(*len)
+                .map_err(|_| SandboxError::Setup("memory channel too large".into()))?;
+            let map = memmap_region::Mapping::new(file, len_usize).map_err(|source| {
+                SandboxError::Io {
+                    what: "map a memory channel".into(),
+                    source,
+                }
+            })?;
+            let addr = channel_addr(memory_size, mapped.last().map(|c| c.addr + c.len));
+            let region = kvm_userspace_memory_region {
+                slot: 1 + mapped.len() as u32,
+                guest_phys_addr: addr,
+                memory_size: *len,
+                userspace_addr: map.addr as u64,
+                flags: 0,
+            };
+            // SAFETY: the region is `map`, kept in the machine as long as the VM.
+            unsafe { vm.set_user_memory_region(region) }
+                .map_err(vmm_err("map a memory channel"))?;
+            mapped.push(Channel {
+                map,
+                addr,
+                len: *len,
+            });
+        }
+        if devices == Devices::Interrupts {
+            // Where KVM keeps the TSS (three pages) on Intel: just below 4 GiB, out of RAM.
+            vm.set_tss_address(0xfffb_d000)
+                .map_err(vmm_err("set the TSS address"))?;
+            vm.create_irq_chip()
+                .map_err(vmm_err("create the interrupt controllers"))?;
+            let pit = kvm_bindings::kvm_pit_config {
+                flags: kvm_bindings::KVM_PIT_SPEAKER_DUMMY,
+                ..Default::default()
+            };
+            vm.create_pit2(pit).map_err(vmm_err("create the timer"))?;
+        }
         let vcpu = vm.create_vcpu(0).map_err(vmm_err("create a vCPU"))?;
         let cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -181,13 +234,30 @@ impl Machine {
         vcpu.set_cpuid2(&cpuid).map_err(vmm_err("set CPUID"))?;
         Ok(Machine {
             _kvm: kvm,
-            _vm: vm,
+            vm,
             vcpu,
             memory,
             memory_size,
-            channel,
+            channels: mapped,
+            devices,
             created,
         })
+    }
+
+    pub(crate) fn vm(&self) -> &VmFd {
+        &self.vm
+    }
+
+    pub(crate) fn vcpu(&self) -> &VcpuFd {
+        &self.vcpu
+    }
+
+    pub(crate) fn memory(&self) -> &GuestMemoryMmap {
+        &self.memory
+    }
+
+    pub(crate) fn memory_size(&self) -> u64 {
+        self.memory_size
     }
 
     /// Writes `bytes` into guest RAM at `addr`.
@@ -198,13 +268,14 @@ impl Machine {
     }
 
     /// Sets up the 64-bit boot state for an entry point at `entry`: page tables mapping the
-    /// first 4 GiB, the GDT, the zero page (command line, e820 map, initrd at
-    /// `initrd`), registers.
+    /// first 4 GiB, the GDT, the zero page (a bzImage's `header`, the command line, the e820
+    /// map, the initrd at `initrd`), registers.
     pub(crate) fn boot_state(
         &self,
         entry: u64,
         cmdline: &str,
         initrd: Option<(u64, u32)>,
+        header: Option<setup_header>,
     ) -> Result<(), SandboxError> {
         let setup =
             |e: vm_memory::GuestMemoryError| SandboxError::Setup(format!("boot state: {e}"));
@@ -243,6 +314,9 @@ impl Machine {
         self.load(&line, CMDLINE_ADDR)?;
 
         let mut params = boot_params::default();
+        if let Some(h) = header {
+            params.hdr = h;
+        }
         params.hdr.boot_flag = 0xaa55;
         params.hdr.header = 0x5372_6448; // "HdrS"
         params.hdr.type_of_loader = 0xff;
@@ -258,8 +332,8 @@ impl Machine {
             (0u64, 0x9_fc00u64, E820_RAM),
             (LOAD_ADDR, self.memory_size - LOAD_ADDR, E820_RAM),
         ];
-        if let Some((_, len)) = &self.channel {
-            e820.push((CHANNEL_ADDR, *len, E820_PMEM));
+        for c in &self.channels {
+            e820.push((c.addr, c.len, E820_PMEM));
         }
         for (i, (addr, size, kind)) in e820.iter().enumerate() {
             params.e820_table[i].addr = *addr;
@@ -328,22 +402,49 @@ impl Machine {
 
     /// Runs the vCPU until the guest stops; serial output goes to `console`.
     pub(crate) fn run(&mut self, console: impl Write) -> Result<Stop, SandboxError> {
-        let mut serial = vm_superio::Serial::new(NoInterrupt, console);
+        let serial = Mutex::new(vm_superio::Serial::new(NoInterrupt, console));
+        self.run_with(&serial, &AtomicBool::new(false))
+    }
+
+    /// Runs the vCPU with `serial` at 0x3f8 until the guest stops, or until `stopping` is set
+    /// and a signal interrupts the vCPU ([`Stop::Interrupted`]).
+    pub(crate) fn run_with<T: vm_superio::Trigger, W: Write>(
+        &mut self,
+        serial: &Mutex<vm_superio::Serial<T, vm_superio::serial::NoEvents, W>>,
+        stopping: &AtomicBool,
+    ) -> Result<Stop, SandboxError> {
+        let serial_port = |port: u16| (SERIAL_BASE..SERIAL_BASE + 8).contains(&port);
+        let lock = || serial.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pci = (self.devices == Devices::Interrupts).then(PciHost::default);
         loop {
-            match self.vcpu.run().map_err(vmm_err("run the vCPU"))? {
-                VcpuExit::IoOut(port, data) if (SERIAL_BASE..SERIAL_BASE + 8).contains(&port) => {
-                    let _ = serial.write((port - SERIAL_BASE) as u8, data[0]);
+            if stopping.load(Ordering::SeqCst) {
+                return Ok(Stop::Interrupted);
+            }
+            let exit = match self.vcpu.run() {
+                Ok(exit) => exit,
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+                Err(e) => return Err(vmm_err("run the vCPU")(e)),
+            };
+            match exit {
+                VcpuExit::IoOut(port, data) if serial_port(port) => {
+                    let _ = lock().write((port - SERIAL_BASE) as u8, data[0]);
                 }
                 VcpuExit::IoOut(EXIT_PORT, data) => return Ok(Stop::ExitPort(data[0])),
-                VcpuExit::IoOut(..) => {}
-                VcpuExit::IoIn(port, data) => {
-                    let v = if (SERIAL_BASE..SERIAL_BASE + 8).contains(&port) {
-                        serial.read((port - SERIAL_BASE) as u8)
-                    } else {
-                        0xff
-                    };
-                    data.fill(v);
+                VcpuExit::IoOut(port, data) if PciHost::claims(port) => {
+                    if let Some(pci) = pci.as_mut() {
+                        pci.write(port, data);
+                    }
                 }
+                VcpuExit::IoOut(..) => {}
+                VcpuExit::IoIn(port, data) if serial_port(port) => {
+                    data.fill(lock().read((port - SERIAL_BASE) as u8));
+                }
+                VcpuExit::IoIn(port, data) => match pci.as_ref() {
+                    Some(pci) if PciHost::claims(port) => pci.read(port, data),
+                    _ => data.fill(0xff),
+                },
+                VcpuExit::MmioRead(_, data) => data.fill(0xff),
+                VcpuExit::MmioWrite(..) => {}
                 VcpuExit::Hlt => return Ok(Stop::Halted),
                 VcpuExit::Shutdown => return Ok(Stop::Shutdown),
                 other => {
@@ -355,13 +456,13 @@ impl Machine {
         }
     }
 
-    /// The memory channel's bytes as the guest left them.
-    #[allow(dead_code)] // read by runs once this VMM boots Linux; by the tests until then
-    pub(crate) fn channel(&self) -> Option<&[u8]> {
-        self.channel.as_ref().map(|(m, _)| {
-            // SAFETY: the mapping is `m.len` bytes and lives as long as `self`; the vCPU is
-            // not running (it runs only inside `run`, which borrows `self` mutably).
-            unsafe { std::slice::from_raw_parts(m.addr, m.len) }
+    /// Memory channel `index`'s bytes as the guest left them.
+    #[cfg(test)]
+    pub(crate) fn channel(&self, index: usize) -> Option<&[u8]> {
+        self.channels.get(index).map(|c| {
+            // SAFETY: the mapping is `c.map.len` bytes and lives as long as `self`; the vCPU
+            // is not running (it runs only inside `run`, which borrows `self` mutably).
+            unsafe { std::slice::from_raw_parts(c.map.addr, c.map.len) }
         })
     }
 }
@@ -431,9 +532,9 @@ mod tests {
         if !kvm_usable() {
             return;
         }
-        let mut m = Machine::new(64, None).unwrap();
+        let mut m = Machine::new(64, &[], Devices::Bare).unwrap();
         m.load(BOOT_PROBE, LOAD_ADDR).unwrap();
-        m.boot_state(LOAD_ADDR, "console=ttyS0 kiln=test", None)
+        m.boot_state(LOAD_ADDR, "console=ttyS0 kiln=test", None, None)
             .unwrap();
         let mut console = Vec::new();
         let stop = m.run(&mut console).unwrap();
@@ -456,12 +557,12 @@ mod tests {
             .open(dir.path().join("channel"))
             .unwrap();
         file.set_len(2 << 20).unwrap();
-        let mut m = Machine::new(64, Some((&file, 2 << 20))).unwrap();
+        let mut m = Machine::new(64, &[(&file, 2 << 20)], Devices::Bare).unwrap();
         m.load(CHANNEL_PROBE, LOAD_ADDR).unwrap();
-        m.boot_state(LOAD_ADDR, "", None).unwrap();
+        m.boot_state(LOAD_ADDR, "", None, None).unwrap();
         let stop = m.run(std::io::sink()).unwrap();
         assert_eq!(stop, Stop::ExitPort(0x42));
-        assert_eq!(&m.channel().unwrap()[..8], b"KILNKILN");
+        assert_eq!(&m.channel(0).unwrap()[..8], b"KILNKILN");
         drop(m);
         // The host file holds it too.
         assert_eq!(

@@ -8,9 +8,8 @@
 //! this one.
 
 use std::fs;
-use std::io::{Read as _, Write as _};
+use std::io::{Read as _, Write};
 use std::os::fd::OwnedFd;
-use std::process::ChildStdin;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Condvar, Mutex};
@@ -101,10 +100,11 @@ impl Drop for InputHandle {
     }
 }
 
-/// Starts the threads that feed `to` (qemu's stdin). The writer ends when every source has
+/// Starts the threads that feed `to` (the console's input: qemu's stdin, or the builtin
+/// VMM's serial port). The writer ends when every source has
 /// ended or qemu has gone; the thread reading the caller's standard input ends with its input,
 /// the run, or the process.
-pub(crate) fn start(input: GuestInput, mut to: ChildStdin) -> InputHandle {
+pub(crate) fn start(input: GuestInput, mut to: impl Write + Send + 'static) -> InputHandle {
     let (tx, rx) = channel::<Frame>();
     let credit = Arc::new(Credit::default());
     credit.give(STDIN_WINDOW);
@@ -190,7 +190,7 @@ pub(crate) fn start(input: GuestInput, mut to: ChildStdin) -> InputHandle {
     }
 }
 
-fn write_frame(to: &mut ChildStdin, frame: &Frame) -> std::io::Result<()> {
+fn write_frame(to: &mut impl Write, frame: &Frame) -> std::io::Result<()> {
     to.write_all(&frame.encode())?;
     to.flush()
 }

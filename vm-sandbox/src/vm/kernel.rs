@@ -14,14 +14,28 @@ use crate::SandboxError;
 /// The static guest init, compiled by this crate's build script.
 const GUEST_INIT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kiln-guest-init"));
 
-/// The modules the guest loads, in load order (dependencies first).
-const MODULES: [&str; 5] = [
-    "kernel/drivers/virtio/virtio_ring.ko",
-    "kernel/drivers/virtio/virtio.ko",
-    "kernel/drivers/virtio/virtio_mmio.ko",
-    "kernel/drivers/block/virtio_blk.ko",
-    "kernel/fs/overlayfs/overlay.ko",
+/// The modules the guest loads, in load order (dependencies first), and whether they are
+/// the disks of qemu's guests (virtio) or of the builtin VMM's (persistent memory), or for
+/// both.
+const MODULES: [(&str, Disks); 9] = [
+    ("kernel/drivers/virtio/virtio_ring.ko", Disks::Virtio),
+    ("kernel/drivers/virtio/virtio.ko", Disks::Virtio),
+    ("kernel/drivers/virtio/virtio_mmio.ko", Disks::Virtio),
+    ("kernel/drivers/block/virtio_blk.ko", Disks::Virtio),
+    ("kernel/drivers/nvdimm/libnvdimm.ko", Disks::Pmem),
+    ("kernel/drivers/nvdimm/nd_btt.ko", Disks::Pmem),
+    ("kernel/drivers/nvdimm/nd_pmem.ko", Disks::Pmem),
+    ("kernel/drivers/nvdimm/nd_e820.ko", Disks::Pmem),
+    ("kernel/fs/overlayfs/overlay.ko", Disks::Both),
 ];
+
+/// Which guests need a module.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Disks {
+    Virtio,
+    Pmem,
+    Both,
+}
 
 /// A guest kernel and its modules.
 #[derive(Clone, Debug)]
@@ -75,7 +89,7 @@ pub(crate) fn find_kernel(explicit: Option<&Path>) -> Result<Kernel, SandboxErro
             Path::new("/lib/modules").join(version)
         }
     };
-    for m in MODULES {
+    for (m, _) in MODULES {
         if !modules.join(m).is_file() {
             return Err(SandboxError::Unavailable(format!(
                 "guest kernel module {} is missing (set KILN_VM_MODULES to the kernel's modules directory)",
@@ -86,13 +100,22 @@ pub(crate) fn find_kernel(explicit: Option<&Path>) -> Result<Kernel, SandboxErro
     Ok(Kernel { image, modules })
 }
 
-/// Paths of the modules inside the initramfs, in load order.
-pub(crate) fn module_paths() -> Vec<String> {
+/// Paths of the modules a guest loads, inside the initramfs, in load order: for disks on
+/// persistent memory (the builtin VMM's), or else on virtio.
+pub(crate) fn module_paths(pmem: bool) -> Vec<String> {
+    let wanted = if pmem { Disks::Pmem } else { Disks::Virtio };
     MODULES
         .iter()
         .enumerate()
-        .map(|(i, m)| format!("/kiln/modules/{i}-{}", m.rsplit('/').next().unwrap_or(m)))
+        .filter(|(_, (_, disks))| *disks == wanted || *disks == Disks::Both)
+        .map(|(i, (m, _))| packed_module_path(i, m))
         .collect()
+}
+
+/// Where the initramfs holds module `i` of [`MODULES`].
+fn packed_module_path(i: usize, module: &str) -> String {
+    let name = module.rsplit('/').next().unwrap_or(module);
+    format!("/kiln/modules/{i}-{name}")
 }
 
 fn fixed_meta(mode: u32) -> EntryMeta {
@@ -111,7 +134,7 @@ pub(crate) fn base_initramfs(kernel: &Kernel, cache: &Path) -> Result<PathBuf, S
     let io = |what: String| move |source| SandboxError::Io { what, source };
     let modules: Vec<Vec<u8>> = MODULES
         .iter()
-        .map(|m| {
+        .map(|(m, _)| {
             let p = kernel.modules.join(m);
             fs::read(&p).map_err(io(format!("read {}", p.display())))
         })
@@ -153,7 +176,11 @@ pub(crate) fn base_initramfs(kernel: &Kernel, cache: &Path) -> Result<PathBuf, S
             GUEST_INIT,
             None,
         )?;
-        for (path, body) in module_paths().iter().zip(&modules) {
+        let paths = MODULES
+            .iter()
+            .enumerate()
+            .map(|(i, (m, _))| packed_module_path(i, m));
+        for (path, body) in paths.zip(&modules) {
             let name = path.trim_start_matches('/').as_bytes();
             w.file(
                 name,

@@ -13,14 +13,18 @@
 //! and signals go in as frames on its input ([`MicroVmSandbox::run_container`]).
 //!
 //! VMMs: [`Vmm::Qemu`] (`qemu-system-x86_64 -M microvm`, KVM on hardware virtualization,
-//! else TCG). [`Vmm::Builtin`], an in-process VMM on the rust-vmm crates: its core
-//! (`builtin.rs`: boot state, serial, exit port, memory channel) is built and tested with
-//! small test guests; booting Linux with it (hardware KVM only) is not, so runs refuse it.
+//! else TCG). [`Vmm::Builtin`], an in-process VMM on the rust-vmm crates (`builtin.rs`: the
+//! machine, boot state, serial, exit port, memory channels; `builtin_linux.rs`: the Linux
+//! boot and run), on hosts with hardware virtualization only: its disks are persistent-memory
+//! ranges instead of virtio. [`Vmm::Auto`] takes it there, qemu elsewhere.
 
 mod builtin;
+mod builtin_linux;
+mod console;
 mod console_input;
 mod cpio;
 mod kernel;
+mod pci_host;
 pub mod protocol;
 mod qemu;
 mod rootfs;
@@ -41,6 +45,10 @@ use crate::{
     SandboxMountKind,
 };
 
+/// What the builtin VMM's guests add to the kernel command line: there are no ACPI tables
+/// to look for.
+const BUILTIN_CMDLINE: &str = "acpi=off";
+
 /// The first argument that makes the `kiln` binary run [`first_instruction_probe`].
 pub const VMM_PROBE_ARG: &str = "__kiln-vmm-probe";
 
@@ -48,10 +56,10 @@ pub const VMM_PROBE_ARG: &str = "__kiln-vmm-probe";
 /// returns the time from creating the VM to that write (`bench/vm-step.sh` times the whole
 /// process around it).
 pub fn first_instruction_probe() -> Result<Duration, SandboxError> {
-    let mut m = builtin::Machine::new(16, None)?;
+    let mut m = builtin::Machine::new(16, &[], builtin::Devices::Bare)?;
     // out 0xf4, al
     m.load(&[0xe6, protocol::EXIT_PORT as u8], builtin::LOAD_ADDR)?;
-    m.boot_state(builtin::LOAD_ADDR, "", None)?;
+    m.boot_state(builtin::LOAD_ADDR, "", None, None)?;
     match m.run(std::io::sink())? {
         builtin::Stop::ExitPort(_) => Ok(m.created.elapsed()),
         other => Err(SandboxError::Setup(format!(
@@ -124,16 +132,27 @@ impl MicroVmSandbox {
         }
     }
 
-    /// The VMM binary and whether it gets KVM.
-    fn vmm(&self) -> Result<(PathBuf, bool), SandboxError> {
+    /// The VMM that runs the guests.
+    fn vmm(&self) -> Result<ChosenVmm, SandboxError> {
         let hw = hardware_kvm();
         match self.options.vmm {
+            Vmm::Builtin if hw => Ok(ChosenVmm::Builtin),
             Vmm::Builtin => Err(SandboxError::Unavailable(
-                "the builtin VMM is not built yet: use --vmm qemu (or auto)".into(),
+                "the builtin VMM needs hardware virtualization (VMX or SVM), which this host's /dev/kvm does not offer: use --vmm qemu (or auto)".into(),
             )),
-            Vmm::Auto | Vmm::Qemu => Ok((qemu::find_qemu()?, hw)),
+            Vmm::Auto if hw => Ok(ChosenVmm::Builtin),
+            Vmm::Auto | Vmm::Qemu => Ok(ChosenVmm::Qemu {
+                binary: qemu::find_qemu()?,
+                kvm: hw,
+            }),
         }
     }
+}
+
+/// The VMM a run uses.
+enum ChosenVmm {
+    Builtin,
+    Qemu { binary: PathBuf, kvm: bool },
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError {
@@ -214,7 +233,7 @@ impl MicroVmSandbox {
             ));
         }
         let kernel = kernel::find_kernel(self.options.kernel.as_deref())?;
-        let (qemu_bin, kvm) = self.vmm()?;
+        let vmm = self.vmm()?;
         let cache = self.state.join("initramfs");
         let base = kernel::base_initramfs(&kernel, &cache)?;
         let boot_image = vmlinux::bootable(&kernel.image, &cache);
@@ -234,7 +253,7 @@ impl MicroVmSandbox {
             cwd: spec.cwd.clone(),
             user: spec.user.clone(),
             hostname: hostname.to_string(),
-            modules: kernel::module_paths(),
+            modules: kernel::module_paths(matches!(vmm, ChosenVmm::Builtin)),
             etc_files: Vec::new(),
             inline_files: spec
                 .inline_files
@@ -336,27 +355,54 @@ impl MicroVmSandbox {
         }
 
         let (out, err) = sinks(&streams)?;
-        tracing::debug!(argv = ?spec.argv, kvm, "microVM run");
-        let report = qemu::boot(
-            &qemu::Boot {
-                qemu: &qemu_bin,
-                kernel: &boot_image,
-                initrd: &initrd,
-                output_disk: &output_disk,
-                mounts_disk: (!writable.is_empty()).then_some(mounts_disk.as_path()),
-                memory_mib: self.options.memory_mib,
-                kvm,
-                timeout: self.options.timeout,
-                pid_file,
-            },
-            out,
-            err,
-            console_input::GuestInput {
-                stdin,
-                signals,
-                window: terminal.filter(|_| spec.tty),
-            },
-        )?;
+        let input = console_input::GuestInput {
+            stdin,
+            signals,
+            window: terminal.filter(|_| spec.tty),
+        };
+        let mounts_disk = (!writable.is_empty()).then_some(mounts_disk.as_path());
+        let report = match &vmm {
+            ChosenVmm::Builtin => {
+                tracing::debug!(argv = ?spec.argv, "microVM run (builtin VMM)");
+                builtin_linux::boot(
+                    &builtin_linux::Boot {
+                        kernel: &boot_image,
+                        initrd: &initrd,
+                        cmdline: &qemu::with_appended(format!(
+                            "{} {BUILTIN_CMDLINE}",
+                            qemu::CMDLINE
+                        )),
+                        output_disk: &output_disk,
+                        mounts_disk,
+                        memory_mib: self.options.memory_mib,
+                        timeout: self.options.timeout,
+                        pid_file,
+                    },
+                    out,
+                    err,
+                    input,
+                )?
+            }
+            ChosenVmm::Qemu { binary, kvm } => {
+                tracing::debug!(argv = ?spec.argv, kvm, "microVM run (qemu)");
+                qemu::boot(
+                    &qemu::Boot {
+                        qemu: binary,
+                        kernel: &boot_image,
+                        initrd: &initrd,
+                        output_disk: &output_disk,
+                        mounts_disk,
+                        memory_mib: self.options.memory_mib,
+                        kvm: *kvm,
+                        timeout: self.options.timeout,
+                        pid_file,
+                    },
+                    out,
+                    err,
+                    input,
+                )?
+            }
+        };
         if report.killed_from_outside {
             return Ok(RunOutcome {
                 status: ExitStatus::Signal(9),
@@ -365,7 +411,12 @@ impl MicroVmSandbox {
         }
         // A cache mount keeps what the step wrote even when the step failed.
         if let Some(len) = report.mounts {
-            sync_back(&mounts_disk, len, &d.join("mounts"), &writable)?;
+            sync_back(
+                mounts_disk.unwrap_or(&output_disk),
+                len,
+                &d.join("mounts"),
+                &writable,
+            )?;
         }
         let status = outcome(&report, self.options.timeout)?;
         let len = report.output.unwrap_or(0);
@@ -381,7 +432,10 @@ impl MicroVmSandbox {
 }
 
 /// How the step ended, from the guest's report; an error where the guest could not say.
-fn outcome(report: &qemu::Report, timeout: Option<Duration>) -> Result<ExitStatus, SandboxError> {
+fn outcome(
+    report: &console::Report,
+    timeout: Option<Duration>,
+) -> Result<ExitStatus, SandboxError> {
     if report.timed_out {
         let t = timeout
             .map(|t| format!("{}s", t.as_secs()))

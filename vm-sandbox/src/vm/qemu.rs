@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::console::{ConsoleReader, Report};
 use super::console_input::{self, GuestInput};
-use super::protocol::{EXIT_PORT, Frame};
+use super::protocol::EXIT_PORT;
 use crate::SandboxError;
 
 /// One boot of a guest.
@@ -28,28 +29,6 @@ pub(crate) struct Boot<'a> {
     /// Where to write `QEMU_PID OWN_PID` once qemu runs (a container's pid file).
     pub(crate) pid_file: Option<&'a Path>,
 }
-
-/// What the guest reported, and how the VM ended.
-#[derive(Debug, Default)]
-pub(crate) struct Report {
-    pub(crate) exited: Option<i32>,
-    pub(crate) killed: Option<(i32, bool)>,
-    pub(crate) failed: Option<String>,
-    pub(crate) output: Option<u64>,
-    pub(crate) mounts: Option<u64>,
-    /// The guest kernel's last console lines.
-    pub(crate) kernel_log: Vec<String>,
-    /// The guest kernel's panic line, kept apart: the register dump and call trace after it
-    /// can push it out of `kernel_log`.
-    pub(crate) panic: Option<String>,
-    pub(crate) timed_out: bool,
-    /// qemu was killed from outside (`SIGKILL`, as `kiln kill` does to a VM container).
-    pub(crate) killed_from_outside: bool,
-    /// qemu's own error output.
-    pub(crate) vmm_errors: String,
-}
-
-const KERNEL_LOG_LINES: usize = 40;
 
 /// The qemu binary: `KILN_QEMU`, else `qemu-system-x86_64` on `PATH`.
 pub(crate) fn find_qemu() -> Result<PathBuf, SandboxError> {
@@ -69,7 +48,7 @@ pub(crate) fn find_qemu() -> Result<PathBuf, SandboxError> {
 
 /// The kernel command line: serial console, no kernel chatter but emergencies (a panic),
 /// a panic stops the VM at once.
-const CMDLINE: &str = "console=ttyS0 quiet loglevel=1 panic=-1 reboot=t nokaslr i8042.noaux i8042.nokbd i8042.nopnp tsc=reliable";
+pub(crate) const CMDLINE: &str = "console=ttyS0 quiet loglevel=1 panic=-1 reboot=t nokaslr i8042.noaux i8042.nokbd i8042.nopnp tsc=reliable";
 
 /// The command line for a boot: under software emulation the guest's TSC runs at the host's
 /// rate, and its calibration against the emulated PIT fails now and then (about one boot in
@@ -79,6 +58,16 @@ fn cmdline(kvm: bool) -> String {
     let mut line = CMDLINE.to_string();
     if !kvm && let Some(khz) = host_tsc_khz() {
         line.push_str(&format!(" tsc_early_khz={khz}"));
+    }
+    with_appended(line)
+}
+
+/// `line` with `KILN_VM_APPEND` after it: more kernel parameters, for debugging a guest
+/// (`loglevel=7` and `KILN_LOG_LEVEL=kiln::guest_kernel=debug` show its boot).
+pub(crate) fn with_appended(mut line: String) -> String {
+    if let Ok(more) = std::env::var("KILN_VM_APPEND") {
+        line.push(' ');
+        line.push_str(&more);
     }
     line
 }
@@ -166,8 +155,8 @@ fn command(boot: &Boot) -> Command {
 /// goes to `stdout` and `stderr` as it arrives.
 pub(crate) fn boot(
     boot: &Boot,
-    mut stdout: Box<dyn Write + Send>,
-    mut stderr: Box<dyn Write + Send>,
+    stdout: Box<dyn Write + Send>,
+    stderr: Box<dyn Write + Send>,
     input: GuestInput,
 ) -> Result<Report, SandboxError> {
     let mut child = command(boot).spawn().map_err(|source| SandboxError::Io {
@@ -190,47 +179,18 @@ pub(crate) fn boot(
     let errors = child.stderr.take().expect("stderr is piped");
     let to_guest = console_input::start(input, child.stdin.take().expect("stdin is piped"));
     let console = std::thread::spawn(move || {
-        let mut report = Report::default();
-        let mut reader = BufReader::new(serial);
+        let mut reader = ConsoleReader::new(stdout, stderr, to_guest);
+        let mut serial = BufReader::new(serial);
         let mut line = Vec::new();
         loop {
             line.clear();
-            match reader.read_until(b'\n', &mut line) {
+            match serial.read_until(b'\n', &mut line) {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
             }
-            let text = line.strip_suffix(b"\n").unwrap_or(&line);
-            match Frame::decode(text) {
-                Some(Frame::Stdout(d)) => {
-                    let _ = stdout.write_all(&d).and_then(|()| stdout.flush());
-                }
-                Some(Frame::Stderr(d)) => {
-                    let _ = stderr.write_all(&d).and_then(|()| stderr.flush());
-                }
-                Some(Frame::Exited(code)) => report.exited = Some(code),
-                Some(Frame::Killed { signal, oom }) => report.killed = Some((signal, oom)),
-                Some(Frame::Failed(m)) => report.failed = Some(m),
-                Some(Frame::Output(n)) => report.output = Some(n),
-                Some(Frame::Mounts(n)) => report.mounts = Some(n),
-                Some(f @ (Frame::Ready | Frame::StdinTaken(_))) => to_guest.guest_said(&f),
-                Some(
-                    Frame::Stdin(_) | Frame::StdinEnd | Frame::Signal(_) | Frame::WindowSize(..),
-                ) => {}
-                None => {
-                    let t = String::from_utf8_lossy(text).trim_end().to_string();
-                    if report.panic.is_none() && t.contains("Kernel panic") {
-                        report.panic = Some(t.clone());
-                    }
-                    if !t.is_empty() {
-                        if report.kernel_log.len() == KERNEL_LOG_LINES {
-                            report.kernel_log.remove(0);
-                        }
-                        report.kernel_log.push(t);
-                    }
-                }
-            }
+            reader.line(line.strip_suffix(b"\n").unwrap_or(&line));
         }
-        report
+        reader.finish()
     });
     let vmm_errors = std::thread::spawn(move || {
         let mut s = String::new();

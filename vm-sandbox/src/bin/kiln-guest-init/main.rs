@@ -182,15 +182,9 @@ fn set_packed_xattrs() -> Result<(), String> {
     Ok(())
 }
 
-/// Writes `dir` as a tar to the virtio disk whose serial number is `serial`; the bytes
-/// written.
-fn write_tar_to(serial: &str, dir: &Path) -> Result<u64, String> {
-    let device = fs::read_dir("/sys/block")
-        .map_err(|e| format!("list block devices: {e}"))?
-        .flatten()
-        .find(|e| fs::read_to_string(e.path().join("serial")).is_ok_and(|s| s.trim() == serial))
-        .map(|e| Path::new("/dev").join(e.file_name()))
-        .ok_or_else(|| format!("no disk {serial}"))?;
+/// Writes `dir` as a tar to the disk `name` ([`disk`]); the bytes written.
+fn write_tar_to(name: &str, dir: &Path) -> Result<u64, String> {
+    let device = disk(name)?;
     let disk = fs::OpenOptions::new()
         .write(true)
         .open(&device)
@@ -198,6 +192,35 @@ fn write_tar_to(serial: &str, dir: &Path) -> Result<u64, String> {
     let written = layer_tar::write_layer(dir, &disk).map_err(|e| e.to_string())?;
     disk.sync_all().map_err(|e| e.to_string())?;
     Ok(written)
+}
+
+/// The disk `name` (`kiln-out`, `kiln-mounts`): under qemu the virtio disk with that serial
+/// number; under the builtin VMM a persistent-memory range, the output first
+/// (`/dev/pmem0`), then the mounts' (`/dev/pmem1`), which may appear a moment after their
+/// driver loads.
+fn disk(name: &str) -> Result<PathBuf, String> {
+    let virtio = fs::read_dir("/sys/block")
+        .map_err(|e| format!("list block devices: {e}"))?
+        .flatten()
+        .find(|e| fs::read_to_string(e.path().join("serial")).is_ok_and(|s| s.trim() == name))
+        .map(|e| Path::new("/dev").join(e.file_name()));
+    if let Some(d) = virtio {
+        return Ok(d);
+    }
+    let pmem = match name {
+        "kiln-out" => "pmem0",
+        "kiln-mounts" => "pmem1",
+        _ => return Err(format!("no disk {name}")),
+    };
+    if Path::new("/sys/bus/nd").is_dir() {
+        for _ in 0..500 {
+            if Path::new("/sys/block").join(pmem).exists() {
+                return Ok(Path::new("/dev").join(pmem));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+    Err(format!("no disk {name}"))
 }
 
 /// The OOM killer's count so far.
