@@ -12,6 +12,7 @@
 
 pub mod docker;
 pub mod http_server;
+pub mod nested;
 pub mod proxy;
 pub mod vm;
 

@@ -263,6 +263,10 @@ impl MicroVmSandbox {
             mounts: Vec::new(),
             read_only: spec.read_only,
             interactive: false,
+            clock: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()
+                .map(|d| (d.as_secs(), d.subsec_nanos())),
             tty: spec.tty.then(|| {
                 terminal
                     .as_deref()

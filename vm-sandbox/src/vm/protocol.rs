@@ -91,6 +91,10 @@ pub struct GuestSpec {
     /// The step gets a pseudo-terminal of this size (rows, columns; 0 0 when unknown) for
     /// its standard streams (`kiln run -t`).
     pub tty: Option<(u16, u16)>,
+    /// The host's clock when the run was prepared (seconds and nanoseconds since the
+    /// epoch): the guest's clock is set to it if it is behind (the builtin VMM's machine has
+    /// no real-time clock, and files the step writes carry its time).
+    pub clock: Option<(u64, u32)>,
 }
 
 /// A mount in the guest.
@@ -205,6 +209,9 @@ impl GuestSpec {
         if let Some((rows, cols)) = self.tty {
             record(&mut out, "tty", format!("{rows} {cols}").as_bytes());
         }
+        if let Some((secs, nanos)) = self.clock {
+            record(&mut out, "clock", format!("{secs} {nanos}").as_bytes());
+        }
         out
     }
 
@@ -222,6 +229,13 @@ impl GuestSpec {
                 "read-only" => spec.read_only = value == b"1",
                 "stdin" => spec.interactive = value == b"1",
                 "tty" => spec.tty = Some(two_numbers(&text(value)?).ok_or("spec: bad tty size")?),
+                "clock" => {
+                    let v = text(value)?;
+                    let parsed = v
+                        .split_once(' ')
+                        .and_then(|(s, n)| Some((s.parse().ok()?, n.parse().ok()?)));
+                    spec.clock = Some(parsed.ok_or("spec: bad clock")?);
+                }
                 "tmpfs" | "copy" => {
                     let v = text(value)?;
                     let (target, rest) = v.split_once('\0').ok_or("spec: bad mount")?;
@@ -423,6 +437,7 @@ mod tests {
             read_only: true,
             interactive: true,
             tty: Some((24, 80)),
+            clock: Some((1_700_000_000, 123_456_789)),
         };
         assert_eq!(GuestSpec::decode(&spec.encode()).unwrap(), spec);
         assert!(GuestSpec::decode(b"arg 10\nshort\n").is_err());

@@ -92,6 +92,9 @@ fn run() -> Result<(), String> {
 
     let raw = fs::read(protocol::SPEC_PATH).map_err(|e| format!("read the step's spec: {e}"))?;
     let spec = GuestSpec::decode(&raw)?;
+    if let Some((seconds, nanos)) = spec.clock {
+        sys::clock_at_least(seconds, nanos)?;
+    }
     for m in &spec.modules {
         sys::load_module(Path::new(m))?;
     }

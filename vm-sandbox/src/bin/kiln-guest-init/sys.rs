@@ -64,10 +64,36 @@ unsafe extern "C" {
     fn prctl(option: c_int, ...) -> c_int;
     fn ioctl(fd: c_int, request: c_ulong, ...) -> c_int;
     fn setsid() -> c_int;
+    fn clock_gettime(clock: c_int, time: *mut Timespec) -> c_int;
+    fn clock_settime(clock: c_int, time: *const Timespec) -> c_int;
     #[link_name = "signal"]
     fn set_signal_action(sig: c_int, handler: usize) -> usize;
     fn tcgetattr(fd: c_int, termios: *mut Termios) -> c_int;
     fn tcsetattr(fd: c_int, when: c_int, termios: *const Termios) -> c_int;
+}
+
+/// `struct timespec` on x86-64.
+#[repr(C)]
+#[derive(Default)]
+struct Timespec {
+    seconds: i64,
+    nanos: i64,
+}
+
+/// Sets the real-time clock to `(seconds, nanos)` since the epoch if it is behind that.
+pub(crate) fn clock_at_least(seconds: u64, nanos: u32) -> Result<(), String> {
+    let mut now = Timespec::default();
+    // SAFETY: `now` is a valid timespec to write for the call.
+    check(unsafe { clock_gettime(0, &mut now) }).map_err(|e| format!("read the clock: {e}"))?;
+    let wanted = Timespec {
+        seconds: i64::try_from(seconds).map_err(|_| "the host's clock is out of range")?,
+        nanos: i64::from(nanos),
+    };
+    if (now.seconds, now.nanos) >= (wanted.seconds, wanted.nanos) {
+        return Ok(());
+    }
+    // SAFETY: `wanted` is a valid timespec, read for the call; clock 0 is CLOCK_REALTIME.
+    check(unsafe { clock_settime(0, &wanted) }).map_err(|e| format!("set the clock: {e}"))
 }
 
 /// glibc's `struct termios` on x86-64 (`NCCS` is 32).

@@ -1,0 +1,142 @@
+//! The builtin VMM (`--vmm builtin`, in-process on the rust-vmm crates) boots Linux and runs
+//! steps and containers with the same contract as qemu: output, exit codes, standard input,
+//! a build whose image equals the container backend's, the timeout.
+//!
+//! On a host with hardware virtualization the test runs kiln there. These hosts' /dev/kvm is
+//! PVM, which cannot boot a stock kernel, so here it runs inside a machine whose emulated
+//! CPU has SVM ([`tests::nested`]): kiln's builtin VMM boots its guests on that machine's
+//! /dev/kvm. Each guest takes 10-15 s there.
+
+use std::time::Duration;
+
+use tests::TestContext;
+use tests::nested::{NestedMachine, NestedOutput};
+use tests::vm::vm_available;
+
+const EPOCH: &str = "1700000000";
+
+const DOCKERFILE: &str = "FROM busybox:latest
+COPY hello.txt /app/hello.txt
+RUN mkdir -p /out && echo built > /out/built.txt && chmod 640 /out/built.txt \\
+ && ln -s built.txt /out/link && id -u > /out/uid && rm /app/hello.txt
+ENV BUILT=yes
+";
+
+/// The script each place runs: a container's output and exit code, standard input, a build
+/// (its manifest digest printed), a hang stopped by the timeout, what is left over.
+fn script(kiln: &str, context: &str) -> String {
+    format!(
+        r#"K="{kiln}"
+VM="--isolation vm --vmm builtin"
+set -u
+$K run $VM --rm busybox:latest sh -c 'echo "hi there"; echo to-stderr >&2; exit 3' 2>&1
+echo "run-exit=$?"
+echo piped-input | $K run $VM --rm -i busybox:latest sh -c 'read x; echo "got $x"'
+echo "stdin-exit=$?"
+SOURCE_DATE_EPOCH={EPOCH} $K build $VM -q --no-cache -t app:vm {context} > /dev/null
+echo "build-exit=$?"
+$K inspect app:vm | grep -m1 '"digest"' | tr -d ' ,"' | sed 's/^digest:/digest=/'
+start=$(date +%s)
+$K run $VM --rm --vm-timeout 5s busybox:latest sleep 1000 2>&1
+echo "timeout-exit=$? took=$(($(date +%s) - start))"
+echo "runs-left=$(ls {kiln_root}/vm/runs 2>/dev/null | wc -l)"
+"#,
+        kiln_root = kiln.split_whitespace().last().unwrap_or_default(),
+    )
+}
+
+fn value<'a>(out: &'a NestedOutput, key: &str) -> &'a str {
+    out.output
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key}= in {out:#?}"))
+}
+
+#[test]
+fn builtin_vmm_boots_linux_and_runs_steps() {
+    if !vm_available() {
+        return;
+    }
+    let ctx = TestContext::new();
+    ctx.base_image();
+    let app = ctx.work().join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(app.join("Dockerfile"), DOCKERFILE).unwrap();
+    std::fs::write(app.join("hello.txt"), "hello\n").unwrap();
+    let store_before_build = ctx.work().join("store");
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(ctx.root())
+        .arg(&store_before_build)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+
+    // The reference: the container backend's image.
+    ctx.kiln()
+        .env("SOURCE_DATE_EPOCH", EPOCH)
+        .args([
+            "build",
+            "-q",
+            "--no-cache",
+            "--isolation",
+            "container",
+            "-t",
+            "app:ct",
+        ])
+        .arg(&app)
+        .run()
+        .ok();
+    let inspect: serde_json::Value =
+        serde_json::from_str(ctx.kiln().args(["inspect", "app:ct"]).run().ok()).unwrap();
+    let container_digest = inspect[0]["Descriptor"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let out = if vm_sandbox::vm::hardware_kvm() {
+        let kiln = format!(
+            "{} --root {}",
+            tests::kiln_bin().display(),
+            ctx.root().display()
+        );
+        let o = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script(&kiln, &app.display().to_string()))
+            .env(
+                "KILN_VM_KERNEL",
+                std::env::var_os("KILN_VM_KERNEL").unwrap_or_default(),
+            )
+            .output()
+            .unwrap();
+        NestedOutput {
+            output: String::from_utf8_lossy(&o.stdout).to_string(),
+            code: o.status.code(),
+            console: String::from_utf8_lossy(&o.stderr).to_string(),
+        }
+    } else {
+        let Some(machine) = NestedMachine::new(&store_before_build) else {
+            return;
+        };
+        machine.add(&app, "/app");
+        machine.run(
+            &script("kiln --root /tmp/store", "/app"),
+            Duration::from_secs(600),
+        )
+    };
+
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert!(out.output.contains("hi there\n"), "{out:#?}");
+    assert!(out.output.contains("to-stderr\n"), "{out:#?}");
+    assert_eq!(value(&out, "run-exit"), "3", "{out:#?}");
+    assert!(out.output.contains("got piped-input\n"), "{out:#?}");
+    assert_eq!(value(&out, "stdin-exit"), "0", "{out:#?}");
+    assert_eq!(value(&out, "build-exit"), "0", "{out:#?}");
+    assert_eq!(value(&out, "digest"), container_digest, "{out:#?}");
+    let timeout = value(&out, "timeout-exit");
+    assert!(timeout.starts_with("125 "), "{out:#?}");
+    let took: u64 = timeout.rsplit('=').next().unwrap().parse().unwrap();
+    assert!(took < 60, "the timeout took {took} s: {out:#?}");
+    assert!(out.output.contains("did not finish within 5s"), "{out:#?}");
+    assert_eq!(value(&out, "runs-left"), "0", "{out:#?}");
+}
