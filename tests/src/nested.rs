@@ -23,19 +23,6 @@ const MACHINE_MODULES: [&str; 4] = [
     "kernel/fs/overlayfs/overlay.ko",
 ];
 
-/// The modules kiln packs into its guests' initramfs (vm-sandbox's `kernel::MODULES`).
-const GUEST_MODULES: [&str; 9] = [
-    "kernel/drivers/virtio/virtio_ring.ko",
-    "kernel/drivers/virtio/virtio.ko",
-    "kernel/drivers/virtio/virtio_mmio.ko",
-    "kernel/drivers/block/virtio_blk.ko",
-    "kernel/drivers/nvdimm/libnvdimm.ko",
-    "kernel/drivers/nvdimm/nd_btt.ko",
-    "kernel/drivers/nvdimm/nd_pmem.ko",
-    "kernel/drivers/nvdimm/nd_e820.ko",
-    "kernel/fs/overlayfs/overlay.ko",
-];
-
 /// What a script printed in the machine, and how it exited.
 #[derive(Debug)]
 pub struct NestedOutput {
@@ -74,7 +61,8 @@ impl NestedMachine {
         let have_modules = modules.as_ref().is_some_and(|m| {
             MACHINE_MODULES
                 .iter()
-                .chain(&GUEST_MODULES)
+                .copied()
+                .chain(vm_sandbox::vm::guest_modules())
                 .all(|p| m.join(p).is_file())
         });
         let ready = require(
@@ -101,7 +89,7 @@ impl NestedMachine {
             &kernel,
             &root.join("boot").join(kernel.file_name().unwrap()),
         );
-        for m in GUEST_MODULES {
+        for m in vm_sandbox::vm::guest_modules() {
             copy(
                 &modules.join(m),
                 &root.join("lib/modules").join(&version).join(m),

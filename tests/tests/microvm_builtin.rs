@@ -23,7 +23,8 @@ ENV BUILT=yes
 ";
 
 /// The script each place runs: a container's output and exit code, standard input, a build
-/// (its manifest digest printed), a hang stopped by the timeout, what is left over.
+/// (its manifest digest printed), a hang stopped by the timeout, a kernel panic, running out
+/// of memory, a detached container stopped (its trap runs) and one killed, what is left over.
 fn script(kiln: &str, context: &str) -> String {
     format!(
         r#"K="{kiln}"
@@ -39,6 +40,20 @@ $K inspect app:vm | grep -m1 '"digest"' | tr -d ' ,"' | sed 's/^digest:/digest=/
 start=$(date +%s)
 $K run $VM --rm --vm-timeout 5s busybox:latest sleep 1000 2>&1
 echo "timeout-exit=$? took=$(($(date +%s) - start))"
+$K run $VM --rm busybox:latest sh -c 'echo c > /proc/sysrq-trigger; sleep 100' 2>&1
+echo "panic-exit=$?"
+$K run $VM --rm --vm-memory 256m busybox:latest sh -c "x=\$(head -c 600000000 /dev/zero | tr '\\0' a); echo \${{#x}}" 2>&1
+echo "oom-exit=$?"
+started() {{ for i in $(seq 120); do $K logs $1 2>/dev/null | grep -q started && return; sleep 1; done; }}
+$K run $VM -d --name vmd busybox:latest sh -c "trap 'echo got-term; exit 7' TERM; echo started; while true; do sleep 0.2; done" > /dev/null
+started vmd
+$K stop vmd > /dev/null
+echo "stop-code=$($K wait vmd) logs=$($K logs vmd | tr '\n' ,)"
+$K run $VM -d --name vmk busybox:latest sh -c "trap '' TERM INT; echo started; while true; do sleep 0.2; done" > /dev/null
+started vmk
+$K kill vmk > /dev/null
+echo "kill-code=$($K wait vmk)"
+$K rm vmd vmk > /dev/null
 echo "runs-left=$(ls {kiln_root}/vm/runs 2>/dev/null | wc -l)"
 "#,
         kiln_root = kiln.split_whitespace().last().unwrap_or_default(),
@@ -102,11 +117,10 @@ fn builtin_vmm_boots_linux_and_runs_steps() {
         );
         let o = std::process::Command::new("sh")
             .arg("-c")
-            .arg(script(&kiln, &app.display().to_string()))
-            .env(
-                "KILN_VM_KERNEL",
-                std::env::var_os("KILN_VM_KERNEL").unwrap_or_default(),
-            )
+            .arg(format!(
+                "{{\n{}\n}} 2>&1",
+                script(&kiln, &app.display().to_string())
+            ))
             .output()
             .unwrap();
         NestedOutput {
@@ -138,5 +152,15 @@ fn builtin_vmm_boots_linux_and_runs_steps() {
     let took: u64 = timeout.rsplit('=').next().unwrap().parse().unwrap();
     assert!(took < 60, "the timeout took {took} s: {out:#?}");
     assert!(out.output.contains("did not finish within 5s"), "{out:#?}");
+    assert_eq!(value(&out, "panic-exit"), "125", "{out:#?}");
+    assert!(out.output.contains("kernel panicked"), "{out:#?}");
+    assert_eq!(value(&out, "oom-exit"), "125", "{out:#?}");
+    assert!(out.output.contains("ran out of memory"), "{out:#?}");
+    assert_eq!(
+        value(&out, "stop-code"),
+        "7 logs=started,got-term,",
+        "{out:#?}"
+    );
+    assert_eq!(value(&out, "kill-code"), "137", "{out:#?}");
     assert_eq!(value(&out, "runs-left"), "0", "{out:#?}");
 }

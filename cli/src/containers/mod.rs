@@ -321,8 +321,17 @@ impl Container {
         use nix::unistd::Pid;
         let (first, helper) = self.pids().context("the container is not running")?;
         // In a microVM, `first` is qemu: SIGKILL ends the VM at once; other signals go to the
-        // process running the VM, which passes them to the guest's process.
+        // process running the VM, which passes them to the guest's process. The builtin VMM
+        // runs in that process (`first` is the helper): it is asked to end the VM instead.
         let target = match helper {
+            Some(h)
+                if self.config.vm.is_some()
+                    && sig == nix::sys::signal::Signal::SIGKILL
+                    && h == first =>
+            {
+                return vm_sandbox::vm::kill_vm_in(first)
+                    .with_context(|| format!("signal container {}", self.config.name));
+            }
             Some(_) if self.config.vm.is_some() && sig == nix::sys::signal::Signal::SIGKILL => {
                 first
             }

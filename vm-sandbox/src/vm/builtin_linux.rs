@@ -123,15 +123,24 @@ pub(crate) fn boot(
     };
     let stopping = Arc::new(AtomicBool::new(false));
     let timed_out = Arc::new(AtomicBool::new(false));
-    let watchdog = boot.timeout.map(|limit| {
+    let killed = Arc::new(AtomicBool::new(false));
+    KILL_REQUESTED.store(false, Ordering::SeqCst);
+    let watchdog = {
         let vcpu_thread = VcpuThread::current();
-        let (done, stopping, timed_out) = (done.clone(), stopping.clone(), timed_out.clone());
+        let limit = boot.timeout;
+        let (done, stopping) = (done.clone(), stopping.clone());
+        let (timed_out, killed) = (timed_out.clone(), killed.clone());
         std::thread::spawn(move || {
             let started = Instant::now();
             while !done.load(Ordering::SeqCst) {
-                if started.elapsed() >= limit && !timed_out.load(Ordering::SeqCst) {
-                    timed_out.store(true, Ordering::SeqCst);
-                    stopping.store(true, Ordering::SeqCst);
+                if !stopping.load(Ordering::SeqCst) {
+                    if limit.is_some_and(|l| started.elapsed() >= l) {
+                        timed_out.store(true, Ordering::SeqCst);
+                        stopping.store(true, Ordering::SeqCst);
+                    } else if KILL_REQUESTED.load(Ordering::SeqCst) {
+                        killed.store(true, Ordering::SeqCst);
+                        stopping.store(true, Ordering::SeqCst);
+                    }
                 }
                 if stopping.load(Ordering::SeqCst) {
                     // Again until the vCPU has seen it: a signal just before KVM_RUN is lost.
@@ -140,13 +149,11 @@ pub(crate) fn boot(
                 std::thread::sleep(Duration::from_millis(10));
             }
         })
-    });
+    };
 
     let stop = machine.run_with(&serial, &stopping);
     done.store(true, Ordering::SeqCst);
-    if let Some(w) = watchdog {
-        let _ = w.join();
-    }
+    let _ = watchdog.join();
     let _ = feeder.join();
     drop(machine);
     let reader = match Arc::try_unwrap(serial) {
@@ -162,6 +169,7 @@ pub(crate) fn boot(
     };
     let mut report = reader.finish();
     report.timed_out = timed_out.load(Ordering::SeqCst);
+    report.killed_from_outside = killed.load(Ordering::SeqCst) && report.exited.is_none();
     match stop? {
         Stop::ExitPort(_) | Stop::Shutdown | Stop::Interrupted => {}
         Stop::Halted => report.vmm_errors = "the guest halted".into(),
@@ -292,13 +300,38 @@ fn kick_signal() -> libc::c_int {
     vmm_sys_util::signal::SIGRTMIN() + 1
 }
 
+/// The signal that asks the process running a builtin VM to end it as if its VMM had been
+/// killed ([`kill_vm_in`]).
+fn kill_signal() -> libc::c_int {
+    vmm_sys_util::signal::SIGRTMIN() + 2
+}
+
+/// Set by [`kill_signal`]'s handler; the watchdog stops the VM.
+static KILL_REQUESTED: AtomicBool = AtomicBool::new(false);
+
 extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+extern "C" fn on_kill(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    KILL_REQUESTED.store(true, Ordering::SeqCst);
+}
+
+/// Ends the builtin VM that process `pid` runs (a container's monitor) as `SIGKILL` ends
+/// qemu: at once, the container's process counted as killed by it. (`SIGKILL` itself
+/// would kill the monitor before it could record how the container ended.)
+pub fn kill_vm_in(pid: i32) -> std::io::Result<()> {
+    // SAFETY: kill(2) with a plain PID and signal number has no memory effects here.
+    if unsafe { libc::kill(pid, kill_signal()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
 
 impl VcpuThread {
     fn current() -> VcpuThread {
         static HANDLER: Once = Once::new();
         HANDLER.call_once(|| {
             let _ = vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick);
+            let _ = vmm_sys_util::signal::register_signal_handler(kill_signal(), on_kill);
         });
         // SAFETY: pthread_self has no preconditions.
         VcpuThread(unsafe { libc::pthread_self() })

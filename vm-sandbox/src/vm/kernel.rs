@@ -29,6 +29,12 @@ const MODULES: [(&str, Disks); 9] = [
     ("kernel/fs/overlayfs/overlay.ko", Disks::Both),
 ];
 
+/// The modules a guest may load, relative to the kernel's modules directory (a test that
+/// assembles a kernel tree needs them).
+pub fn guest_modules() -> impl Iterator<Item = &'static str> {
+    MODULES.iter().map(|(m, _)| *m)
+}
+
 /// Which guests need a module.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Disks {

@@ -36,7 +36,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use kernel::hardware_kvm;
+pub use builtin_linux::kill_vm_in;
+pub use kernel::{guest_modules, hardware_kvm};
 use protocol::{GuestMount, GuestSpec};
 
 use crate::container::{ETC_FILES, remove_mount_stubs, scratch_dir, write_etc_files};
