@@ -4,7 +4,8 @@
 # layer, tear down) against the floor of the same VMM and kernel: qemu booting a busybox
 # initramfs whose /init runs `true` and powers off. Then a RUN step's cost in a build: 3
 # `RUN true` steps against 1 (--no-cache), halved. Taken alternately; medians, min-max and
-# kiln/floor ratios. Target: <= 2.5 s per step with qemu/TCG here (<= 150 ms on hardware KVM).
+# kiln/floor ratios. Target: <= 2.5 s per step with qemu/TCG here (<= 150 ms on hardware KVM,
+# where `--vmm auto`, which these cases use, takes the builtin VMM; the floor stays qemu/TCG).
 # And the builtin VMM's start: the kiln process from exec to a one-instruction guest's write
 # to the exit port (target <= 10 ms), beside kiln's own start (`kiln --version`).
 #

@@ -71,6 +71,11 @@ impl NestedMachine {
             "apt-get install qemu-system-x86",
         ) && require("cpio", have_program("cpio"), "apt-get install cpio")
             && require(
+                "mke2fs",
+                Path::new("/usr/sbin/mke2fs").is_file(),
+                "apt-get install e2fsprogs",
+            )
+            && require(
                 "a cloud kernel with KVM modules",
                 have_modules,
                 "apt-get install linux-image-cloud-amd64",
@@ -100,7 +105,13 @@ impl NestedMachine {
             copy(&modules.join(m), &root.join("mod").join(name));
         }
         let kiln = kiln_bin();
-        for lib in shared_libraries(&kiln) {
+        // kiln makes a large root's disk image with e2fsprogs' mke2fs (busybox's has no -d).
+        let mke2fs = Path::new("/usr/sbin/mke2fs");
+        copy(mke2fs, &root.join("usr/sbin/mke2fs"));
+        for lib in shared_libraries(&kiln)
+            .into_iter()
+            .chain(shared_libraries(mke2fs))
+        {
             copy(&lib, &root.join(lib.strip_prefix("/").unwrap()));
         }
         let stripped = Command::new("strip")
@@ -152,13 +163,11 @@ mount -t tmpfs tmp /tmp
 cp -a /store /tmp/store
 for m in irqbypass kvm kvm-amd overlay; do insmod /mod/$m.ko; done
 ln -s /kiln /bin/kiln
-export PATH=/bin KILN_VM_KERNEL=/boot/vmlinuz-{version} CI=
+export PATH=/usr/sbin:/bin KILN_VM_KERNEL=/boot/vmlinuz-{version} CI=
 cd /tmp
-sh /script.sh > /tmp/script.out 2>&1
-rc=$?
 echo ==KILN-NESTED-OUTPUT==
-cat /tmp/script.out
-echo "==KILN-NESTED-RC=$rc=="
+sh /script.sh 2>&1
+echo "==KILN-NESTED-RC=$?=="
 poweroff -f
 "#
         );
@@ -181,7 +190,7 @@ poweroff -f
         assert!(status.success(), "pack the machine's initramfs");
         let append = format!(
             "console=ttyS0 quiet loglevel=1 panic=-1 reboot=t {}",
-            tsc_khz()
+            vm_sandbox::vm::host_tsc_khz()
                 .map(|k| format!("tsc_early_khz={k}"))
                 .unwrap_or_default()
         );
@@ -221,6 +230,8 @@ poweroff -f
             },
             None => (String::new(), None),
         };
+        // Without an exit code (the machine was stopped at the timeout), what it printed
+        // shows how far it got.
         NestedOutput {
             output,
             code,
@@ -242,19 +253,4 @@ fn shared_libraries(binary: &Path) -> Vec<PathBuf> {
         .filter(|w| w.starts_with('/'))
         .map(PathBuf::from)
         .collect()
-}
-
-/// The host's TSC rate: the emulated machine's calibration against its PIT fails now and
-/// then under TCG (vm-sandbox's qemu VMM passes it the same way).
-fn tsc_khz() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    let mhz: f64 = info
-        .lines()
-        .find(|l| l.starts_with("cpu MHz"))?
-        .split(':')
-        .nth(1)?
-        .trim()
-        .parse()
-        .ok()?;
-    Some((mhz * 1000.0).round() as u64)
 }

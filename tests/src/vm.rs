@@ -49,3 +49,13 @@ pub fn assert_nothing_left(ctx: &TestContext) {
         root.display()
     );
 }
+
+/// The manifest digest of image `tag` in the test's store (`kiln inspect`).
+pub fn manifest_digest(ctx: &TestContext, tag: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(ctx.kiln().args(["inspect", tag]).run().ok())
+        .expect("inspect prints JSON");
+    v[0]["Descriptor"]["digest"]
+        .as_str()
+        .expect("a manifest digest")
+        .to_string()
+}

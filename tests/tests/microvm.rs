@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use tests::vm::{assert_nothing_left, vm_available};
+use tests::vm::{assert_nothing_left, manifest_digest, vm_available};
 use tests::{Output, TestContext, wait_for, workspace_dir};
 
 const EPOCH: &str = "1700000000";
@@ -94,15 +94,6 @@ fn vm_run_prints_the_output_and_returns_the_exit_code() {
     assert_ne!(out.code, Some(0));
     assert!(out.one_error_line().contains("builtin VMM"), "{out:?}");
     assert_nothing_left(&ctx);
-}
-
-fn manifest_digest(ctx: &TestContext, tag: &str) -> String {
-    let v: serde_json::Value = serde_json::from_str(ctx.kiln().args(["inspect", tag]).run().ok())
-        .expect("inspect prints JSON");
-    v[0]["Descriptor"]["digest"]
-        .as_str()
-        .expect("a manifest digest")
-        .to_string()
 }
 
 /// The builder's compat cases give the same manifest digest built in microVMs as in

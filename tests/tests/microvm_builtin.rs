@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tests::TestContext;
 use tests::nested::{NestedMachine, NestedOutput};
-use tests::vm::vm_available;
+use tests::vm::{manifest_digest, vm_available};
 
 const EPOCH: &str = "1700000000";
 
@@ -23,33 +23,34 @@ ENV BUILT=yes
 ";
 
 /// The script each place runs: a container's output and exit code, standard input, a build
-/// (its manifest digest printed), a hang stopped by the timeout, a kernel panic, running out
+/// (its steps' roots on a disk; its manifest digest printed), a hang stopped by the timeout, a kernel panic, running out
 /// of memory, a detached container stopped (its trap runs) and one killed, what is left over.
 fn script(kiln: &str, context: &str) -> String {
     format!(
         r#"K="{kiln}"
 VM="--isolation vm --vmm builtin"
+L="--vm-timeout 240s"
 set -u
-$K run $VM --rm busybox:latest sh -c 'echo "hi there"; echo to-stderr >&2; exit 3' 2>&1
+$K run $VM $L --rm busybox:latest sh -c 'echo "hi there"; echo to-stderr >&2; ls /dev; ls /; exit 3' 2>&1
 echo "run-exit=$?"
-echo piped-input | $K run $VM --rm -i busybox:latest sh -c 'read x; echo "got $x"'
+echo piped-input | $K run --isolation vm --vm-timeout 240s --rm -i busybox:latest sh -c 'read x; echo "got $x"'
 echo "stdin-exit=$?"
-SOURCE_DATE_EPOCH={EPOCH} $K build $VM -q --no-cache -t app:vm {context} > /dev/null
+SOURCE_DATE_EPOCH={EPOCH} KILN_VM_ROOT_DISK_MIN_MB=0 $K build $VM $L -q --no-cache -t app:vm {context} > /dev/null
 echo "build-exit=$?"
 $K inspect app:vm | grep -m1 '"digest"' | tr -d ' ,"' | sed 's/^digest:/digest=/'
 start=$(date +%s)
 $K run $VM --rm --vm-timeout 5s busybox:latest sleep 1000 2>&1
 echo "timeout-exit=$? took=$(($(date +%s) - start))"
-$K run $VM --rm busybox:latest sh -c 'echo c > /proc/sysrq-trigger; sleep 100' 2>&1
+$K run $VM $L --rm busybox:latest sh -c 'echo c > /proc/sysrq-trigger; sleep 100' 2>&1
 echo "panic-exit=$?"
-$K run $VM --rm --vm-memory 256m busybox:latest sh -c "x=\$(head -c 600000000 /dev/zero | tr '\\0' a); echo \${{#x}}" 2>&1
+$K run $VM $L --rm --vm-memory 256m busybox:latest sh -c "x=\$(head -c 600000000 /dev/zero | tr '\\0' a); echo \${{#x}}" 2>&1
 echo "oom-exit=$?"
 started() {{ for i in $(seq 120); do $K logs $1 2>/dev/null | grep -q started && return; sleep 1; done; }}
-$K run $VM -d --name vmd busybox:latest sh -c "trap 'echo got-term; exit 7' TERM; echo started; while true; do sleep 0.2; done" > /dev/null
+$K run $VM $L -d --name vmd busybox:latest sh -c "trap 'echo got-term; exit 7' TERM; echo started; while true; do sleep 0.2; done" > /dev/null
 started vmd
 $K stop vmd > /dev/null
 echo "stop-code=$($K wait vmd) logs=$($K logs vmd | tr '\n' ,)"
-$K run $VM -d --name vmk busybox:latest sh -c "trap '' TERM INT; echo started; while true; do sleep 0.2; done" > /dev/null
+$K run $VM $L -d --name vmk busybox:latest sh -c "trap '' TERM INT; echo started; while true; do sleep 0.2; done" > /dev/null
 started vmk
 $K kill vmk > /dev/null
 echo "kill-code=$($K wait vmk)"
@@ -102,12 +103,7 @@ fn builtin_vmm_boots_linux_and_runs_steps() {
         .arg(&app)
         .run()
         .ok();
-    let inspect: serde_json::Value =
-        serde_json::from_str(ctx.kiln().args(["inspect", "app:ct"]).run().ok()).unwrap();
-    let container_digest = inspect[0]["Descriptor"]["digest"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let container_digest = manifest_digest(&ctx, "app:ct");
 
     let out = if vm_sandbox::vm::hardware_kvm() {
         let kiln = format!(
@@ -143,6 +139,14 @@ fn builtin_vmm_boots_linux_and_runs_steps() {
     assert!(out.output.contains("hi there\n"), "{out:#?}");
     assert!(out.output.contains("to-stderr\n"), "{out:#?}");
     assert_eq!(value(&out, "run-exit"), "3", "{out:#?}");
+    // The guest sees no /dev/kvm, no host devices, not the host's (or machine's) files: the
+    // host has /kiln and /tmp/store (nested) or the test's directories.
+    assert!(!out.output.contains("kvm"), "{out:#?}");
+    for host_only in ["kiln\n", "store\n", "mod\n", "script.sh\n"] {
+        assert!(!out.output.contains(host_only), "{host_only}: {out:#?}");
+    }
+    // `--vmm auto` (the default) takes the builtin VMM where there is hardware virtualization
+    // (the nested machine has no qemu: this run would fail with it).
     assert!(out.output.contains("got piped-input\n"), "{out:#?}");
     assert_eq!(value(&out, "stdin-exit"), "0", "{out:#?}");
     assert_eq!(value(&out, "build-exit"), "0", "{out:#?}");

@@ -131,15 +131,22 @@ mod memmap_region {
     unsafe impl Send for Mapping {}
 
     impl Mapping {
-        pub(crate) fn new(file: &File, len: usize) -> std::io::Result<Mapping> {
-            // SAFETY: a fresh shared mapping of `len` bytes of `file`, which outlives the
-            // call; the result is checked before use.
+        /// A mapping of `len` bytes of `file`: `shared`, the file sees writes to it; else
+        /// they stay in the mapping (copy-on-write).
+        pub(crate) fn new(file: &File, len: usize, shared: bool) -> std::io::Result<Mapping> {
+            let flags = if shared {
+                libc::MAP_SHARED
+            } else {
+                libc::MAP_PRIVATE
+            };
+            // SAFETY: a fresh mapping of `len` bytes of `file`, which outlives the call; the
+            // result is checked before use.
             let addr = unsafe {
                 libc::mmap(
                     std::ptr::null_mut(),
                     len,
                     libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_SHARED,
+                    flags,
                     file.as_raw_fd(),
                     0,
                 )
@@ -163,11 +170,12 @@ mod memmap_region {
 }
 
 impl Machine {
-    /// A VM with `memory_mib` of RAM and `channels` (files of the given lengths) as
-    /// persistent-memory ranges above it, the first at [`CHANNEL_ADDR`] on small machines.
+    /// A VM with `memory_mib` of RAM and `channels` (files of the given lengths, and whether
+    /// the guest's writes reach the file) as persistent-memory ranges above it, the first at
+    /// [`CHANNEL_ADDR`] on small machines.
     pub(crate) fn new(
         memory_mib: u32,
-        channels: &[(&File, u64)],
+        channels: &[(&File, u64, bool)],
         devices: Devices,
     ) -> Result<Machine, SandboxError> {
         let created = Instant::now();
@@ -189,10 +197,10 @@ impl Machine {
         // SAFETY: the region is the mapping `memory` owns, which lives as long as the VM.
         unsafe { vm.set_user_memory_region(region) }.map_err(vmm_err("map guest memory"))?;
         let mut mapped: Vec<Channel> = Vec::new();
-        for (file, len) in channels {
+        for (file, len, shared) in channels {
             let len_usize = usize::try_from(*len)
                 .map_err(|_| SandboxError::Setup("memory channel too large".into()))?;
-            let map = memmap_region::Mapping::new(file, len_usize).map_err(|source| {
+            let map = memmap_region::Mapping::new(file, len_usize, *shared).map_err(|source| {
                 SandboxError::Io {
                     what: "map a memory channel".into(),
                     source,
@@ -557,7 +565,7 @@ mod tests {
             .open(dir.path().join("channel"))
             .unwrap();
         file.set_len(2 << 20).unwrap();
-        let mut m = Machine::new(64, &[(&file, 2 << 20)], Devices::Bare).unwrap();
+        let mut m = Machine::new(64, &[(&file, 2 << 20, true)], Devices::Bare).unwrap();
         m.load(CHANNEL_PROBE, LOAD_ADDR).unwrap();
         m.boot_state(LOAD_ADDR, "", None, None).unwrap();
         let stop = m.run(std::io::sink()).unwrap();

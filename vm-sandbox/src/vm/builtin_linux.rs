@@ -20,23 +20,22 @@ use linux_loader::loader::{BzImage, Elf, KernelLoader as _, bootparam::setup_hea
 use vm_memory::{Bytes as _, GuestAddress};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
+use super::GuestBoot;
 use super::builtin::{Devices, Machine, Stop};
 use super::console::{ConsoleReader, Report};
 use super::console_input::{self, GuestInput};
 use crate::SandboxError;
 
-/// One boot of a guest.
-pub(crate) struct Boot<'a> {
-    pub(crate) kernel: &'a Path,
-    pub(crate) initrd: &'a Path,
-    pub(crate) cmdline: &'a str,
-    pub(crate) output_disk: &'a Path,
-    /// Where the guest writes the writable mounts' contents, when there are any.
-    pub(crate) mounts_disk: Option<&'a Path>,
-    pub(crate) memory_mib: u32,
-    pub(crate) timeout: Option<Duration>,
-    /// Where to write `VMM_PID OWN_PID` (both this process) once the VM runs.
-    pub(crate) pid_file: Option<&'a Path>,
+/// The disks' names in the order they become the guest's `/dev/pmem0`, `/dev/pmem1`, ...
+pub(crate) fn pmem_disks(mounts: bool, root: bool) -> Vec<String> {
+    let mut names = vec!["kiln-out".to_string()];
+    if mounts {
+        names.push("kiln-mounts".into());
+    }
+    if root {
+        names.push("kiln-root".into());
+    }
+    names
 }
 
 /// Where a 64-bit kernel is loaded when its ELF headers do not say (the boot protocol's
@@ -70,30 +69,36 @@ type Serial = vm_superio::Serial<IrqLine, vm_superio::serial::NoEvents, ConsoleR
 /// Boots the guest and runs it until it stops (or the timeout); the step's output goes to
 /// `stdout` and `stderr` as it arrives.
 pub(crate) fn boot(
-    boot: &Boot,
+    boot: &GuestBoot,
+    cmdline: &str,
     stdout: Box<dyn Write + Send>,
     stderr: Box<dyn Write + Send>,
     input: GuestInput,
 ) -> Result<Report, SandboxError> {
-    let open = |p: &Path| {
+    let open = |p: &Path, write: bool| {
         let f = OpenOptions::new()
             .read(true)
-            .write(true)
+            .write(write)
             .open(p)
             .map_err(setup("open a disk of the microVM"))?;
         let len = f.metadata().map_err(setup("stat a disk"))?.len();
         Ok::<_, SandboxError>((f, len))
     };
-    let output = open(boot.output_disk)?;
-    let mounts = boot.mounts_disk.map(open).transpose()?;
-    let mut channels = vec![(&output.0, output.1)];
+    // In the order of [`pmem_disks`].
+    let output = open(boot.output_disk, true)?;
+    let mounts = boot.mounts_disk.map(|p| open(p, true)).transpose()?;
+    let root = boot.root_disk.map(|p| open(p, false)).transpose()?;
+    let mut channels = vec![(&output.0, output.1, true)];
     if let Some((f, len)) = &mounts {
-        channels.push((f, *len));
+        channels.push((f, *len, true));
+    }
+    if let Some((f, len)) = &root {
+        channels.push((f, len.next_multiple_of(4096), false));
     }
     let mut machine = Machine::new(boot.memory_mib, &channels, Devices::Interrupts)?;
     let (entry, header, kernel_end) = load_kernel(&machine, boot.kernel)?;
     let initrd = load_initrd(&machine, boot.initrd, kernel_end)?;
-    machine.boot_state(entry, boot.cmdline, Some(initrd), header)?;
+    machine.boot_state(entry, cmdline, Some(initrd), header)?;
     virtual_wire(&machine)?;
 
     let irq = EventFd::new(EFD_NONBLOCK).map_err(setup("create the serial interrupt"))?;

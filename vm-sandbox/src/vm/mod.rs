@@ -27,7 +27,9 @@ mod kernel;
 mod pci_host;
 pub mod protocol;
 mod qemu;
+mod root_disk;
 mod rootfs;
+mod transfer;
 mod vmlinux;
 
 use std::fs;
@@ -39,6 +41,7 @@ use std::time::Duration;
 pub use builtin_linux::kill_vm_in;
 pub use kernel::{guest_modules, hardware_kvm};
 use protocol::{GuestMount, GuestSpec};
+pub use qemu::host_tsc_khz;
 
 use crate::container::{ETC_FILES, remove_mount_stubs, scratch_dir, write_etc_files};
 use crate::{
@@ -148,6 +151,22 @@ impl MicroVmSandbox {
             }),
         }
     }
+}
+
+/// What a VMM boots: the guest's kernel and initramfs, its disks (files: the output disk and
+/// the mounts' the guest writes, the root's it only reads), memory and time limit.
+pub(crate) struct GuestBoot<'a> {
+    pub(crate) kernel: &'a std::path::Path,
+    pub(crate) initrd: &'a std::path::Path,
+    pub(crate) output_disk: &'a std::path::Path,
+    /// Where the guest writes the writable mounts' contents, when there are any.
+    pub(crate) mounts_disk: Option<&'a std::path::Path>,
+    /// The root filesystem's image, when it goes on a disk ([`root_disk`]).
+    pub(crate) root_disk: Option<&'a std::path::Path>,
+    pub(crate) memory_mib: u32,
+    pub(crate) timeout: Option<Duration>,
+    /// Where to write `VMM_PID MONITOR_PID` once the VM runs (a container's pid file).
+    pub(crate) pid_file: Option<&'a std::path::Path>,
 }
 
 /// The VMM a run uses.
@@ -264,6 +283,8 @@ impl MicroVmSandbox {
             mounts: Vec::new(),
             read_only: spec.read_only,
             interactive: false,
+            root_disk: false,
+            pmem: Vec::new(),
             clock: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .ok()
@@ -318,20 +339,6 @@ impl MicroVmSandbox {
             }
         }
 
-        // The initrd: the cached fixed part, then this run's part.
-        let initrd = d.join("initrd.cpio");
-        {
-            let mut out = std::io::BufWriter::new(
-                fs::File::create(&initrd).map_err(io(format!("create {}", initrd.display())))?,
-            );
-            let mut fixed =
-                fs::File::open(&base).map_err(io(format!("read {}", base.display())))?;
-            std::io::copy(&mut fixed, &mut out).map_err(io("write the initramfs"))?;
-            let mut w = cpio::CpioWriter::new(out);
-            write_run_part(&mut w, &guest, &copies, &rootfs.lower)
-                .map_err(io("pack the root filesystem into the initramfs"))?;
-            w.finish().map_err(io("write the initramfs"))?;
-        }
         let disk_size = (u64::from(self.options.memory_mib) + 64) << 20;
         let output_disk = d.join("output.img");
         fs::File::create(&output_disk)
@@ -359,6 +366,27 @@ impl MicroVmSandbox {
                 .map_err(io("create the mounts disk"))?;
         }
 
+        // A large root goes on a disk of its own, else in the initramfs.
+        let root_image = d.join("root.img");
+        guest.root_disk = root_disk::make(&rootfs.lower, &root_image)?.is_some();
+        let lower: &[PathBuf] = if guest.root_disk { &[] } else { &rootfs.lower };
+        if matches!(vmm, ChosenVmm::Builtin) {
+            guest.pmem = builtin_linux::pmem_disks(!writable.is_empty(), guest.root_disk);
+        }
+        // The initrd: the cached fixed part, then this run's part.
+        let initrd = d.join("initrd.cpio");
+        {
+            let mut out = std::io::BufWriter::new(
+                fs::File::create(&initrd).map_err(io(format!("create {}", initrd.display())))?,
+            );
+            let mut fixed =
+                fs::File::open(&base).map_err(io(format!("read {}", base.display())))?;
+            std::io::copy(&mut fixed, &mut out).map_err(io("write the initramfs"))?;
+            let mut w = cpio::CpioWriter::new(out);
+            transfer::write_run_part(&mut w, &guest, &copies, lower)
+                .map_err(io("pack the root filesystem into the initramfs"))?;
+            w.finish().map_err(io("write the initramfs"))?;
+        }
         let (out, err) = sinks(&streams)?;
         let input = console_input::GuestInput {
             stdin,
@@ -366,46 +394,25 @@ impl MicroVmSandbox {
             window: terminal.filter(|_| spec.tty),
         };
         let mounts_disk = (!writable.is_empty()).then_some(mounts_disk.as_path());
+        let boot = GuestBoot {
+            kernel: &boot_image,
+            initrd: &initrd,
+            output_disk: &output_disk,
+            mounts_disk,
+            root_disk: guest.root_disk.then_some(root_image.as_path()),
+            memory_mib: self.options.memory_mib,
+            timeout: self.options.timeout,
+            pid_file,
+        };
         let report = match &vmm {
             ChosenVmm::Builtin => {
                 tracing::debug!(argv = ?spec.argv, "microVM run (builtin VMM)");
-                builtin_linux::boot(
-                    &builtin_linux::Boot {
-                        kernel: &boot_image,
-                        initrd: &initrd,
-                        cmdline: &qemu::with_appended(format!(
-                            "{} {BUILTIN_CMDLINE}",
-                            qemu::CMDLINE
-                        )),
-                        output_disk: &output_disk,
-                        mounts_disk,
-                        memory_mib: self.options.memory_mib,
-                        timeout: self.options.timeout,
-                        pid_file,
-                    },
-                    out,
-                    err,
-                    input,
-                )?
+                let cmdline = qemu::with_appended(format!("{} {BUILTIN_CMDLINE}", qemu::CMDLINE));
+                builtin_linux::boot(&boot, &cmdline, out, err, input)?
             }
             ChosenVmm::Qemu { binary, kvm } => {
                 tracing::debug!(argv = ?spec.argv, kvm, "microVM run (qemu)");
-                qemu::boot(
-                    &qemu::Boot {
-                        qemu: binary,
-                        kernel: &boot_image,
-                        initrd: &initrd,
-                        output_disk: &output_disk,
-                        mounts_disk,
-                        memory_mib: self.options.memory_mib,
-                        kvm: *kvm,
-                        timeout: self.options.timeout,
-                        pid_file,
-                    },
-                    out,
-                    err,
-                    input,
-                )?
+                qemu::boot(binary, *kvm, &boot, out, err, input)?
             }
         };
         if report.killed_from_outside {
@@ -416,7 +423,7 @@ impl MicroVmSandbox {
         }
         // A cache mount keeps what the step wrote even when the step failed.
         if let Some(len) = report.mounts {
-            sync_back(
+            transfer::sync_back(
                 mounts_disk.unwrap_or(&output_disk),
                 len,
                 &d.join("mounts"),
@@ -486,106 +493,4 @@ fn outcome(
         ));
     }
     Ok(status)
-}
-
-/// Replaces the contents of each writable mount's host directory with what the guest left in
-/// it: the tar of `len` bytes on `disk`, mount `N` under `N/`, unpacked into `scratch` first.
-fn sync_back(
-    disk: &std::path::Path,
-    len: u64,
-    scratch: &std::path::Path,
-    writable: &[(usize, PathBuf)],
-) -> Result<(), SandboxError> {
-    let f = fs::File::open(disk).map_err(io("read the mounts disk"))?;
-    fs::create_dir_all(scratch).map_err(io("create a scratch directory"))?;
-    snapshotter::snapshot::unpack_layer(std::io::Read::take(f, len), scratch)
-        .map_err(|e| SandboxError::Setup(format!("read back the writable mounts: {e}")))?;
-    for (n, host) in writable {
-        let from = scratch.join(n.to_string());
-        let sync = || -> std::io::Result<()> {
-            for e in fs::read_dir(host)? {
-                let p = e?.path();
-                if fs::symlink_metadata(&p)?.is_dir() {
-                    fs::remove_dir_all(&p)?;
-                } else {
-                    fs::remove_file(&p)?;
-                }
-            }
-            if from.is_dir() {
-                for e in fs::read_dir(&from)? {
-                    let e = e?;
-                    match fs::rename(e.path(), host.join(e.file_name())) {
-                        Ok(()) => {}
-                        // Another filesystem: copy what is left, keeping owners and modes.
-                        Err(err) if err.kind() == std::io::ErrorKind::CrossesDevices => {
-                            let copied = std::process::Command::new("cp")
-                                .arg("-a")
-                                .arg(from.join("."))
-                                .arg(host)
-                                .status()?;
-                            if !copied.success() {
-                                return Err(std::io::Error::other(format!("cp -a: {copied}")));
-                            }
-                            break;
-                        }
-                        Err(err) => return Err(err),
-                    }
-                }
-            }
-            Ok(())
-        };
-        sync().map_err(io(format!("write back the mount {}", host.display())))?;
-    }
-    Ok(())
-}
-
-/// This run's part of the initramfs: the spec, copies of bind sources, the merged root.
-fn write_run_part<W: Write>(
-    w: &mut cpio::CpioWriter<W>,
-    guest: &GuestSpec,
-    copies: &[(PathBuf, String)],
-    lower: &[PathBuf],
-) -> std::io::Result<()> {
-    let meta = |mode| cpio::EntryMeta {
-        mode,
-        uid: 0,
-        gid: 0,
-        mtime: 0,
-        rdev: (0, 0),
-    };
-    let spec = guest.encode();
-    w.file(
-        protocol::SPEC_PATH.trim_start_matches('/').as_bytes(),
-        &meta(cpio::S_IFREG | 0o600),
-        spec.len() as u64,
-        &spec[..],
-        None,
-    )?;
-    if !copies.is_empty() {
-        w.special(b"kiln/binds", &meta(cpio::S_IFDIR | 0o755))?;
-        w.special(b"kiln/rw", &meta(cpio::S_IFDIR | 0o755))?;
-    }
-    let mut xattrs = Vec::new();
-    for (source, inside) in copies {
-        let name = inside.trim_start_matches('/');
-        let md = fs::metadata(source)?;
-        if md.is_dir() {
-            rootfs::pack_merged(w, std::slice::from_ref(source), name, &mut xattrs)?;
-        } else {
-            let f = fs::File::open(source)?;
-            rootfs::pack_file(w, name.as_bytes(), &md, f)?;
-        }
-    }
-    rootfs::pack_merged(w, lower, "lower", &mut xattrs)?;
-    if !xattrs.is_empty() {
-        let list = protocol::encode_xattrs(&xattrs);
-        w.file(
-            protocol::XATTRS_PATH.trim_start_matches('/').as_bytes(),
-            &meta(cpio::S_IFREG | 0o600),
-            list.len() as u64,
-            &list[..],
-            None,
-        )?;
-    }
-    Ok(())
 }

@@ -95,6 +95,12 @@ pub struct GuestSpec {
     /// epoch): the guest's clock is set to it if it is behind (the builtin VMM's machine has
     /// no real-time clock, and files the step writes carry its time).
     pub clock: Option<(u64, u32)>,
+    /// The root is on the disk `kiln-root` (an ext4 image whose `root/` it is), not in the
+    /// initramfs's `/lower`.
+    pub root_disk: bool,
+    /// The disks that are persistent-memory ranges (the builtin VMM's), in their order:
+    /// `/dev/pmem0` is the first.
+    pub pmem: Vec<String>,
 }
 
 /// A mount in the guest.
@@ -212,6 +218,12 @@ impl GuestSpec {
         if let Some((secs, nanos)) = self.clock {
             record(&mut out, "clock", format!("{secs} {nanos}").as_bytes());
         }
+        if self.root_disk {
+            record(&mut out, "root-disk", b"1");
+        }
+        for name in &self.pmem {
+            record(&mut out, "pmem", name.as_bytes());
+        }
         out
     }
 
@@ -228,6 +240,8 @@ impl GuestSpec {
                 "module" => spec.modules.push(text(value)?),
                 "read-only" => spec.read_only = value == b"1",
                 "stdin" => spec.interactive = value == b"1",
+                "root-disk" => spec.root_disk = value == b"1",
+                "pmem" => spec.pmem.push(text(value)?),
                 "tty" => spec.tty = Some(two_numbers(&text(value)?).ok_or("spec: bad tty size")?),
                 "clock" => {
                     let v = text(value)?;
@@ -438,6 +452,8 @@ mod tests {
             interactive: true,
             tty: Some((24, 80)),
             clock: Some((1_700_000_000, 123_456_789)),
+            root_disk: true,
+            pmem: vec!["kiln-out".into(), "kiln-root".into()],
         };
         assert_eq!(GuestSpec::decode(&spec.encode()).unwrap(), spec);
         assert!(GuestSpec::decode(b"arg 10\nshort\n").is_err());

@@ -10,25 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::GuestBoot;
 use super::console::{ConsoleReader, Report};
 use super::console_input::{self, GuestInput};
 use super::protocol::EXIT_PORT;
 use crate::SandboxError;
-
-/// One boot of a guest.
-pub(crate) struct Boot<'a> {
-    pub(crate) qemu: &'a Path,
-    pub(crate) kernel: &'a Path,
-    pub(crate) initrd: &'a Path,
-    pub(crate) output_disk: &'a Path,
-    /// Where the guest writes the writable mounts' contents, when there are any.
-    pub(crate) mounts_disk: Option<&'a Path>,
-    pub(crate) memory_mib: u32,
-    pub(crate) kvm: bool,
-    pub(crate) timeout: Option<Duration>,
-    /// Where to write `QEMU_PID OWN_PID` once qemu runs (a container's pid file).
-    pub(crate) pid_file: Option<&'a Path>,
-}
 
 /// The qemu binary: `KILN_QEMU`, else `qemu-system-x86_64` on `PATH`.
 pub(crate) fn find_qemu() -> Result<PathBuf, SandboxError> {
@@ -72,8 +58,9 @@ pub(crate) fn with_appended(mut line: String) -> String {
     line
 }
 
-/// The host CPU's clock rate in kHz, from /proc/cpuinfo.
-fn host_tsc_khz() -> Option<u64> {
+/// The host CPU's clock rate in kHz, from /proc/cpuinfo (a guest under TCG is told it: its
+/// own calibration against the emulated PIT fails now and then).
+pub fn host_tsc_khz() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
     let mhz: f64 = info
         .lines()
@@ -86,9 +73,9 @@ fn host_tsc_khz() -> Option<u64> {
     (mhz > 0.0).then(|| (mhz * 1000.0).round() as u64)
 }
 
-fn command(boot: &Boot) -> Command {
-    let mut cmd = Command::new(boot.qemu);
-    let (accel, cpu) = if boot.kvm {
+fn command(qemu: &Path, kvm: bool, boot: &GuestBoot) -> Command {
+    let mut cmd = Command::new(qemu);
+    let (accel, cpu) = if kvm {
         ("kvm", "host,-arch-capabilities")
     } else {
         ("tcg", "max")
@@ -111,7 +98,7 @@ fn command(boot: &Boot) -> Command {
         .arg("-initrd")
         .arg(boot.initrd)
         .arg("-append")
-        .arg(cmdline(boot.kvm))
+        .arg(cmdline(kvm))
         .arg("-device")
         .arg(format!("isa-debug-exit,iobase={EXIT_PORT:#x},iosize=4"))
         .arg("-drive")
@@ -137,6 +124,14 @@ fn command(boot: &Boot) -> Command {
                 "virtio-blk-device,drive=mounts,serial=kiln-mounts",
             ]);
     }
+    if let Some(disk) = boot.root_disk {
+        cmd.arg("-drive")
+            .arg(format!(
+                "id=root,file={},format=raw,if=none,readonly=on",
+                disk.display()
+            ))
+            .args(["-device", "virtio-blk-device,drive=root,serial=kiln-root"]);
+    }
     // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag of the new process; it allocates
     // nothing and is async-signal-safe.
     #[allow(unsafe_code)]
@@ -154,15 +149,19 @@ fn command(boot: &Boot) -> Command {
 /// Boots the guest and waits for it to stop (or kills it at the timeout); the step's output
 /// goes to `stdout` and `stderr` as it arrives.
 pub(crate) fn boot(
-    boot: &Boot,
+    qemu: &Path,
+    kvm: bool,
+    boot: &GuestBoot,
     stdout: Box<dyn Write + Send>,
     stderr: Box<dyn Write + Send>,
     input: GuestInput,
 ) -> Result<Report, SandboxError> {
-    let mut child = command(boot).spawn().map_err(|source| SandboxError::Io {
-        what: format!("start {}", boot.qemu.display()),
-        source,
-    })?;
+    let mut child = command(qemu, kvm, boot)
+        .spawn()
+        .map_err(|source| SandboxError::Io {
+            what: format!("start {}", qemu.display()),
+            source,
+        })?;
     if let Some(p) = boot.pid_file {
         let tmp = p.with_extension("tmp");
         let pids = format!("{} {}", child.id(), std::process::id());

@@ -108,16 +108,33 @@ fn run() -> Result<(), String> {
     for d in ["/run/upper", "/run/work", "/run/etc"] {
         ensure_dir(Path::new(d))?;
     }
-    set_packed_xattrs()?;
+    let lower = if spec.root_disk {
+        let device = disk("kiln-root", &spec.pmem)?;
+        ensure_dir(Path::new("/kiln/rootdisk"))?;
+        let dev = device.to_string_lossy().into_owned();
+        sys::mount_fs(
+            Some(&dev),
+            Path::new("/kiln/rootdisk"),
+            Some("ext4"),
+            sys::MS_RDONLY,
+            None,
+        )
+        .map_err(|e| format!("mount the root disk: {e}"))?;
+        "/kiln/rootdisk/root"
+    } else {
+        set_packed_xattrs()?;
+        "/lower"
+    };
     // Plain copies up: no metadata-only copy-ups or redirects, which a layer cannot express.
+    let options = format!(
+        "lowerdir={lower},upperdir=/run/upper,workdir=/run/work,redirect_dir=off,index=off,metacopy=off"
+    );
     sys::mount_fs(
         Some("overlay"),
         Path::new(ROOT),
         Some("overlay"),
         0,
-        Some(
-            "lowerdir=/lower,upperdir=/run/upper,workdir=/run/work,redirect_dir=off,index=off,metacopy=off",
-        ),
+        Some(&options),
     )?;
     let mounted = prepare_root(&spec)?;
     let oom_before = oom_kills();
@@ -134,11 +151,11 @@ fn run() -> Result<(), String> {
         .iter()
         .any(|m| matches!(m, GuestMount::Copy { writable: true, .. }))
     {
-        let written = write_tar_to("kiln-mounts", Path::new("/kiln/rw"))
+        let written = write_tar_to("kiln-mounts", &spec.pmem, Path::new("/kiln/rw"))
             .map_err(|e| format!("write the mounts' contents: {e}"))?;
         send(&Frame::Mounts(written));
     }
-    let written = write_tar_to("kiln-out", Path::new("/run/upper"))
+    let written = write_tar_to("kiln-out", &spec.pmem, Path::new("/run/upper"))
         .map_err(|e| format!("write the step's changes: {e}"))?;
     send(&Frame::Output(written));
     send(&match status {
@@ -186,8 +203,8 @@ fn set_packed_xattrs() -> Result<(), String> {
 }
 
 /// Writes `dir` as a tar to the disk `name` ([`disk`]); the bytes written.
-fn write_tar_to(name: &str, dir: &Path) -> Result<u64, String> {
-    let device = disk(name)?;
+fn write_tar_to(name: &str, pmem: &[String], dir: &Path) -> Result<u64, String> {
+    let device = disk(name, pmem)?;
     let disk = fs::OpenOptions::new()
         .write(true)
         .open(&device)
@@ -197,11 +214,10 @@ fn write_tar_to(name: &str, dir: &Path) -> Result<u64, String> {
     Ok(written)
 }
 
-/// The disk `name` (`kiln-out`, `kiln-mounts`): under qemu the virtio disk with that serial
-/// number; under the builtin VMM a persistent-memory range, the output first
-/// (`/dev/pmem0`), then the mounts' (`/dev/pmem1`), which may appear a moment after their
-/// driver loads.
-fn disk(name: &str) -> Result<PathBuf, String> {
+/// The disk `name` (`kiln-out`, `kiln-mounts`, `kiln-root`): under qemu the virtio disk with
+/// that serial number; under the builtin VMM the persistent-memory range at its place in
+/// `pmem` (`/dev/pmem0` first), which may appear a moment after its driver loads.
+fn disk(name: &str, pmem: &[String]) -> Result<PathBuf, String> {
     let virtio = fs::read_dir("/sys/block")
         .map_err(|e| format!("list block devices: {e}"))?
         .flatten()
@@ -210,20 +226,17 @@ fn disk(name: &str) -> Result<PathBuf, String> {
     if let Some(d) = virtio {
         return Ok(d);
     }
-    let pmem = match name {
-        "kiln-out" => "pmem0",
-        "kiln-mounts" => "pmem1",
-        _ => return Err(format!("no disk {name}")),
+    let Some(index) = pmem.iter().position(|p| p == name) else {
+        return Err(format!("no disk {name}"));
     };
-    if Path::new("/sys/bus/nd").is_dir() {
-        for _ in 0..500 {
-            if Path::new("/sys/block").join(pmem).exists() {
-                return Ok(Path::new("/dev").join(pmem));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
+    let device = format!("pmem{index}");
+    for _ in 0..500 {
+        if Path::new("/sys/block").join(&device).exists() {
+            return Ok(Path::new("/dev").join(device));
         }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    Err(format!("no disk {name}"))
+    Err(format!("no disk {name} (/dev/{device})"))
 }
 
 /// The OOM killer's count so far.
