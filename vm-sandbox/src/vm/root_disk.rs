@@ -12,6 +12,7 @@
 //! the initramfs carries them.
 
 use std::fs;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -68,21 +69,10 @@ pub(crate) fn make(lower: &[PathBuf], image: &Path) -> Result<Option<()>, Sandbo
     let mut layers: Vec<String> = lower.iter().map(|p| p.display().to_string()).collect();
     layers.push(empty.display().to_string());
     let options = format!("lowerdir={}", layers.join(":"));
-    let mounted = nix::mount::mount(
-        Some("overlay"),
-        &tree,
-        Some("overlay"),
-        nix::mount::MsFlags::MS_RDONLY,
-        Some(options.as_str()),
-    );
-    if let Err(e) = mounted {
-        tracing::debug!("no root disk (the overlay mount failed: {e}); the initramfs carries it");
-        let _ = fs::remove_dir_all(&scratch);
-        return Ok(None);
-    }
     // Blocks for the data, the directories and the inode tables, with room to spare.
     let size_kib = ((bytes + entries * 256) / 1024 * 11 / 10 + 16 * 1024).next_multiple_of(4096);
-    let made = Command::new("mke2fs")
+    let mut mke2fs = Command::new("mke2fs");
+    mke2fs
         .args(["-q", "-F", "-t", "ext4", "-O", "^has_journal", "-m", "0"])
         .args(["-b", "4096", "-I", "256", "-E", "root_owner=0:0"])
         .arg("-N")
@@ -90,9 +80,30 @@ pub(crate) fn make(lower: &[PathBuf], image: &Path) -> Result<Option<()>, Sandbo
         .arg("-d")
         .arg(&scratch)
         .arg(image)
-        .arg(format!("{size_kib}k"))
-        .output();
-    let _ = nix::mount::umount2(&tree, nix::mount::MntFlags::MNT_DETACH);
+        .arg(format!("{size_kib}k"));
+    // The merged view is mounted in mke2fs's own mount namespace: it goes away with mke2fs,
+    // also when kiln is killed meanwhile.
+    let tree_for_child = tree.clone();
+    // SAFETY: between fork and exec the closure makes system calls only (unshare, mount);
+    // the strings it passes were made before the fork.
+    #[allow(unsafe_code)]
+    unsafe {
+        mke2fs.pre_exec(move || {
+            use nix::mount::{MsFlags, mount};
+            let none: Option<&str> = None;
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
+            mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)?;
+            mount(
+                Some("overlay"),
+                &tree_for_child,
+                Some("overlay"),
+                MsFlags::MS_RDONLY,
+                Some(options.as_str()),
+            )?;
+            Ok(())
+        });
+    }
+    let made = mke2fs.output();
     let _ = fs::remove_dir_all(&scratch);
     match made {
         Ok(o) if o.status.success() => Ok(Some(())),
@@ -100,15 +111,12 @@ pub(crate) fn make(lower: &[PathBuf], image: &Path) -> Result<Option<()>, Sandbo
             "make the root disk with mke2fs: {}",
             String::from_utf8_lossy(&o.stderr).trim()
         ))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            tracing::debug!("no root disk (mke2fs is not installed); the initramfs carries it");
+        // No mke2fs, or no privileges for the mount namespace or the overlay.
+        Err(e) => {
+            tracing::debug!("no root disk ({e}); the initramfs carries the root");
             let _ = fs::remove_file(image);
             Ok(None)
         }
-        Err(source) => Err(SandboxError::Io {
-            what: "run mke2fs".into(),
-            source,
-        }),
     }
 }
 
