@@ -33,6 +33,9 @@ L="--vm-timeout 240s"
 set -u
 $K run $VM $L --rm busybox:latest sh -c 'echo "hi there"; echo to-stderr >&2; ls /dev; ls /; exit 3' 2>&1
 echo "run-exit=$?"
+mkdir -p /tmp/vol && echo from-host > /tmp/vol/in
+$K run $VM $L --rm -v /tmp/vol:/data busybox:latest sh -c 'cat /data/in; echo from-guest > /data/out'
+echo "volume=$(cat /tmp/vol/out)"
 echo piped-input | $K run --isolation vm --vm-timeout 240s --rm -i busybox:latest sh -c 'read x; echo "got $x"'
 echo "stdin-exit=$?"
 SOURCE_DATE_EPOCH={EPOCH} KILN_VM_ROOT_DISK_MIN_MB=0 $K build $VM $L -q --no-cache -t app:vm {context} > /dev/null
@@ -149,6 +152,9 @@ fn builtin_vmm_boots_linux_and_runs_steps() {
     // (the nested machine has no qemu: this run would fail with it).
     assert!(out.output.contains("got piped-input\n"), "{out:#?}");
     assert_eq!(value(&out, "stdin-exit"), "0", "{out:#?}");
+    // A read-write volume (the mounts disk, beside the output disk) comes back.
+    assert!(out.output.contains("from-host\n"), "{out:#?}");
+    assert_eq!(value(&out, "volume"), "from-guest", "{out:#?}");
     assert_eq!(value(&out, "build-exit"), "0", "{out:#?}");
     assert_eq!(value(&out, "digest"), container_digest, "{out:#?}");
     let timeout = value(&out, "timeout-exit");

@@ -105,16 +105,20 @@ pub(crate) enum Devices {
     Interrupts,
 }
 
-/// Where channel `index` goes: above RAM, each on its own 1 GiB boundary (the first at
-/// [`CHANNEL_ADDR`] or above).
-fn channel_addr(memory_size: u64, previous_end: Option<u64>) -> u64 {
+/// Where a channel goes: above RAM and the channel before it, on a 1 GiB boundary, at
+/// `lowest` or above.
+fn channel_addr(memory_size: u64, previous_end: Option<u64>, lowest: u64) -> u64 {
     let gib = 1u64 << 30;
     previous_end
         .unwrap_or(memory_size)
-        .max(CHANNEL_ADDR)
+        .max(lowest)
         .div_ceil(gib)
         * gib
 }
+
+/// Where a Linux machine's channels start: above 4 GiB, clear of the local APIC, the I/O
+/// APIC and the TSS just below it.
+const LINUX_CHANNELS_ADDR: u64 = 1 << 32;
 
 /// A file mapped shared into the process, for the memory channel.
 mod memmap_region {
@@ -171,8 +175,9 @@ mod memmap_region {
 
 impl Machine {
     /// A VM with `memory_mib` of RAM and `channels` (files of the given lengths, and whether
-    /// the guest's writes reach the file) as persistent-memory ranges above it, the first at
-    /// [`CHANNEL_ADDR`] on small machines.
+    /// the guest's writes reach the file) as persistent-memory ranges above it: a bare
+    /// machine's first at [`CHANNEL_ADDR`] (inside its identity map) when its RAM is smaller,
+    /// a Linux machine's from 4 GiB.
     pub(crate) fn new(
         memory_mib: u32,
         channels: &[(&File, u64, bool)],
@@ -206,7 +211,11 @@ impl Machine {
                     source,
                 }
             })?;
-            let addr = channel_addr(memory_size, mapped.last().map(|c| c.addr + c.len));
+            let lowest = match devices {
+                Devices::Bare => CHANNEL_ADDR,
+                Devices::Interrupts => LINUX_CHANNELS_ADDR,
+            };
+            let addr = channel_addr(memory_size, mapped.last().map(|c| c.addr + c.len), lowest);
             let region = kvm_userspace_memory_region {
                 slot: 1 + mapped.len() as u32,
                 guest_phys_addr: addr,

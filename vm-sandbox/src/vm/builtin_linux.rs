@@ -26,6 +26,10 @@ use super::console::{ConsoleReader, Report};
 use super::console_input::{self, GuestInput};
 use crate::SandboxError;
 
+/// The most guest memory the builtin VMM gives: RAM is one range from 0, which must stay
+/// below the 32-bit addresses of the TSS KVM needs on Intel, the I/O APIC and the local APIC.
+pub(crate) const MAX_MEMORY_MIB: u32 = 3072;
+
 /// The disks' names in the order they become the guest's `/dev/pmem0`, `/dev/pmem1`, ...
 pub(crate) fn pmem_disks(mounts: bool, root: bool) -> Vec<String> {
     let mut names = vec!["kiln-out".to_string()];

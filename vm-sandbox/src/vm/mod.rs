@@ -140,11 +140,19 @@ impl MicroVmSandbox {
     fn vmm(&self) -> Result<ChosenVmm, SandboxError> {
         let hw = hardware_kvm();
         match self.options.vmm {
+            Vmm::Builtin if self.options.memory_mib > builtin_linux::MAX_MEMORY_MIB => {
+                Err(SandboxError::Unavailable(format!(
+                    "the builtin VMM gives guests at most {} MiB of memory (--vm-memory): use --vmm qemu",
+                    builtin_linux::MAX_MEMORY_MIB
+                )))
+            }
             Vmm::Builtin if hw => Ok(ChosenVmm::Builtin),
             Vmm::Builtin => Err(SandboxError::Unavailable(
                 "the builtin VMM needs hardware virtualization (VMX or SVM), which this host's /dev/kvm does not offer: use --vmm qemu (or auto)".into(),
             )),
-            Vmm::Auto if hw => Ok(ChosenVmm::Builtin),
+            Vmm::Auto if hw && self.options.memory_mib <= builtin_linux::MAX_MEMORY_MIB => {
+                Ok(ChosenVmm::Builtin)
+            }
             Vmm::Auto | Vmm::Qemu => Ok(ChosenVmm::Qemu {
                 binary: qemu::find_qemu()?,
                 kvm: hw,

@@ -112,14 +112,21 @@ fn run() -> Result<(), String> {
         let device = disk("kiln-root", &spec.pmem)?;
         ensure_dir(Path::new("/kiln/rootdisk"))?;
         let dev = device.to_string_lossy().into_owned();
-        sys::mount_fs(
+        // A disk just probed can still refuse to open (ENXIO) for a moment.
+        let mut tries = 0;
+        while let Err(e) = sys::mount_fs(
             Some(&dev),
             Path::new("/kiln/rootdisk"),
             Some("ext4"),
             sys::MS_RDONLY,
             None,
-        )
-        .map_err(|e| format!("mount the root disk: {e}"))?;
+        ) {
+            tries += 1;
+            if tries == 200 {
+                return Err(format!("mount the root disk: {e}"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         "/kiln/rootdisk/root"
     } else {
         set_packed_xattrs()?;
@@ -230,8 +237,14 @@ fn disk(name: &str, pmem: &[String]) -> Result<PathBuf, String> {
         return Err(format!("no disk {name}"));
     };
     let device = format!("pmem{index}");
+    // Its sysfs entry comes first, its size once it can be opened.
+    let size = Path::new("/sys/block").join(&device).join("size");
     for _ in 0..500 {
-        if Path::new("/sys/block").join(&device).exists() {
+        let sectors: u64 = fs::read_to_string(&size)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        if sectors > 0 {
             return Ok(Path::new("/dev").join(device));
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
