@@ -41,8 +41,9 @@ pub struct NestedMachine {
 }
 
 impl NestedMachine {
-    /// Prepares the machine's root with `store` copied to `/store`; `None` (a printed skip, a
-    /// failure under `CI=true`) without qemu, cpio or a cloud kernel with the modules.
+    /// Prepares the machine's root with `store` copied to `/store` (which the machine copies
+    /// to `/tmp/store`, a tmpfs, as it boots); `None` (a printed skip, a failure under
+    /// `CI=true`) without qemu, cpio, mke2fs or a cloud kernel with the modules.
     pub fn new(store: &Path) -> Option<NestedMachine> {
         let kernel = std::fs::read_dir("/boot")
             .ok()?
