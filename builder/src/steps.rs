@@ -243,6 +243,7 @@ impl Builder<'_> {
                     .clone()
                     .unwrap_or_else(|| active.upper.clone()),
                 work: active.work.clone(),
+                throwaway: true,
             };
             let outcome = this.run_sandboxed(&rootfs, &spec, state.step)?;
             if outcome.oom_killed {

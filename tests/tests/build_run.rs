@@ -566,3 +566,62 @@ fn independent_stages_run_at_the_same_time() {
         "the stages did not overlap: a {a0}-{a1}, b {b0}-{b1}"
     );
 }
+
+/// How the root a process sees is mounted: its `/` line of mountinfo, "volatile" or "synced".
+const ROOT_SYNC: &str =
+    "grep ' / / ' /proc/self/mountinfo | grep -q volatile && echo volatile || echo synced";
+
+#[test]
+fn build_steps_and_rm_runs_mount_their_root_volatile_kept_containers_do_not() {
+    if !sandbox_available() {
+        return;
+    }
+    let ctx = TestContext::new();
+    ctx.base_image();
+    let dir = ctx.work().join("volatile");
+    std::fs::create_dir_all(&dir).unwrap();
+    // A step's upper becomes a layer or is thrown away: nothing in it has to survive a crash,
+    // so its mount skips the sync at unmount (and fsync inside is a no-op; the step still
+    // sees what it wrote, and so does the next step).
+    std::fs::write(
+        dir.join("Dockerfile"),
+        format!("FROM busybox\nRUN {{ {ROOT_SYNC}; }} > /step.txt && sync && head -c 3000000 /dev/zero > /big\nRUN wc -c < /big >> /step.txt\n"),
+    )
+    .unwrap();
+    ctx.kiln()
+        .args(["build", "-q", "-t", "v"])
+        .arg(&dir)
+        .run()
+        .ok();
+    assert_eq!(
+        ctx.kiln()
+            .args(["run", "--rm", "v", "cat", "/step.txt"])
+            .run()
+            .ok(),
+        "volatile\n3000000\n"
+    );
+    assert_eq!(
+        ctx.kiln()
+            .args(["run", "--rm", "v", "sh", "-c", ROOT_SYNC])
+            .run()
+            .ok(),
+        "volatile\n",
+        "a --rm container is thrown away, as podman has it"
+    );
+    // A kept container can be looked into and copied from after it stops: synced.
+    assert_eq!(
+        ctx.kiln()
+            .args(["run", "--name", "kept", "v", "sh", "-c"])
+            .arg(format!("{ROOT_SYNC}; echo data > /kept.txt"))
+            .run()
+            .ok(),
+        "synced\n"
+    );
+    let copied = ctx.work().join("kept.txt");
+    ctx.kiln()
+        .args(["cp", "kept:/kept.txt"])
+        .arg(&copied)
+        .run()
+        .ok();
+    assert_eq!(std::fs::read_to_string(&copied).unwrap(), "data\n");
+}

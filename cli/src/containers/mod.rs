@@ -256,6 +256,7 @@ impl Container {
                 lower: self.config.lower.clone(),
                 upper: self.dir.join("root"),
                 work: self.dir.join("work"),
+                throwaway: self.config.auto_remove,
             }
         } else {
             RootFs {
@@ -263,6 +264,7 @@ impl Container {
                 lower: self.config.lower.clone(),
                 upper: self.dir.join("upper"),
                 work: self.dir.join("work"),
+                throwaway: self.config.auto_remove,
             }
         }
     }

@@ -343,6 +343,25 @@ pub(super) fn mount_root_fs(
                 lower.len()
             ));
         }
+        if rootfs.throwaway {
+            // The kernel leaves this marker at a volatile mount and refuses the next mount
+            // of the same directories while it is there; a throwaway upper is mounted again
+            // only to enter a stopped `--rm` container, which no crash can have left.
+            let _ = fs::remove_dir(rootfs.work.join("work/incompat/volatile"));
+            let volatile = format!("{opts},volatile");
+            // Before Linux 5.10 there is no `volatile`: then an ordinary mount, synced.
+            if mount(
+                Some("overlay"),
+                root,
+                Some("overlay"),
+                none,
+                Some(volatile.as_str()),
+            )
+            .is_ok()
+            {
+                return Ok(());
+            }
+        }
         mnt(Some("overlay"), root, Some("overlay"), none, Some(&opts))?;
     }
     Ok(())
