@@ -16,6 +16,7 @@
 
 use std::cell::RefCell;
 use std::io::{self, Write};
+use std::sync::Arc;
 
 use libdeflater::{CompressionLvl, Compressor};
 
@@ -47,29 +48,75 @@ pub(crate) fn incompressible(piece: &[u8]) -> bool {
         .is_ok_and(|out| out.len() * 100 > probe.len() * 98)
 }
 
-/// A gzip member holding `data` in stored deflate blocks: the header flate2 writes for level
-/// 0 (no name, no mtime, "fastest" flag, OS unknown), then the blocks, the last one marked
-/// final, then the CRC-32 and the length modulo 2^32.
+/// A member as a worker hands it over: its bytes, or the input it stores as it is.
+pub(crate) enum Member {
+    /// A deflated member, or one taken from an earlier blob.
+    Bytes(Vec<u8>),
+    /// `data` in stored blocks, with its CRC-32: [`Member::write_to`] writes the framing
+    /// around slices of the input, so the input is copied once, into the blob, instead of
+    /// first into a member of its own (0.14 s of CPU for a 1 GiB layer of random data).
+    Stored { data: Arc<Vec<u8>>, crc: u32 },
+}
+
+/// The gzip header flate2 writes for level 0: no name, no mtime, "fastest" flag, OS unknown.
+const STORED_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 4, 255];
+
+impl Member {
+    /// `data` as a stored member.
+    pub(crate) fn stored(data: Arc<Vec<u8>>) -> Member {
+        let mut crc = flate2::Crc::new();
+        crc.update(&data);
+        Member::Stored {
+            crc: crc.sum(),
+            data,
+        }
+    }
+
+    /// The member's length in bytes.
+    pub(crate) fn len(&self) -> u64 {
+        match self {
+            Member::Bytes(b) => b.len() as u64,
+            Member::Stored { data, .. } => {
+                let blocks = data.len().div_ceil(STORED_BLOCK).max(1);
+                (STORED_HEADER.len() + blocks * 5 + data.len() + 8) as u64
+            }
+        }
+    }
+
+    /// Writes the member: for a stored one, the header, the blocks (the last marked final),
+    /// then the CRC-32 and the length modulo 2^32.
+    pub(crate) fn write_to(&self, out: &mut impl Write) -> io::Result<()> {
+        let (data, crc) = match self {
+            Member::Bytes(b) => return out.write_all(b),
+            Member::Stored { data, crc } => (data, *crc),
+        };
+        out.write_all(&STORED_HEADER)?;
+        if data.is_empty() {
+            out.write_all(&[1, 0, 0, 0xff, 0xff])?;
+        }
+        let mut chunks = data.chunks(STORED_BLOCK).peekable();
+        while let Some(chunk) = chunks.next() {
+            let last = chunks.peek().is_none();
+            let len = chunk.len() as u16;
+            let n = (!len).to_le_bytes();
+            let l = len.to_le_bytes();
+            out.write_all(&[u8::from(last), l[0], l[1], n[0], n[1]])?;
+            out.write_all(chunk)?;
+        }
+        let mut trailer = [0u8; 8];
+        trailer[..4].copy_from_slice(&crc.to_le_bytes());
+        trailer[4..].copy_from_slice(&(data.len() as u32).to_le_bytes());
+        out.write_all(&trailer)
+    }
+}
+
+/// A gzip member holding `data` in stored deflate blocks (see [`Member::write_to`]).
+#[cfg(test)]
 pub(crate) fn stored_member(data: &[u8]) -> Vec<u8> {
-    let blocks = data.len().div_ceil(STORED_BLOCK).max(1);
-    let mut out = Vec::with_capacity(10 + blocks * 5 + data.len() + 8);
-    out.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 4, 255]);
-    let mut chunks = data.chunks(STORED_BLOCK).peekable();
-    if chunks.peek().is_none() {
-        out.extend_from_slice(&[1, 0, 0, 0xff, 0xff]);
-    }
-    while let Some(chunk) = chunks.next() {
-        let last = chunks.peek().is_none();
-        let len = chunk.len() as u16;
-        out.push(u8::from(last));
-        out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(&(!len).to_le_bytes());
-        out.extend_from_slice(chunk);
-    }
-    let mut crc = flate2::Crc::new();
-    crc.update(data);
-    out.extend_from_slice(&crc.sum().to_le_bytes());
-    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    let mut out = Vec::new();
+    Member::stored(Arc::new(data.to_vec()))
+        .write_to(&mut out)
+        .expect("writing to a Vec");
     out
 }
 
@@ -77,19 +124,19 @@ pub(crate) fn stored_member(data: &[u8]) -> Vec<u8> {
 /// `hash`), stored when [`incompressible`], else deflated at `level`.
 pub(crate) fn make_member(
     level: u32,
-    data: &[u8],
+    data: &Arc<Vec<u8>>,
     earlier: Option<&MemberSource>,
     hash: Option<&[u8; 32]>,
-) -> io::Result<Vec<u8>> {
+) -> io::Result<Member> {
     if let (Some(source), Some(hash)) = (earlier, hash)
         && let Some(member) = source.take(level, data, hash)
     {
-        return Ok(member);
+        return Ok(Member::Bytes(member));
     }
     if incompressible(data) {
-        return Ok(stored_member(data));
+        return Ok(Member::stored(Arc::clone(data)));
     }
-    deflated_member(level, data)
+    deflated_member(level, data).map(Member::Bytes)
 }
 
 thread_local! {
@@ -193,9 +240,16 @@ mod tests {
         assert!(incompressible(&random(1 << 20)));
         assert!(!incompressible(&text));
         assert!(!incompressible(&random(4000)), "small pieces are deflated");
-        let member = make_member(6, &random(1 << 20), None, None).unwrap();
-        assert_eq!(member, stored_member(&random(1 << 20)));
-        let member = make_member(6, &text, None, None).unwrap();
+        let bytes = |m: Member| {
+            let mut out = Vec::new();
+            m.write_to(&mut out).unwrap();
+            assert_eq!(out.len() as u64, m.len());
+            out
+        };
+        let member = make_member(6, &Arc::new(random(1 << 20)), None, None).unwrap();
+        assert!(matches!(member, Member::Stored { .. }));
+        assert_eq!(bytes(member), stored_member(&random(1 << 20)));
+        let member = bytes(make_member(6, &Arc::new(text.clone()), None, None).unwrap());
         assert!(member.len() < text.len() / 100);
         assert_eq!(gunzip(&member), text);
     }

@@ -13,7 +13,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::compress::{Encoded, FinishWrite, expect_len};
 use crate::digest::Digest;
-use crate::gzip_member::make_member;
+use crate::gzip_member::{Member, make_member};
 use crate::members::{Cut, MAX_MEMBER, MemberList, MemberSource, TarCutter, input_hash};
 
 const GZIP_BLOCK: usize = 1 << 20;
@@ -22,7 +22,7 @@ type Job = (u64, Arc<Vec<u8>>);
 /// The blocks' way to the thread that hashes the input, and that thread.
 type InputHasher = (SyncSender<Arc<Vec<u8>>>, JoinHandle<Sha256>);
 /// A compressed member, with the SHA-256 of its input when members are listed.
-type Done = (u64, Option<[u8; 32]>, Vec<u8>);
+type Done = (u64, Option<[u8; 32]>, Member);
 
 /// Where members end, and what is kept about them.
 pub(crate) enum Members {
@@ -46,7 +46,7 @@ pub(crate) struct ParallelGzip<W: Write> {
     written_seq: u64,
     jobs: Option<SyncSender<Job>>,
     results: Receiver<io::Result<Done>>,
-    pending: BTreeMap<u64, (Option<[u8; 32]>, Vec<u8>)>,
+    pending: BTreeMap<u64, (Option<[u8; 32]>, Member)>,
     workers: Vec<JoinHandle<()>>,
     members: Members,
     /// Hashes the input, block by block in order, on its own thread.
@@ -146,10 +146,10 @@ impl<W: Write> ParallelGzip<W> {
     }
 
     fn write_ready(&mut self) -> io::Result<()> {
-        while let Some((hash, data)) = self.pending.remove(&self.written_seq) {
-            self.out.write_all(&data)?;
+        while let Some((hash, member)) = self.pending.remove(&self.written_seq) {
+            member.write_to(&mut self.out)?;
             if let (Members::ByEntry { list, .. }, Some(hash)) = (&mut self.members, hash) {
-                list.push((hash, data.len() as u64));
+                list.push((hash, member.len()));
             }
             self.written_seq += 1;
         }
