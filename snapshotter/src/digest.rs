@@ -28,6 +28,13 @@ impl Digest {
         }
     }
 
+    /// The digest whose SHA-256 bytes these are.
+    pub(crate) fn from_sha256(bytes: [u8; 32]) -> Self {
+        Digest {
+            hex: hex::encode(bytes),
+        }
+    }
+
     /// The 64 hex digits, without the algorithm prefix.
     pub fn hex(&self) -> &str {
         &self.hex

@@ -1,7 +1,7 @@
 //! Parallel gzip, the way pigz's independent-block mode is: the stream is cut into pieces
 //! (1 MiB, or at tar entries for layers of copied files), each compressed on a worker thread
 //! into a gzip member of its own, and the members written in order. The input is hashed on
-//! another thread on the way (a layer's diffID).
+//! the way (a layer's diffID) on a shared hashing thread ([`Lane`]), beside the blob's digest.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
@@ -9,18 +9,14 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use sha2::{Digest as _, Sha256};
-
 use crate::compress::{Encoded, FinishWrite, expect_len};
-use crate::digest::Digest;
 use crate::gzip_member::{Member, make_member};
+use crate::hash_lanes::Lane;
 use crate::members::{Cut, MAX_MEMBER, MemberList, MemberSource, TarCutter, input_hash};
 
 const GZIP_BLOCK: usize = 1 << 20;
 
 type Job = (u64, Arc<Vec<u8>>);
-/// The blocks' way to the thread that hashes the input, and that thread.
-type InputHasher = (SyncSender<Arc<Vec<u8>>>, JoinHandle<Sha256>);
 /// A compressed member, with the SHA-256 of its input when members are listed.
 type Done = (u64, Option<[u8; 32]>, Member);
 
@@ -49,8 +45,8 @@ pub(crate) struct ParallelGzip<W: Write> {
     pending: BTreeMap<u64, (Option<[u8; 32]>, Member)>,
     workers: Vec<JoinHandle<()>>,
     members: Members,
-    /// Hashes the input, block by block in order, on its own thread.
-    input_hasher: Option<InputHasher>,
+    /// Hashes the input, block by block in order.
+    input_hash: Option<Lane>,
     input_len: u64,
 }
 
@@ -83,16 +79,8 @@ impl<W: Write> ParallelGzip<W> {
                 })
             })
             .collect();
-        let (hash_tx, hash_rx) = sync_channel::<Arc<Vec<u8>>>(threads * 4);
-        let hash_worker = std::thread::spawn(move || {
-            let mut hasher = Sha256::new();
-            for block in hash_rx {
-                hasher.update(&block[..]);
-            }
-            hasher
-        });
         ParallelGzip {
-            input_hasher: Some((hash_tx, hash_worker)),
+            input_hash: Some(Lane::new(None)),
             input_len: 0,
             out,
             level,
@@ -113,9 +101,8 @@ impl<W: Write> ParallelGzip<W> {
             Vec::with_capacity(GZIP_BLOCK),
         ));
         self.input_len += block.len() as u64;
-        if let Some((tx, _)) = &self.input_hasher {
-            tx.send(Arc::clone(&block))
-                .map_err(|_| io::Error::other("input hashing stopped"))?;
+        if let Some(lane) = &self.input_hash {
+            lane.update(Arc::clone(&block) as _);
         }
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -248,11 +235,11 @@ impl<W: Write + Send> FinishWrite for ParallelGzip<W> {
             let _ = w.join();
         }
         self.out.flush()?;
-        let (tx, hash_worker) = self.input_hasher.take().expect("hashing until finished");
-        drop(tx);
-        let hasher = hash_worker
-            .join()
-            .map_err(|_| io::Error::other("input hashing panicked"))?;
+        let input_digest = self
+            .input_hash
+            .take()
+            .expect("hashing until finished")
+            .finish();
         let members = match std::mem::replace(&mut self.members, Members::Fixed) {
             Members::Fixed => None,
             Members::ByEntry { list, .. } => Some(MemberList {
@@ -261,7 +248,7 @@ impl<W: Write + Send> FinishWrite for ParallelGzip<W> {
             }),
         };
         Ok(Encoded {
-            input_digest: Digest::from_hasher(hasher),
+            input_digest,
             input_len: self.input_len,
             members,
         })
@@ -271,7 +258,7 @@ impl<W: Write + Send> FinishWrite for ParallelGzip<W> {
 impl<W: Write> Drop for ParallelGzip<W> {
     fn drop(&mut self) {
         self.jobs = None;
-        self.input_hasher = None;
+        self.input_hash = None;
         // Workers exit once the job channel closes; results they still send are dropped.
         while self.results.try_recv().is_ok() {}
     }

@@ -22,6 +22,7 @@ use sha2::{Digest as _, Sha256};
 use tempfile::NamedTempFile;
 
 use crate::digest::Digest;
+use crate::hash_lanes::{HashBuf, Lane};
 use crate::writeback::EarlyWriteback;
 
 /// Bytes per chunk: what one direct write carries.
@@ -67,16 +68,22 @@ impl AlignedChunk {
     }
 }
 
+impl HashBuf for AlignedChunk {
+    fn bytes(&self) -> &[u8] {
+        self.data()
+    }
+}
+
 /// What the file-writing thread hands back: the file, and how many chunks went direct.
 type Written = io::Result<(NamedTempFile, u64)>;
 
-/// The two threads a big blob's chunks go through, and the chunks they still hold.
+/// Where a big blob's chunks go (a hashing lane and the writing thread), and the chunks
+/// they still hold.
 struct Pipeline {
-    to_hasher: SyncSender<Arc<AlignedChunk>>,
+    hash: Lane,
     to_file: SyncSender<Arc<AlignedChunk>>,
-    /// One message each time a thread is done with a chunk.
+    /// One message each time the lane or the thread is done with a chunk.
     released: Receiver<()>,
-    hasher: JoinHandle<Sha256>,
     file: JoinHandle<Written>,
     in_flight: VecDeque<Arc<AlignedChunk>>,
 }
@@ -155,21 +162,18 @@ impl BlobFile {
             p.send(Arc::new(last))?;
         }
         let Pipeline {
-            to_hasher,
+            hash,
             to_file,
-            hasher,
             file,
             ..
         } = p;
-        drop((to_hasher, to_file));
-        let hasher = hasher
-            .join()
-            .map_err(|_| io::Error::other("blob hashing panicked"))?;
+        drop(to_file);
+        let digest = hash.finish();
         let (file, direct_chunks) = file
             .join()
             .map_err(|_| io::Error::other("blob writing panicked"))??;
         Ok(FinishedBlob {
-            digest: Digest::from_hasher(hasher),
+            digest,
             size: self.len,
             file,
             direct_chunks,
@@ -197,26 +201,15 @@ impl Write for BlobFile {
 
 impl Pipeline {
     fn start(file: NamedTempFile) -> Self {
-        let (to_hasher, hasher_rx) = sync_channel::<Arc<AlignedChunk>>(IN_FLIGHT);
         let (to_file, file_rx) = sync_channel::<Arc<AlignedChunk>>(IN_FLIGHT);
         // Unbounded: a thread must never wait to say it let go of a chunk.
         let (released_tx, released) = channel::<()>();
-        let hasher_released = released_tx.clone();
-        let hasher = std::thread::spawn(move || {
-            let mut hasher = Sha256::new();
-            for chunk in hasher_rx {
-                hasher.update(chunk.data());
-                drop(chunk);
-                let _ = hasher_released.send(());
-            }
-            hasher
-        });
+        let hash = Lane::new(Some(released_tx.clone()));
         let file = std::thread::spawn(move || write_chunks(file, file_rx, released_tx));
         Pipeline {
-            to_hasher,
+            hash,
             to_file,
             released,
-            hasher,
             file,
             in_flight: VecDeque::new(),
         }
@@ -224,7 +217,7 @@ impl Pipeline {
 
     fn send(&mut self, chunk: Arc<AlignedChunk>) -> io::Result<()> {
         let stopped = |_| io::Error::other("blob writing stopped");
-        self.to_hasher.send(Arc::clone(&chunk)).map_err(stopped)?;
+        self.hash.update(Arc::clone(&chunk) as _);
         self.to_file.send(Arc::clone(&chunk)).map_err(stopped)?;
         self.in_flight.push_back(chunk);
         Ok(())
