@@ -7,6 +7,7 @@ use std::str::FromStr;
 use sha2::{Digest as _, Sha256};
 
 use crate::error::StoreError;
+use crate::hash_lanes::Lane;
 
 /// A content digest in the OCI form `sha256:<64 lower-case hex digits>`.
 ///
@@ -173,35 +174,25 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-/// [`HashingWriter`] with the hashing on a thread of its own, for big streams where the
-/// writing thread has other work (a layer's tar, a blob's file writes): bytes are batched
-/// and handed over through a bounded channel.
+/// [`HashingWriter`] with the hashing on a shared hashing thread ([`Lane`]), for big streams
+/// where the writing thread has other work (a zstd layer's tar): bytes are batched and
+/// handed over.
 pub struct ThreadedHashingWriter<W> {
     inner: W,
     pending: Vec<u8>,
-    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
-    worker: Option<std::thread::JoinHandle<Sha256>>,
+    lane: Lane,
     count: u64,
 }
 
-const HASH_BATCH: usize = 256 << 10;
+const HASH_BATCH: usize = 1 << 20;
 
 impl<W: Write> ThreadedHashingWriter<W> {
     /// Wraps `inner`.
     pub fn new(inner: W) -> Self {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
-        let worker = std::thread::spawn(move || {
-            let mut hasher = Sha256::new();
-            for batch in rx {
-                hasher.update(&batch);
-            }
-            hasher
-        });
         ThreadedHashingWriter {
             inner,
             pending: Vec::with_capacity(HASH_BATCH),
-            tx: Some(tx),
-            worker: Some(worker),
+            lane: Lane::new(None),
             count: 0,
         }
     }
@@ -211,23 +202,13 @@ impl<W: Write> ThreadedHashingWriter<W> {
             return;
         }
         let batch = std::mem::replace(&mut self.pending, Vec::with_capacity(HASH_BATCH));
-        if let Some(tx) = &self.tx {
-            // The worker only stops when the sender is dropped, so this cannot fail.
-            let _ = tx.send(batch);
-        }
+        self.lane.update(std::sync::Arc::new(batch));
     }
 
     /// The digest and length of everything written, and the inner writer.
     pub fn finish(mut self) -> (Digest, u64, W) {
         self.hand_over();
-        drop(self.tx.take());
-        let hasher = self
-            .worker
-            .take()
-            .expect("worker runs until finish")
-            .join()
-            .expect("hashing thread does not panic");
-        (Digest::from_hasher(hasher), self.count, self.inner)
+        (self.lane.finish(), self.count, self.inner)
     }
 }
 
