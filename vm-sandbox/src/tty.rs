@@ -46,6 +46,29 @@ pub fn set_window_size(fd: impl AsFd, ws: &Winsize) -> std::io::Result<()> {
     r.map(|_| ()).map_err(std::io::Error::from)
 }
 
+/// Watches the size of the terminal `term` on a thread of its own, five times a second:
+/// `tick` gets the new size when it changed since the last look (or since `initial`), `None`
+/// otherwise, and returns false to stop watching.
+pub fn watch_window_size<T: AsFd + Send + 'static>(
+    term: T,
+    initial: Option<Winsize>,
+    mut tick: impl FnMut(Option<&Winsize>) -> bool + Send + 'static,
+) {
+    let key = |ws: &Option<Winsize>| ws.as_ref().map(|w| (w.ws_row, w.ws_col));
+    std::thread::spawn(move || {
+        let mut last = key(&initial);
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let now = window_size(&term);
+            let changed = key(&now) != last;
+            last = key(&now);
+            if !tick(now.as_ref().filter(|_| changed)) {
+                return;
+            }
+        }
+    });
+}
+
 /// Makes the terminal on `fd` the controlling terminal of the calling process, which must
 /// lead a new session (`setsid`).
 pub(crate) fn make_controlling(fd: impl AsFd) -> std::io::Result<()> {

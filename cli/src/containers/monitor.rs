@@ -194,7 +194,14 @@ pub(crate) fn start_terminal(
     if let Attach::Foreground { interactive } = attach {
         if stdin_tty {
             raw = RawTerminal::enter();
-            watch_window_size(master.clone());
+            // Keeps the container's terminal the size of ours.
+            let master = master.clone();
+            tty::watch_window_size(std::io::stdin(), size, move |ws| {
+                if let Some(ws) = ws {
+                    let _ = tty::set_window_size(master.as_fd(), ws);
+                }
+                true
+            });
         }
         if interactive {
             forward_stdin(master.clone());
@@ -258,23 +265,6 @@ fn forward_stdin(master: Arc<OwnedFd>) {
             if n == 0 || to.write_all(&buf[..n]).is_err() {
                 break;
             }
-        }
-    });
-}
-
-/// Keeps the container's terminal the size of ours (checked five times a second).
-fn watch_window_size(master: Arc<OwnedFd>) {
-    std::thread::spawn(move || {
-        let mut last = None;
-        loop {
-            let now = tty::window_size(std::io::stdin()).map(|w| (w.ws_row, w.ws_col));
-            if now != last {
-                if let Some(ws) = tty::window_size(std::io::stdin()) {
-                    let _ = tty::set_window_size(master.as_fd(), &ws);
-                }
-                last = now;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(200));
         }
     });
 }

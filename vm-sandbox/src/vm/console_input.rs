@@ -147,20 +147,11 @@ pub(crate) fn start(input: GuestInput, mut to: impl Write + Send + 'static) -> I
     if let Some(term) = input.window {
         let tx = tx.clone();
         let done = done.clone();
-        std::thread::spawn(move || {
-            let mut last = crate::tty::window_size(&*term).map(|w| (w.ws_row, w.ws_col));
-            while !done.load(Ordering::SeqCst) {
-                std::thread::sleep(std::time::Duration::from_millis(200));
-                let now = crate::tty::window_size(&*term).map(|w| (w.ws_row, w.ws_col));
-                if now != last {
-                    if let Some((rows, cols)) = now
-                        && tx.send(Frame::WindowSize(rows, cols)).is_err()
-                    {
-                        return;
-                    }
-                    last = now;
-                }
-            }
+        let initial = crate::tty::window_size(&*term);
+        crate::tty::watch_window_size(term, initial, move |ws| match ws {
+            _ if done.load(Ordering::SeqCst) => false,
+            Some(ws) => tx.send(Frame::WindowSize(ws.ws_row, ws.ws_col)).is_ok(),
+            None => true,
         });
     }
     std::thread::spawn(move || {
