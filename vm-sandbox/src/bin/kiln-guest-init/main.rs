@@ -30,7 +30,7 @@ use std::fs;
 use std::io::{Read as _, Write as _};
 use std::os::fd::AsRawFd as _;
 use std::os::unix::ffi::OsStringExt as _;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -441,14 +441,7 @@ fn start_and_wait(spec: &GuestSpec, stdin: input::StdinChunks) -> Result<sys::Wa
                 input_to = Some(clone(&master)?);
             }
             outputs.push((clone(&master)?, Frame::Stdout));
-            // Held open here until the step has ended: the master reads EOF (EIO) when the
-            // last slave closes, also when the step never got to open it.
-            let held = fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .custom_flags(0o400)
-                .open(&slave)
-                .map_err(|e| format!("open the terminal {}: {e}", slave.display()))?;
+            let held = terminal::hold_slave(&slave)?;
             ChildStreams::Terminal(slave, held)
         }
         None => {

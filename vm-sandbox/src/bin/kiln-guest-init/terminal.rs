@@ -37,6 +37,18 @@ pub(crate) fn open(pts: &Path, size: (u16, u16)) -> Result<(fs::File, PathBuf), 
     Ok((master, pts.join(n.to_string())))
 }
 
+/// The slave at `path`, opened without making it this process's controlling terminal: the
+/// init holds it until the step has ended, so the master reads EOF (EIO) only then, also when
+/// the step never got to open it.
+pub(crate) fn hold_slave(path: &Path) -> Result<fs::File, String> {
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(O_NOCTTY)
+        .open(path)
+        .map_err(|e| format!("open the terminal {}: {e}", path.display()))
+}
+
 /// In the forked child: a new session whose controlling terminal is the slave at `path`,
 /// which becomes its standard input, output and error.
 pub(crate) fn attach(path: &Path) -> std::io::Result<()> {
