@@ -278,15 +278,7 @@ mod tests {
 
     #[test]
     fn incompressible_blocks_are_stored_and_still_valid() {
-        let mut x: u64 = 7;
-        let random: Vec<u8> = (0..3 << 20)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let random = crate::test_bytes::pseudo_random(7, 3 << 20);
         let mut out = Vec::new();
         let mut e = encoder(LayerCompression::Gzip(6), &mut out).unwrap();
         e.write_all(&random).unwrap();

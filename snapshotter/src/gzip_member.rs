@@ -178,15 +178,7 @@ mod tests {
     use std::io::Read;
 
     fn random(len: usize) -> Vec<u8> {
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
+        crate::test_bytes::pseudo_random(0x9e37_79b9_7f4a_7c15, len)
     }
 
     fn gunzip(member: &[u8]) -> Vec<u8> {

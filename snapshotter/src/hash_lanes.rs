@@ -357,15 +357,7 @@ mod tests {
     use super::*;
 
     fn bytes(seed: u64, len: usize) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
+        crate::test_bytes::pseudo_random(seed | 1, len)
     }
 
     /// Feeds `data` to a lane in pieces of the given sizes (cycled); returns how many.

@@ -48,6 +48,8 @@ pub mod reference;
 mod sha256_lanes;
 pub mod snapshot;
 pub mod store;
+#[cfg(test)]
+mod test_bytes;
 mod writeback;
 
 pub use config::{ImageConfig, RunConfig};
