@@ -280,7 +280,14 @@ impl HashThread {
                 })
                 .collect();
             drop(lanes);
-            hash_round(&mut jobs);
+            // A panic here would leave every producer of these lanes waiting for ever: end
+            // the process loudly instead.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hash_round(&mut jobs)))
+                .is_err()
+            {
+                eprintln!("kiln: the SHA-256 hashing thread failed");
+                std::process::abort();
+            }
             lanes = self.lock();
             for job in jobs {
                 let lane = lanes.by_id.get_mut(&job.id).expect("busy lanes stay");
