@@ -2,10 +2,11 @@
 //!
 //! Bytes are gathered in 4 MiB chunks aligned for direct I/O. A blob that stays within one
 //! chunk (configs, manifests, small layers) is hashed and written on the caller's thread.
-//! From the first full chunk on, each chunk goes to two threads: one hashes it, the other
-//! writes it with `O_DIRECT`, so a 1 GiB layer is neither copied into the page cache nor
-//! written back from it (here a buffered 1 GiB write plus fsync takes 1.3-3 s, a direct one
-//! 0.5 s, and neither thread competes with the hashing for the CPU). The last, partial chunk
+//! From the first full chunk on, each chunk goes to a hashing lane ([`Lane`], on a shared
+//! hashing thread, beside the layer's diffID) and to a writing thread, which writes it with
+//! `O_DIRECT`, so a 1 GiB layer is neither copied into the page cache nor written back from
+//! it (here a buffered 1 GiB write plus fsync takes 1.3-3 s, a direct one 0.5 s, and the
+//! writes do not compete with the hashing for the CPU). The last, partial chunk
 //! is written through the page cache; the blob's `fsync` at commit covers both. Where the
 //! file system refuses direct I/O, everything is written through the page cache, with early
 //! writeback ([`EarlyWriteback`]).
