@@ -39,6 +39,7 @@ REG, BIG_REG = "127.0.0.1:5000", "127.0.0.1:5001"
 BASE = f"{REG}/bench/busybox:1"
 KILN = TOP / "target/release/kiln"
 DOCKER_DIR = WORK / "docker"
+LOGS = WORK / "logs"   # each timed command's output, as NAME.TOOL.rROUND.log (the last run's)
 ENV = dict(
     os.environ,
     DOCKER_HOST=f"unix://{DOCKER_DIR}/sock",
@@ -115,8 +116,9 @@ def vmhwm_kb(pid):
     return 0
 
 
-def timed(cmd, daemon):
-    """Runs cmd under GNU time: (wall s, peak RSS KB, daemon peak KB or None)."""
+def timed(cmd, daemon, log):
+    """Runs cmd under GNU time: (wall s, peak RSS KB, daemon peak KB or None); its output
+    goes to log."""
     pids = daemon_pids() if daemon else []
     for p in pids:
         Path(f"/proc/{p}/clear_refs").write_text("5")
@@ -125,6 +127,8 @@ def timed(cmd, daemon):
         r = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", t.name, "bash", "-c", cmd], env=ENV,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         wall = time.monotonic() - start
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(r.stdout)
         if r.returncode != 0:
             sys.exit(f"builds: failed ({r.returncode}): {cmd}\n{r.stdout[-2000:]}")
         rss = int(t.read().split()[-1])
@@ -177,7 +181,7 @@ def run_unit(tool, unit, rnd, results):
         else:
             cmd = tool.build.format(tag=tag, ctx=WORK / "ctx" / ctx)
         sh("sync")
-        wall, rss, hwm = timed(cmd, tool.daemon)
+        wall, rss, hwm = timed(cmd, tool.daemon, LOGS / f"{name}.{tool.name}.r{rnd}.log")
         results.setdefault((name, tool.name), []).append((wall, rss, hwm))
         extra = f" daemon={hwm // 1024}MB" if hwm is not None else ""
         print(f"  r{rnd} {name:<18} {tool.name:<9} {wall:8.3f}s rss={rss // 1024}MB{extra}", flush=True)
