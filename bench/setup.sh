@@ -34,7 +34,9 @@ YML
   curl -fsS -o /dev/null "http://$REG/v2/" || { echo "setup: the registry did not start (see $WORK/registry/log)" >&2; exit 1; }
 fi
 # The base's root file system (builds.py also times its busybox alone, as big-layer's floor).
-[ -s "$WORK/busybox.tar" ] || bash "$TOP/testdata/make-busybox-rootfs.sh" "$WORK/busybox.tar"
+[ -s "$WORK/busybox.tar" ] || {
+  bash "$TOP/testdata/make-busybox-rootfs.sh" "$WORK/busybox.tar.tmp" && mv "$WORK/busybox.tar.tmp" "$WORK/busybox.tar"
+}
 if ! curl -fsS -o /dev/null -H 'Accept: application/vnd.oci.image.manifest.v1+json' "http://$REG/v2/bench/busybox/manifests/1"; then
   rm -rf "$WORK/base-store"
   "$KILN" --root "$WORK/base-store" import -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' -c 'CMD ["sh"]' "$WORK/busybox.tar" "$BASE" >/dev/null
