@@ -194,13 +194,15 @@ def time_floor(rnd, results):
         busybox.parent.mkdir(exist_ok=True)
         sh(f"tar -xOf {WORK}/busybox.tar ./bin/busybox >{busybox}.tmp && chmod 755 {busybox}.tmp && mv {busybox}.tmp {busybox}")
     sh("sync")
-    start = time.monotonic()
-    sh(f"{busybox} head -c 1073741824 /dev/urandom >{out}")
-    command = time.monotonic() - start
-    start = time.monotonic()
-    sh(f"openssl dgst -sha256 {out} >/dev/null")
-    digest = time.monotonic() - start
-    out.unlink()
+    try:
+        start = time.monotonic()
+        sh(f"{busybox} head -c 1073741824 /dev/urandom >{out}")
+        command = time.monotonic() - start
+        start = time.monotonic()
+        sh(f"openssl dgst -sha256 {out} >/dev/null")
+        digest = time.monotonic() - start
+    finally:
+        out.unlink(missing_ok=True)   # also when a step fails (sh exits): no 1 GiB left behind
     results.setdefault(("big-layer", "floor"), []).append((command + digest, 0, None))
     print(f"  r{rnd} big-layer          floor     {command + digest:8.3f}s (command {command:.3f}s + sha256 {digest:.3f}s)",
           flush=True)
