@@ -331,7 +331,12 @@ pub fn parse_duration(v: &str) -> Result<Duration, String> {
         total += value * secs;
         rest = &rest[u..];
     }
-    Ok(Duration::from_secs_f64(total))
+    // Go keeps a duration in an int64 of nanoseconds (about 292 years) and calls a longer
+    // one invalid, as it calls any other it cannot hold.
+    if total * 1e9 > i64::MAX as f64 {
+        return Err(bad());
+    }
+    Duration::try_from_secs_f64(total).map_err(|_| bad())
 }
 
 #[cfg(test)]
@@ -442,7 +447,12 @@ mod tests {
         assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
-        for bad in ["", "5", "s", "1x", "-1s"] {
+        assert_eq!(
+            parse_duration("2562047h").unwrap(),
+            Duration::from_secs(2562047 * 3600)
+        );
+        let huge = format!("3{}s", "7".repeat(80));
+        for bad in ["", "5", "s", "1x", "-1s", "2562048h", &huge] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }
